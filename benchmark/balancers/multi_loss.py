@@ -1,0 +1,68 @@
+"""Multi-Loss and Multi-Loss Balanced (MLB)."""
+from __future__ import annotations
+
+import torch
+
+from benchmark.balancers.base import BALANCERS, Balancer, fused_ce, scale_grads, true_class_probability, unimodal_ce
+from benchmark.models.model import ModelOutput
+
+
+@BALANCERS.register("multi_loss")
+class MultiLoss(Balancer):
+    """Multi-Loss (Kontras et al. 2024, eq. 3): L = CE(fused) + Σ_m CE(unimodal_m), one linear unimodal head
+    per encoder, one backward, no balancing."""
+
+    paper = "Kontras et al. 2024 (MLB), eq. 3"
+    unimodal_heads = True
+
+    def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
+        fused = fused_ce(out, y)
+        uni = unimodal_ce(out, y)
+        self.track(loss_fused=fused, loss_uni=uni)
+        return fused + sum(uni.values())
+
+
+def mlb_coefficients(scores: torch.Tensor, alpha: float, beta_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. 5-7 from scores s (eq. 4), one per modality: returns (r, k).
+
+    r_m = mean_{j≠m} s_j / s_m;  β_m = β_max if r_m > 1 else 2;  k_m = 1 + (β_m − 1)·tanh(α·(r_m − 1)).
+    A lagging modality (r > 1) is accelerated up to β_max, a leading one slowed towards (never to) 0, and
+    k → 1 as the scores converge.
+    """
+    m = scores.numel()
+    r = ((scores.sum() - scores) / (m - 1)) / scores
+    beta = torch.where(r > 1, torch.full_like(r, float(beta_max)), torch.full_like(r, 2.0))
+    return r, 1 + (beta - 1) * torch.tanh(alpha * (r - 1))
+
+
+@BALANCERS.register("mlb")
+class MLB(MultiLoss):
+    """Multi-Loss Balanced (Kontras et al. 2024, eqs. 2-7): the Multi-Loss objective; scores
+    s_m = mean_i softmax(unimodal_m)_i[y_i] (detached); after backward every gradient of modality m's encoder,
+    its unimodal head and its slice of the fused head is multiplied by k_m (eq. 2). No noise, no schedule."""
+
+    paper = "Kontras et al. 2024 (MLB), eqs. 2-7"
+
+    def __init__(self, *, alpha: float = 0.5, beta_max: float = 10.0) -> None:
+        super().__init__()
+        self.alpha, self.beta_max = alpha, beta_max
+
+    def setup(self, model, ctx) -> None:
+        super().setup(model, ctx)
+        self.groups = {
+            m: [(p, None) for p in model.encoders[m].parameters()]
+            + [(p, None) for p in model.unimodal_heads[m].parameters()]
+            + model.fusion.modality_head_params(m)
+            for m in model.modalities
+        }
+
+    def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
+        scores = torch.stack([true_class_probability(out.unimodal[m], y).mean() for m in self.model.modalities])
+        r, k = mlb_coefficients(scores, self.alpha, self.beta_max)
+        self.k = dict(zip(self.model.modalities, k))
+        self.track(r=dict(zip(self.model.modalities, r)), k=self.k)
+        return super().loss(out, y)
+
+    def after_backward(self, out: ModelOutput, y: torch.Tensor) -> None:
+        for m, group in self.groups.items():
+            scale_grads(group, self.k[m])

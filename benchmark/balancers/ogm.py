@@ -1,0 +1,105 @@
+"""On-the-fly Gradient Modulation (OGM) and OGM with Generalization Enhancement (OGM-GE)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchmark.balancers.base import BALANCERS, Balancer, fused_ce, true_class_probability
+from benchmark.models.model import ModelOutput
+
+
+def ogm_scores(modality_logits: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: s_m = Σ_i softmax(out_m)_i[y_i] over the batch, one entry per modality (in dict order)."""
+    return torch.stack([true_class_probability(logits, y).sum() for logits in modality_logits.values()])
+
+
+def ogm_coefficients(scores: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. 9-10: discrepancy ratios ρ and coefficients k, one per modality.
+
+    ρ_m = s_m / mean_{j≠m} s_j (for two modalities exactly eq. 9: ρ_v = s_v/s_a, ρ_a = 1/ρ_v);
+    k_m = 1 − tanh(α·ρ_m) if ρ_m > 1 else 1, so only the dominant modality is slowed. When all scores are
+    equal no ρ exceeds 1 and, as the official code does, the first modality (audio) is slowed with ρ = 1.
+    """
+    m = scores.numel()
+    others = (scores.sum() - scores) / (m - 1)
+    rho = scores / others
+    dominant = rho > 1
+    tie = torch.zeros_like(dominant)
+    tie[0] = True
+    dominant = torch.where(dominant.any(), dominant, tie)
+    k = torch.where(dominant, 1 - torch.tanh(alpha * rho), torch.ones_like(rho))
+    return rho, k
+
+
+def modulated_parameters(encoder: nn.Module, which: str) -> list[nn.Parameter]:
+    """'conv': convolution weights only (the official code's 4-D-tensor rule, here any Conv layer's weight);
+    'all': every parameter of the encoder (biases and normalisation layers included)."""
+    if which == "all":
+        return list(encoder.parameters())
+    return [mod.weight for mod in encoder.modules() if isinstance(mod, nn.modules.conv._ConvNd)]
+
+
+@BALANCERS.register("ogm")
+class OGM(Balancer):
+    """OGM (Peng et al. 2022, eqs. 8-11): cross-entropy on the fused output; after backward, inside the epoch
+    window [start_epoch, end_epoch] (inclusive), each modulated encoder gradient becomes k_m·g (eq. 11).
+
+    Per-modality logits come from the fused head as the fusion defines them (concat: W_m·φ_m + b/M).
+    Extension: with M > 2 modalities ρ_m = s_m / mean_{j≠m} s_j (the paper has two).
+    """
+
+    paper = "Peng et al. 2022 (OGM-GE), eqs. 8-11"
+    generalization_enhancement = False
+
+    def __init__(self, *, alpha: float = 0.8, start_epoch: int = 0, end_epoch: int = 50, modulate: str = "conv") -> None:
+        super().__init__()
+        if modulate not in ("conv", "all"):
+            raise ValueError(f"modulate must be 'conv' or 'all', not {modulate!r}")
+        self.alpha, self.start_epoch, self.end_epoch, self.modulate = alpha, start_epoch, end_epoch, modulate
+
+    @classmethod
+    def unsupported(cls, fusion_cls: type) -> str | None:
+        if getattr(fusion_cls, "modality_logits_rule", None) is None:
+            return f"fusion '{fusion_cls.name}' defines no per-modality logits, which OGM's scores (eq. 8) need"
+        return None
+
+    @classmethod
+    def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
+        if num_modalities > 2:
+            return ["extension: ρ_m = s_m / mean of the other modalities' scores (the paper defines two modalities)"]
+        return []
+
+    def setup(self, model, ctx) -> None:
+        super().setup(model, ctx)
+        self.params = {m: modulated_parameters(model.encoders[m], self.modulate) for m in model.modalities}
+
+    def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
+        rho, k = ogm_coefficients(ogm_scores(self.model.modality_logits(out), y), self.alpha)
+        self.k = dict(zip(self.model.modalities, k))
+        self.track(rho=dict(zip(self.model.modalities, rho)), k=self.k)
+        return fused_ce(out, y)
+
+    def after_backward(self, out: ModelOutput, y: torch.Tensor) -> None:
+        if not self.start_epoch <= self.ctx.epoch <= self.end_epoch:
+            return
+        for m, params in self.params.items():
+            for p in params:
+                if p.grad is not None:
+                    p.grad = self.modulate_grad(p.grad, self.k[m])
+
+    def modulate_grad(self, g: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return g * k
+
+
+@BALANCERS.register("ogm_ge")
+class OGMGE(OGM):
+    """OGM-GE (Peng et al. 2022, eq. 16): g ← k_m·g + h with h ~ N(0, σ²), σ the standard deviation of the
+    unscaled gradient tensor (+1e-8, one scalar per tensor, as the official code), added to every modulated
+    encoder parameter of every modality — also the one with k = 1 — inside the epoch window."""
+
+    paper = "Peng et al. 2022 (OGM-GE), eqs. 8-10 and 16"
+    generalization_enhancement = True
+
+    def modulate_grad(self, g: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        sigma = g.std() + 1e-8 if g.numel() > 1 else g.new_tensor(1e-8)
+        return g * k + torch.randn_like(g) * sigma

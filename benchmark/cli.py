@@ -1,0 +1,130 @@
+"""``python -m benchmark <step>``: every DAG step, runnable by hand with the same arguments Snakemake uses."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmark.config import AXES, ConfigError, component_class, dataset_settings, load_config, registry
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    for name in registry(args.axis).names():
+        print(name)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from benchmark.grid import grid_runs
+
+    cfg = load_config(args.config)
+    runs, skipped = grid_runs(cfg)
+    print(f"{args.config}: valid; {len(runs)} training runs, {len(skipped)} combinations not applicable")
+    for spec, reason in skipped:
+        print(f"  n/a: {spec.dataset}/{spec.backbone}/{spec.fusion}/{spec.method}: {reason}")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from benchmark.grid import raw_dir
+
+    cfg = load_config(args.config)
+    cls = component_class(cfg, "datasets", args.dataset)
+    out = Path(args.out or raw_dir(args.dataset))
+    cls(dataset_settings(cfg, args.dataset)).download(out, workers=args.workers)
+    print(f"wrote {out / 'manifest.csv'}")
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from benchmark.data.preprocess import preprocess
+    from benchmark.grid import processed_dir, raw_dir
+
+    cfg = load_config(args.config)
+    cls = component_class(cfg, "datasets", args.dataset)
+    settings = dataset_settings(cfg, args.dataset)
+    info = preprocess(cls(settings), Path(args.raw or raw_dir(args.dataset)), Path(args.out or processed_dir(args.dataset)),
+                      settings["preprocess"], workers=args.workers)
+    print(f"cached {info['counts']} ({info['rejected']} rejected)")
+
+
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from benchmark.estimate import estimate_gblend
+    from benchmark.grid import gblend_weights_path
+
+    _threads(args.threads)
+    cfg = load_config(args.config)
+    out = Path(args.out or gblend_weights_path(args.dataset, args.backbone, args.fusion, args.seed))
+    estimate_gblend(cfg, args.dataset, args.backbone, args.fusion, args.seed, out)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from benchmark.grid import RunSpec
+    from benchmark.run import train_run
+
+    _threads(args.threads)
+    cfg = load_config(args.config)
+    spec = RunSpec.from_method(args.dataset, args.backbone, args.fusion, args.method, args.seed)
+    component_class(cfg, "balancers", spec.balancer)
+    train_run(cfg, spec, Path(args.out_dir or spec.run_dir))
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from benchmark.leaderboard import aggregate
+
+    cfg = load_config(args.config)
+    summary = aggregate(cfg, Path(args.out_dir))
+    print(f"wrote {Path(args.out_dir) / 'leaderboard.md'} ({len(summary)} rows)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.set_defaults(fn=fn)
+        if name != "list":
+            sp.add_argument("--config", default="config.yaml", help="experiment config (default: config.yaml)")
+        return sp
+
+    sp = add("list", cmd_list, "print the registered names of one axis, one per line")
+    sp.add_argument("axis", choices=AXES)
+    add("check", cmd_check, "validate the config and count the grid's runs")
+    for name, fn, help in (("download", cmd_download, "obtain a dataset's raw clips and manifest"),
+                           ("preprocess", cmd_preprocess, "decode clips into cached tensors")):
+        sp = add(name, fn, help)
+        sp.add_argument("--dataset", required=True)
+        sp.add_argument("--workers", type=int, default=1)
+        sp.add_argument("--out", help="output folder (default: data/raw/<dataset> or data/processed/<dataset>)")
+        if name == "preprocess":
+            sp.add_argument("--raw", help="raw folder (default: data/raw/<dataset>)")
+    for name, fn, help in (("estimate", cmd_estimate, "estimate G-Blend weights for one dataset/backbone/fusion/seed"),
+                           ("train", cmd_train, "train and evaluate one run of the grid")):
+        sp = add(name, fn, help)
+        sp.add_argument("--dataset", required=True)
+        sp.add_argument("--backbone", required=True)
+        sp.add_argument("--fusion", required=True, help="a fusion name, or 'none' for per-modality methods")
+        sp.add_argument("--seed", type=int, required=True)
+        sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+        if name == "train":
+            sp.add_argument("--method", required=True, help="balancer name, or '<balancer>-<modality>' (e.g. unimodal-audio)")
+            sp.add_argument("--out-dir", help="default: results/runs/<dataset>/<backbone>/<fusion>/<method>/seed<seed>")
+        else:
+            sp.add_argument("--out", help="default: results/gblend/<dataset>/<backbone>/<fusion>/seed<seed>.json")
+    sp = add("aggregate", cmd_aggregate, "build the leaderboard and plots from the metrics files")
+    sp.add_argument("--out-dir", default="results")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,229 @@
+"""Loading, validating and resolving the experiment config.
+
+Validation happens before any job is built (Snakemake's ``common.smk`` and every CLI subcommand call
+``validate_config``): schema (keys, types, ranges) first, then what only the registries know (method names,
+constructor parameters of user classes). Every error names the offending key path, e.g. ``train.epohcs``.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+from benchmark.registry import Registry, UnknownNameError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+AXES = ("datasets", "backbones", "fusions", "balancers")
+
+
+class ConfigError(ValueError):
+    """An invalid config; ``key`` is the dotted path of the offending entry."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"config error at '{key}': {message}" if key else f"config error: {message}")
+
+
+def registry(axis: str) -> Registry:
+    """The registry of one grid axis ('datasets', 'backbones', 'fusions', 'balancers')."""
+    if axis == "balancers":
+        from benchmark.balancers.base import BALANCERS as reg
+    elif axis == "fusions":
+        from benchmark.models.fusions import FUSIONS as reg
+    elif axis == "backbones":
+        from benchmark.models.backbones import BACKBONES as reg
+    elif axis == "datasets":
+        from benchmark.data.datasets import DATASETS as reg
+    else:
+        raise ValueError(f"unknown axis '{axis}'; axes: {', '.join(AXES)}")
+    return reg
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from err
+    return validate_config(cfg)
+
+
+def validate_config(cfg: Any) -> dict:
+    """Check ``cfg`` and return a copy with schema defaults filled in; raise ConfigError naming the key."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("", "the config must be a mapping (a YAML document of key: value entries)")
+    cfg = copy.deepcopy(cfg)
+    _check_section_names(cfg)
+    _check_schema(cfg)
+    _check_grid(cfg)
+    for axis in AXES:
+        for name in cfg["grid"][axis]:
+            if axis == "datasets":
+                dataset_settings(cfg, name)
+            else:
+                component_params(cfg, axis, name)
+    return cfg
+
+
+# --- schema ------------------------------------------------------------------------------------------
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that also fills in schema defaults (like snakemake.utils.validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _check_schema(cfg: dict) -> None:
+    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if not errors:
+        return
+    err = errors[0]
+    key = _key(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        bad = extra[0]
+        hint = difflib.get_close_matches(bad, allowed, n=1)
+        raise ConfigError(
+            f"{key}.{bad}" if key else bad,
+            f"unknown key '{bad}'" + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; allowed keys: {', '.join(allowed)}",
+        )
+    if err.validator == "minItems" and err.validator_value == 1 and err.instance == []:
+        raise ConfigError(key, "is empty, so the grid has nothing to run; list at least one entry")
+    if err.validator == "required":
+        raise ConfigError(key or "<top level>", err.message)
+    raise ConfigError(key, err.message)
+
+
+# --- registry-aware checks ----------------------------------------------------------------------------
+
+def _check_section_names(cfg: dict) -> None:
+    """An entry under balancers/fusions/... must be a registered name or carry its own class."""
+    for axis in AXES:
+        section = cfg.get(axis)
+        if not isinstance(section, dict):
+            continue
+        for name, entry in section.items():
+            if isinstance(entry, dict) and "class" in entry:
+                continue
+            if name not in registry(axis):
+                try:
+                    registry(axis).get(name)
+                except UnknownNameError as err:
+                    raise ConfigError(f"{axis}.{name}", str(err)) from None
+
+
+def _check_grid(cfg: dict) -> None:
+    for axis in AXES:
+        for i, name in enumerate(cfg["grid"][axis]):
+            entry = cfg.get(axis, {}).get(name)
+            if isinstance(entry, dict) and "class" in entry:
+                continue
+            try:
+                registry(axis).get(name)
+            except UnknownNameError as err:
+                raise ConfigError(f"grid.{axis}[{i}]", str(err)) from None
+
+
+def component_class(cfg: dict, axis: str, name: str) -> type:
+    entry = cfg.get(axis, {}).get(name) or {}
+    class_path = entry.get("class") if isinstance(entry, dict) else None
+    try:
+        return registry(axis).get(name, class_path=class_path)
+    except (ImportError, TypeError, ValueError) as err:
+        raise ConfigError(f"{axis}.{name}.class", str(err)) from None
+
+
+def component_params(cfg: dict, axis: str, name: str, section: str | None = None) -> dict:
+    """Constructor keyword arguments of a component: the class defaults overlaid with the config entry.
+
+    Checked against the constructor's signature, so a misspelt parameter of a user class is caught too.
+    """
+    cls = component_class(cfg, axis, name)
+    entry = dict(cfg.get(axis, {}).get(name) or {})
+    entry.pop("class", None)
+    if section is not None:
+        entry = dict(entry.get(section) or {})
+    accepted = declared_params(cls, section)
+    for key in entry:
+        if key not in accepted:
+            where = f"{axis}.{name}" + (f".{section}" if section else "")
+            raise ConfigError(f"{where}.{key}", f"unknown parameter for {axis[:-1]} '{name}'; accepted: {', '.join(sorted(accepted)) or 'none'}")
+    return {**accepted, **entry}
+
+
+def declared_params(cls: type, section: str | None = None) -> dict:
+    """Parameter names and default values a component declares.
+
+    Balancers, fusions and backbones declare them by their constructor's keyword-only arguments; a dataset
+    declares each config section (e.g. 'generate') by a ``<section>_defaults`` mapping.
+    """
+    if section is not None:
+        return dict(getattr(cls, f"{section}_defaults", {}))
+    params = {}
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            params[p.name] = None if p.default is inspect.Parameter.empty else p.default
+    return params
+
+
+# --- runs ----------------------------------------------------------------------------------------------
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def settings_hash(settings: dict) -> str:
+    """Short content hash of a run's resolved settings: equal hashes mean the same experiment."""
+    return hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:16]
+
+
+def dataset_settings(cfg: dict, dataset: str) -> dict:
+    """Everything that determines a dataset's cached tensors."""
+    cls = component_class(cfg, "datasets", dataset)
+    entry = cfg.get("datasets", {}).get(dataset) or {}
+    sections = set(getattr(cls, "config_sections", ())) | {"preprocess", "class"}
+    for key in entry:
+        if key not in sections:
+            raise ConfigError(f"datasets.{dataset}.{key}", f"unknown section for dataset '{dataset}'; allowed: {', '.join(sorted(sections))}")
+    out = {"name": dataset, "class": f"{cls.__module__}:{cls.__qualname__}"}
+    for section in getattr(cls, "config_sections", ()):
+        out[section] = component_params(cfg, "datasets", dataset, section=section)
+    out["preprocess"] = _fill_preprocess(entry.get("preprocess") or {})
+    return out
+
+
+def _fill_preprocess(pre: dict) -> dict:
+    """Preprocess settings with schema defaults (validate_config has normally filled them already)."""
+    schema = load_schema()
+    holder = {"preprocess": copy.deepcopy(pre)}
+    probe = {"type": "object", "$defs": schema["$defs"], "properties": {"preprocess": {"$ref": "#/$defs/preprocess", "default": {}}}}
+    _with_defaults(jsonschema.Draft202012Validator)(probe).validate(holder)
+    return holder["preprocess"]

@@ -1,0 +1,91 @@
+"""Reading the preprocessed tensor cache for training.
+
+A split file is memory-mapped (several jobs on one node share its pages). Batches are gathered by index
+in one tensor operation per modality (``__getitems__``), so the DataLoader never collates sample by sample;
+uint8 frames travel to the device as bytes and are normalised there.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+class CachedSplit(torch.utils.data.Dataset):
+    def __init__(self, path: str | Path, indices: Sequence[int] | None = None, modalities: Sequence[str] | None = None) -> None:
+        self.path = Path(path)
+        data = torch.load(self.path, mmap=True, weights_only=True)
+        self.clip_ids: list[str] = data.pop("clip_id")
+        self.labels: torch.Tensor = data.pop("label")
+        if modalities is not None:
+            missing = set(modalities) - set(data)
+            if missing:
+                raise KeyError(f"{self.path} has no modality {sorted(missing)}; it has {sorted(data)}")
+            data = {m: data[m] for m in modalities}
+        self.inputs: dict[str, torch.Tensor] = data
+        self.indices = torch.arange(len(self.labels)) if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.inputs)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, positions: Sequence[int]) -> "CachedSplit":
+        """A view on some of this split's samples (positions index this view, not the file)."""
+        view = object.__new__(CachedSplit)
+        view.path, view.clip_ids, view.labels, view.inputs = self.path, self.clip_ids, self.labels, self.inputs
+        view.indices = self.indices[torch.as_tensor(list(positions), dtype=torch.long)]
+        return view
+
+    def ids(self) -> list[str]:
+        return [self.clip_ids[i] for i in self.indices.tolist()]
+
+    def targets(self) -> torch.Tensor:
+        return self.labels[self.indices]
+
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        idx = self.indices[torch.as_tensor(positions, dtype=torch.long)]
+        batch = {m: t[idx] for m, t in self.inputs.items()}
+        batch["label"] = self.labels[idx]
+        return batch
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([position]).items()}
+
+
+def load_info(processed_dir: str | Path) -> dict:
+    return json.loads((Path(processed_dir) / "info.json").read_text())
+
+
+def _identity(batch: dict) -> dict:
+    return batch
+
+
+def make_loader(data: CachedSplit, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                       collate_fn=_identity, num_workers=0, pin_memory=pin_memory)
+
+
+class BatchPreparer:
+    """Moves a batch to the device: spectrograms to float32, frames to normalised float32."""
+
+    def __init__(self, modality_info: dict[str, dict], visual: dict, device: torch.device) -> None:
+        self.device = device
+        self.frames = {m for m, info in modality_info.items() if info["source"] == "video"}
+        self.mean = torch.tensor(visual["mean"], device=device).view(1, 1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(visual["std"], device=device).view(1, 1, 3, 1, 1) * 255.0
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        nb = self.device.type == "cuda"
+        inputs = {}
+        for m, x in batch.items():
+            if m == "label":
+                continue
+            x = x.to(self.device, non_blocking=nb)
+            inputs[m] = (x.float() - self.mean) / self.std if m in self.frames else x.float()
+        return inputs, batch["label"].to(self.device, non_blocking=nb)

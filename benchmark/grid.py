@@ -1,0 +1,129 @@
+"""The experiment grid: which runs exist, where their files live, and the settings that define each one.
+
+Snakemake (workflow/rules/common.smk) and the CLI both use these functions, so a path or a run's
+settings are defined once. A run's settings are everything that can change its numbers; their hash is
+the run's config hash and a change to them (and only to them) makes Snakemake retrain that run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.config import (
+    AXES,
+    component_class,
+    component_params,
+    dataset_settings,
+    settings_hash,
+)
+
+NO_FUSION = "none"  # the fusion field of runs that use one modality alone
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    backbone: str
+    fusion: str
+    balancer: str
+    seed: int
+    modality: str | None = None  # set for per-modality methods (unimodal baselines)
+
+    @property
+    def method(self) -> str:
+        """Row label and path component: the balancer, or '<balancer>-<modality>' for per-modality runs."""
+        return f"{self.balancer}-{self.modality}" if self.modality else self.balancer
+
+    @property
+    def run_dir(self) -> Path:
+        return Path("results/runs") / self.dataset / self.backbone / self.fusion / self.method / f"seed{self.seed}"
+
+    @classmethod
+    def from_method(cls, dataset: str, backbone: str, fusion: str, method: str, seed: int) -> "RunSpec":
+        balancer, _, modality = method.partition("-")
+        return cls(dataset, backbone, fusion, balancer, int(seed), modality or None)
+
+
+def raw_dir(dataset: str) -> Path:
+    return Path("data/raw") / dataset
+
+
+def processed_dir(dataset: str) -> Path:
+    return Path("data/processed") / dataset
+
+
+def gblend_weights_path(dataset: str, backbone: str, fusion: str, seed: int) -> Path:
+    return Path("results/gblend") / dataset / backbone / fusion / f"seed{seed}.json"
+
+
+def artifact_paths(spec: RunSpec, needs: tuple[str, ...]) -> dict[str, Path]:
+    """Files a method declares in ``Balancer.needs``, produced by other DAG steps."""
+    known = {"gblend_weights": lambda: gblend_weights_path(spec.dataset, spec.backbone, spec.fusion, spec.seed)}
+    out = {}
+    for need in needs:
+        if need not in known:
+            raise ValueError(f"balancer '{spec.balancer}' needs unknown artefact '{need}'; known: {', '.join(known)}")
+        out[need] = known[need]()
+    return out
+
+
+def dataset_modalities(cfg: dict, dataset: str) -> list[str]:
+    return list(component_class(cfg, "datasets", dataset).modalities)
+
+
+def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
+    """All runs of the grid, and the combinations that are not scheduled with the reason why."""
+    g = cfg["grid"]
+    runs: list[RunSpec] = []
+    skipped: list[tuple[RunSpec, str]] = []
+    for dataset in g["datasets"]:
+        modalities = dataset_modalities(cfg, dataset)
+        for backbone in g["backbones"]:
+            for balancer in g["balancers"]:
+                cls = component_class(cfg, "balancers", balancer)
+                for seed in g["seeds"]:
+                    if cls.per_modality:
+                        runs += [RunSpec(dataset, backbone, NO_FUSION, balancer, seed, m) for m in modalities]
+                        continue
+                    for fusion in g["fusions"]:
+                        spec = RunSpec(dataset, backbone, fusion, balancer, seed)
+                        reason = cls.unsupported(component_class(cfg, "fusions", fusion))
+                        if reason:
+                            skipped.append((spec, reason))
+                        else:
+                            runs.append(spec)
+    return runs, skipped
+
+
+def run_settings(cfg: dict, spec: RunSpec) -> dict:
+    """Everything that determines the run's numbers (recorded in its metrics file, hashed as its id)."""
+    balancer_cls = component_class(cfg, "balancers", spec.balancer)
+    all_modalities = dataset_modalities(cfg, spec.dataset)
+    modalities = [spec.modality] if spec.modality else all_modalities
+    if spec.modality and spec.modality not in all_modalities:
+        raise ValueError(f"dataset '{spec.dataset}' has no modality '{spec.modality}'; it has {', '.join(all_modalities)}")
+    fusion = "concat" if spec.fusion == NO_FUSION else spec.fusion  # one modality: a linear classifier
+    return {
+        "dataset": dataset_settings(cfg, spec.dataset),
+        "modalities": modalities,
+        "backbone": {"name": spec.backbone, "params": component_params(cfg, "backbones", spec.backbone),
+                     "class": _qualname(component_class(cfg, "backbones", spec.backbone))},
+        "fusion": {"name": spec.fusion, "params": component_params(cfg, "fusions", fusion),
+                   "class": _qualname(component_class(cfg, "fusions", fusion))},
+        "balancer": {"name": spec.balancer, "params": component_params(cfg, "balancers", spec.balancer),
+                     "class": _qualname(balancer_cls)},
+        "train": cfg["train"],
+        "seed": spec.seed,
+    }
+
+
+def run_hash(cfg: dict, spec: RunSpec) -> str:
+    return settings_hash(run_settings(cfg, spec))
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+__all__ = ["AXES", "NO_FUSION", "RunSpec", "artifact_paths", "dataset_modalities", "gblend_weights_path", "grid_runs",
+           "processed_dir", "raw_dir", "run_hash", "run_settings"]

@@ -1,0 +1,1 @@
+"""Encoders (backbones), fusions and the model that composes them."""

@@ -1,0 +1,74 @@
+"""The multimodal model: head∘fusion over one encoder per modality, plus optional unimodal heads.
+
+Every part is swappable through its registry (MultiBench's decomposition): encoders come from the backbone
+registry, the fusion (with its classifier) from the fusion registry. Methods that need unimodal predictions
+(Multi-Loss, MLB, G-Blend) ask for one extra linear head per modality.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from benchmark.models.backbones import Backbone
+from benchmark.models.fusions import Fusion
+
+SOURCE_KIND = {"audio": "spectrogram", "video": "frames"}
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor]
+    unimodal: dict[str, torch.Tensor] | None = None
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, encoders: dict[str, Backbone], fusion: Fusion, num_classes: int, unimodal_heads: bool = False) -> None:
+        super().__init__()
+        self.modalities = list(encoders)
+        self.num_classes = num_classes
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.unimodal_heads = (
+            nn.ModuleDict({m: nn.Linear(e.out_dim, num_classes) for m, e in encoders.items()}) if unimodal_heads else None
+        )
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        features = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        unimodal = {m: h(features[m]) for m, h in self.unimodal_heads.items()} if self.unimodal_heads is not None else None
+        return ModelOutput(self.fusion(features), features, unimodal)
+
+    def modality_logits(self, out: ModelOutput) -> dict[str, torch.Tensor]:
+        """Per-modality logits taken from the fused head (the fusion defines how)."""
+        return self.fusion.modality_logits(out.features)
+
+
+def input_kind(info: dict) -> tuple[str, int]:
+    """(backbone input kind, channels) of a cached modality described in a dataset's info.json."""
+    kind = SOURCE_KIND[info["source"]]
+    shape = info["shape"]
+    return kind, shape[0] if kind == "spectrogram" else shape[1]
+
+
+def build_model(*, modality_info: dict[str, dict], num_classes: int, backbone_cls: type[Backbone], backbone_params: dict,
+                fusion_cls: type[Fusion], fusion_params: dict, unimodal_heads: bool, seed: int) -> MultimodalModel:
+    """Construct the model with a seeded initialisation: the same arguments always give the same weights."""
+    torch.manual_seed(seed)
+    encoders = {}
+    for m, info in modality_info.items():
+        kind, channels = input_kind(info)
+        encoders[m] = backbone_cls(kind, channels, **backbone_params)
+    fusion = fusion_cls({m: e.out_dim for m, e in encoders.items()}, num_classes, **fusion_params)
+    return MultimodalModel(encoders, fusion, num_classes, unimodal_heads=unimodal_heads)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Hash of all weights and buffers: equal fingerprints mean identical models."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,123 @@
+"""One training run of the grid: settings -> trained model -> metrics.json (+ model.pt).
+
+Checkpoint selection uses validation accuracy only. The test split is read once, after training, to report
+the selected (best-validation) model and the last-epoch model; nothing ever selects on it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from benchmark.balancers.base import Balancer, RunContext
+from benchmark.config import component_class, settings_hash
+from benchmark.data.cache import BatchPreparer, CachedSplit, load_info
+from benchmark.grid import NO_FUSION, RunSpec, artifact_paths, processed_dir, run_settings
+from benchmark.models.model import MultimodalModel, build_model
+from benchmark.provenance import provenance
+from benchmark.train import configure_determinism, fit, predict, resolve_device
+
+METRICS_VERSION = 1
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write-then-rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+@dataclass
+class RunData:
+    info: dict
+    train: CachedSplit
+    val: CachedSplit
+    prep: BatchPreparer
+    processed: Path
+
+    @classmethod
+    def load(cls, spec: RunSpec, settings: dict, device: torch.device) -> "RunData":
+        pdir = processed_dir(spec.dataset)
+        info = load_info(pdir)
+        modality_info = {m: info["modalities"][m] for m in settings["modalities"]}
+        prep = BatchPreparer(modality_info, settings["dataset"]["preprocess"]["visual"], device)
+        split = lambda name: CachedSplit(pdir / f"{name}.pt", modalities=settings["modalities"])  # noqa: E731
+        return cls(info, split("train"), split("val"), prep, pdir)
+
+    def test(self, modalities: list[str]) -> CachedSplit:
+        return CachedSplit(self.processed / "test.pt", modalities=modalities)
+
+
+def build_run_model(cfg: dict, settings: dict, info: dict, balancer_cls: type[Balancer]) -> MultimodalModel:
+    fusion = "concat" if settings["fusion"]["name"] == NO_FUSION else settings["fusion"]["name"]
+    return build_model(
+        modality_info={m: info["modalities"][m] for m in settings["modalities"]},
+        num_classes=len(info["classes"]),
+        backbone_cls=component_class(cfg, "backbones", settings["backbone"]["name"]),
+        backbone_params=settings["backbone"]["params"],
+        fusion_cls=component_class(cfg, "fusions", fusion),
+        fusion_params=settings["fusion"]["params"],
+        unimodal_heads=balancer_cls.unimodal_heads,
+        seed=settings["seed"],
+    )
+
+
+def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    settings = run_settings(cfg, spec)
+    configure_determinism(settings["train"]["deterministic"])
+    device = resolve_device(settings["train"]["device"])
+    balancer_cls = component_class(cfg, "balancers", spec.balancer)
+    fusion_cls = None if spec.fusion == NO_FUSION else component_class(cfg, "fusions", spec.fusion)
+    notes = list(balancer_cls.notes(fusion_cls, len(settings["modalities"])))
+    if spec.fusion == NO_FUSION:
+        notes.append(f"single-modality run: the {spec.modality} encoder with a linear classifier")
+    log(f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, config {settings_hash(settings)}")
+
+    data = RunData.load(spec, settings, device)
+    model = build_run_model(cfg, settings, data.info, balancer_cls)
+    balancer = balancer_cls(**settings["balancer"]["params"])
+    ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=settings["train"]["epochs"], device=device,
+                     seed=spec.seed, artifacts=artifact_paths(spec, balancer_cls.needs))
+    result = fit(model, balancer, ctx, data.train, data.prep, settings["train"], val=data.val, log=log)
+
+    test = data.test(settings["modalities"])
+    bs = settings["train"]["eval_batch_size"]
+    last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    reported = {}
+    for name, state in (("best", result.best_state), ("last", last_state)):
+        model.load_state_dict(state)
+        reported[name] = {"val": predict(model, data.val, data.prep, bs).metrics(),
+                          "test": predict(model, test, data.prep, bs).metrics()}
+    torch.save({"state_dict": result.best_state, "epoch": result.best_epoch, "config_hash": settings_hash(settings)},
+               out_dir / "model.pt.tmp")
+    (out_dir / "model.pt.tmp").replace(out_dir / "model.pt")
+
+    metrics = {
+        "version": METRICS_VERSION,
+        "status": "ok",
+        "run": {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "balancer": spec.balancer,
+                "method": spec.method, "seed": spec.seed, "modalities": settings["modalities"]},
+        "method_paper": balancer_cls.paper,
+        "notes": notes,
+        "config_hash": settings_hash(settings),
+        "selection": {"criterion": "validation accuracy (earliest best epoch)", "best_epoch": result.best_epoch,
+                      "epochs": settings["train"]["epochs"]},
+        "metrics": reported,
+        "history": result.history,
+        "settings": settings,
+        "provenance": provenance(device),
+        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "total_seconds": time.perf_counter() - started},
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    b = reported["best"]
+    log(f"done: best epoch {result.best_epoch}, val acc {b['val']['accuracy']:.4f}, test acc {b['test']['accuracy']:.4f}")
+    return metrics

@@ -1,0 +1,140 @@
+"""The one training loop. Methods plug in through the Balancer hooks; nothing here knows a method's name.
+
+Model selection uses the validation split only: the best-validation-accuracy epoch (earliest on ties).
+The test split is not touched here at all; ``benchmark.run`` evaluates it once per reported checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from benchmark.balancers.base import Balancer, RunContext
+from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
+from benchmark.metrics import accuracy, classification_metrics
+from benchmark.models.model import MultimodalModel
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is '{name}' but CUDA is not available on this machine")
+    return device
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """Same config + seed -> same numbers (exactly on CPU; on CUDA as far as the kernels allow)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_optimizer(model: torch.nn.Module, opt: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opt["name"] == "sgd":
+        return torch.optim.SGD(params, lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"])
+    if opt["name"] == "adam":
+        return torch.optim.Adam(params, lr=opt["lr"], weight_decay=opt["weight_decay"])
+    if opt["name"] == "adamw":
+        return torch.optim.AdamW(params, lr=opt["lr"], weight_decay=opt["weight_decay"])
+    raise ValueError(f"unknown optimizer '{opt['name']}' (sgd | adam | adamw)")
+
+
+@dataclass
+class Predictions:
+    """Logits of one model on one split: fused, per modality from the fused head, and unimodal heads."""
+
+    labels: torch.Tensor
+    logits: torch.Tensor
+    modality: dict[str, torch.Tensor] = field(default_factory=dict)
+    unimodal: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        out = classification_metrics(self.logits, self.labels)
+        for m, logits in self.modality.items():
+            out[f"acc_{m}"] = accuracy(logits, self.labels)
+        for m, logits in self.unimodal.items():
+            out[f"acc_head_{m}"] = accuracy(logits, self.labels)
+        return out
+
+
+@torch.no_grad()
+def predict(model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int) -> Predictions:
+    model.eval()
+    labels, logits, modality, unimodal = [], [], {}, {}
+    has_modality = len(model.modalities) > 1 and type(model.fusion).modality_logits_rule is not None
+    for batch in make_loader(data, batch_size, shuffle=False):
+        inputs, y = prep(batch)
+        out = model(inputs)
+        labels.append(y.cpu())
+        logits.append(out.logits.float().cpu())
+        if has_modality:
+            for m, v in model.modality_logits(out).items():
+                modality.setdefault(m, []).append(v.float().cpu())
+        for m, v in (out.unimodal or {}).items():
+            unimodal.setdefault(m, []).append(v.float().cpu())
+    cat = lambda parts: {m: torch.cat(v) for m, v in parts.items()}  # noqa: E731
+    return Predictions(torch.cat(labels), torch.cat(logits), cat(modality), cat(unimodal))
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    seconds_per_epoch: list[float]
+    best_epoch: int | None = None
+    best_state: dict | None = None
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: CachedSplit, prep: BatchPreparer,
+        settings: dict, val: CachedSplit | None = None, log: Callable[[str], None] = print) -> FitResult:
+    """Train for settings['epochs'] epochs; with ``val``, keep the best-validation-accuracy weights."""
+    model.to(ctx.device)
+    balancer.setup(model, ctx)
+    optimizer = make_optimizer(model, settings["optimizer"])
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings["lr_step"]["step_size"], settings["lr_step"]["gamma"])
+    loader = make_loader(train, settings["batch_size"], shuffle=True, seed=ctx.seed, pin_memory=ctx.device.type == "cuda")
+    result = FitResult(history=[], seconds_per_epoch=[])
+    best_acc = -1.0
+    for epoch in range(settings["epochs"]):
+        start = time.perf_counter()
+        ctx.epoch = epoch
+        balancer.on_epoch_start(epoch)
+        model.train()
+        loss_sum = torch.zeros((), device=ctx.device)
+        correct = torch.zeros((), device=ctx.device)
+        seen = 0
+        for batch in loader:
+            inputs, y = prep(batch)
+            out = model(inputs)
+            loss = balancer.loss(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            balancer.after_backward(out, y)
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        balancer.on_epoch_end(epoch)
+        row = {"epoch": epoch, "lr": lr, "train_loss": (loss_sum / seen).item(), "train_acc": (correct / seen).item()}
+        row.update(balancer.epoch_summary())
+        if val is not None:
+            row.update({f"val_{k}": v for k, v in predict(model, val, prep, settings["eval_batch_size"]).metrics().items()})
+            if row["val_accuracy"] > best_acc:
+                best_acc, result.best_epoch, result.best_state = row["val_accuracy"], epoch, _cpu_state(model)
+        result.seconds_per_epoch.append(time.perf_counter() - start)
+        result.history.append(row)
+        log(f"[{epoch + 1}/{settings['epochs']}] " + " ".join(f"{k}={v:.4g}" for k, v in row.items())
+            + f" ({result.seconds_per_epoch[-1]:.1f}s)")
+    return result

@@ -1,0 +1,89 @@
+# Shared by every rule: config validation (before any job is built), the grid, wildcard constraints.
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from benchmark.config import ConfigError, canonical_json, component_class, dataset_settings, settings_hash, validate_config
+from benchmark import grid
+
+configfile: "config.yaml"
+
+# Registry-aware checks with messages that name the key path; they also fill the schema's defaults.
+try:
+    config.update(validate_config(config))
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+validate(config, schema="../schemas/config.schema.yaml")
+
+RUNS, NOT_APPLICABLE = grid.grid_runs(config)
+PY = sys.executable  # the interpreter running Snakemake (the project's venv) also runs every step
+RES = config["resources"]
+
+
+def _resolved_config_file() -> str:
+    """The validated config as every job sees it (CLI overrides included), stored by content hash."""
+    text = yaml.safe_dump(config, sort_keys=True)
+    path = Path(".snakemake/benchmark") / f"config-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+CONFIG_FILE = _resolved_config_file()
+
+
+def _alternatives(names) -> str:
+    return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+
+
+wildcard_constraints:
+    dataset=_alternatives(config["grid"]["datasets"]),
+    backbone=_alternatives(config["grid"]["backbones"]),
+    fusion=_alternatives(list(config["grid"]["fusions"]) + [grid.NO_FUSION]),
+    method="(" + _alternatives(config["grid"]["balancers"]) + ")(-[A-Za-z0-9_]+)?",
+    seed=r"\d+",
+
+
+def spec_of(w) -> grid.RunSpec:
+    return grid.RunSpec.from_method(w.dataset, w.backbone, w.fusion, w.method, int(w.seed))
+
+
+def run_file(spec: grid.RunSpec, name: str) -> str:
+    return str(spec.run_dir / name)
+
+
+def processed_files(dataset: str) -> list[str]:
+    d = grid.processed_dir(dataset)
+    return [str(d / f) for f in ("train.pt", "val.pt", "test.pt", "info.json")]
+
+
+def dataset_hash(dataset: str, raw_only: bool = False) -> str:
+    """Hash of a dataset's settings; raw_only: without preprocessing (what the download step depends on)."""
+    s = dataset_settings(config, dataset)
+    return settings_hash({k: v for k, v in s.items() if k != "preprocess"} if raw_only else s)
+
+
+def leaderboard_outputs() -> list[str]:
+    pairs = [(d, b) for d in config["grid"]["datasets"] for b in config["grid"]["backbones"]]
+    return ["results/leaderboard.csv", "results/leaderboard.md"] + [f"results/plots/{d}__{b}.png" for d, b in pairs]
+
+
+def training_resources(rule_resources: dict) -> dict:
+    """Scheduler resources for GPU steps; partition/account only when the site sets them."""
+    out = {"gpu": rule_resources["gpus"], "mem_mb": rule_resources["mem_mb"], "runtime": rule_resources["runtime"]}
+    if rule_resources.get("partition"):
+        out["slurm_partition"] = rule_resources["partition"]
+    if rule_resources.get("account"):
+        out["slurm_account"] = rule_resources["account"]
+    return out
+
+
+TRAIN_RESOURCES = training_resources(RES["train"])
