@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
+        self.message = message
         super().__init__(f"config error at '{key}': {message}" if key else f"config error: {message}")
 
 
@@ -63,6 +64,10 @@ def validate_config(cfg: Any) -> dict:
     _check_section_names(cfg)
     _check_schema(cfg)
     _check_grid(cfg)
+    for backbone in cfg["train"]["per_backbone"]:
+        if backbone not in cfg["grid"]["backbones"] and backbone not in cfg.get("backbones", {}):
+            _check_backbone_name(backbone)
+        train_settings(cfg, backbone)
     for axis in AXES:
         for name in cfg["grid"][axis]:
             if axis == "datasets":
@@ -120,6 +125,36 @@ def _check_schema(cfg: dict) -> None:
     if err.validator == "required":
         raise ConfigError(key or "<top level>", err.message)
     raise ConfigError(key, err.message)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def train_settings(cfg: dict, backbone: str) -> dict:
+    """The training settings of one backbone: ``train`` with its ``per_backbone`` override applied."""
+    base = {k: v for k, v in cfg["train"].items() if k != "per_backbone"}
+    override = cfg["train"].get("per_backbone", {}).get(backbone)
+    if not override:
+        return base
+    if "per_backbone" in override:
+        raise ConfigError(f"train.per_backbone.{backbone}.per_backbone", "overrides cannot be nested")
+    merged = _deep_merge(base, override)
+    try:
+        _check_schema({"grid": copy.deepcopy(cfg["grid"]), "train": copy.deepcopy(merged)})
+    except ConfigError as err:
+        raise ConfigError(err.key.replace("train.", f"train.per_backbone.{backbone}.", 1), err.message) from None
+    return merged
+
+
+def _check_backbone_name(name: str) -> None:
+    try:
+        registry("backbones").get(name)
+    except UnknownNameError as err:
+        raise ConfigError(f"train.per_backbone.{name}", str(err)) from None
 
 
 # --- registry-aware checks ----------------------------------------------------------------------------

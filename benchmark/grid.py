@@ -15,6 +15,7 @@ from benchmark.config import (
     component_params,
     dataset_settings,
     settings_hash,
+    train_settings,
 )
 
 NO_FUSION = "none"  # the fusion field of runs that use one modality alone
@@ -112,7 +113,7 @@ def run_settings(cfg: dict, spec: RunSpec) -> dict:
                    "class": _qualname(component_class(cfg, "fusions", fusion))},
         "balancer": {"name": spec.balancer, "params": component_params(cfg, "balancers", spec.balancer),
                      "class": _qualname(balancer_cls)},
-        "train": cfg["train"],
+        "train": train_settings(cfg, spec.backbone),
         "seed": spec.seed,
     }
 

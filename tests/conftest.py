@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from benchmark.models.backbones import SmallCNN
+from benchmark.models.fusions import FUSIONS
+from benchmark.models.model import MultimodalModel
+
+REPO = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def tiny_config(**grid) -> dict:
+    """The default config shrunk to seconds: few small clips, one epoch, small CNN."""
+    cfg = default_config()
+    cfg["grid"] = {"datasets": ["synthetic-av"], "backbones": ["small_cnn"], "fusions": ["concat"],
+                   "balancers": ["joint", "ogm"], "seeds": [0], **grid}
+    cfg["train"]["epochs"] = 1
+    cfg["datasets"]["synthetic-av"]["generate"].update(num_clips=48, size=32, fps=4)
+    cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=16, fps=2)
+    cfg["backbones"]["small_cnn"]["width"] = 4
+    cfg["resources"]["preprocess"]["threads"] = 2
+    return cfg
+
+
+@pytest.fixture
+def cfg() -> dict:
+    return copy.deepcopy(default_config())
+
+
+def small_model(fusion: str = "concat", unimodal_heads: bool = False, num_classes: int = 3, seed: int = 0) -> MultimodalModel:
+    torch.manual_seed(seed)
+    encoders = {"audio": SmallCNN("spectrogram", 1, width=2), "visual": SmallCNN("frames", 3, width=2)}
+    fusion_module = FUSIONS.get(fusion)({m: e.out_dim for m, e in encoders.items()}, num_classes)
+    return MultimodalModel(encoders, fusion_module, num_classes, unimodal_heads=unimodal_heads)
+
+
+def small_batch(n: int = 6, num_classes: int = 3, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    inputs = {"audio": torch.randn(n, 1, 16, 16, generator=g), "visual": torch.randn(n, 2, 3, 8, 8, generator=g)}
+    return inputs, torch.arange(n) % num_classes
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> Path:
+    """A working directory with the tiny synthetic dataset generated and preprocessed (shared by tests)."""
+    from benchmark.config import dataset_settings, validate_config
+    from benchmark.data.datasets import DATASETS
+    from benchmark.data.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("tiny")
+    cfg = validate_config(tiny_config())
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    settings = dataset_settings(cfg, "synthetic-av")
+    ds = DATASETS.get("synthetic-av")(settings)
+    ds.download(root / "data/raw/synthetic-av", workers=2)
+    preprocess(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", settings["preprocess"], workers=2, log=lambda s: None)
+    return root
+
+
+@pytest.fixture
+def in_tiny_workspace(tiny_workspace, monkeypatch) -> Path:
+    monkeypatch.chdir(tiny_workspace)
+    return tiny_workspace
+
+
+def pytest_configure(config):
+    os.environ.setdefault("PYTHONHASHSEED", "0")

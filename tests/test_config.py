@@ -1,0 +1,141 @@
+"""Bad configs stop before any job is built, with a message naming the key path."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from benchmark.config import ConfigError, validate_config
+from benchmark.grid import grid_runs
+from benchmark.registry import Registry, UnknownNameError
+from tests.conftest import REPO
+
+
+def error_of(cfg) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    return info.value
+
+
+def test_default_config_is_valid_and_fills_defaults(cfg):
+    del cfg["train"]["eval_batch_size"]
+    out = validate_config(cfg)
+    assert out["train"]["eval_batch_size"] == 256
+
+
+def test_misspelt_key_is_named_with_a_suggestion(cfg):
+    cfg["train"]["epohcs"] = 3
+    err = error_of(cfg)
+    assert err.key == "train.epohcs"
+    assert "did you mean 'epochs'" in str(err)
+
+
+def test_misspelt_nested_key(cfg):
+    cfg["datasets"]["synthetic-av"]["preprocess"]["audio"]["n_mel"] = 40
+    assert error_of(cfg).key == "datasets.synthetic-av.preprocess.audio.n_mel"
+
+
+def test_wrong_type_names_the_key(cfg):
+    cfg["train"]["epochs"] = "ten"
+    err = error_of(cfg)
+    assert err.key == "train.epochs" and "integer" in str(err)
+
+
+def test_out_of_range_value(cfg):
+    cfg["balancers"]["mlb"]["beta_max"] = 0.5
+    assert error_of(cfg).key == "balancers.mlb.beta_max"
+
+
+@pytest.mark.parametrize("axis,bad", [("balancers", "ogmm"), ("fusions", "concatt"), ("backbones", "resnet19"), ("datasets", "cremad2")])
+def test_unknown_name_in_grid_lists_known_names(cfg, axis, bad):
+    cfg["grid"][axis].append(bad)
+    err = error_of(cfg)
+    assert err.key == f"grid.{axis}[{len(cfg['grid'][axis]) - 1}]"
+    assert f"'{bad}'" in str(err) and "known" in str(err)
+    if axis == "balancers":
+        assert "ogm_ge" in str(err) and "mlb" in str(err)
+
+
+def test_unknown_entry_in_a_method_section(cfg):
+    cfg["balancers"]["olb"] = {"alpha": 1}
+    err = error_of(cfg)
+    assert err.key == "balancers.olb" and "known balancers" in str(err)
+
+
+@pytest.mark.parametrize("axis", ["datasets", "backbones", "fusions", "balancers", "seeds"])
+def test_empty_grid_axis(cfg, axis):
+    cfg["grid"][axis] = []
+    err = error_of(cfg)
+    assert err.key == f"grid.{axis}" and "nothing to run" in str(err)
+
+
+def test_missing_grid(cfg):
+    del cfg["grid"]
+    assert "grid" in str(error_of(cfg))
+
+
+def test_user_class_parameters_are_checked(cfg, tmp_path, monkeypatch):
+    (tmp_path / "my_methods.py").write_text(
+        "from benchmark.balancers.joint import Joint\n"
+        "class Mine(Joint):\n"
+        "    def __init__(self, *, gamma: float = 1.0):\n"
+        "        super().__init__()\n        self.gamma = gamma\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg["balancers"]["mine"] = {"class": "my_methods:Mine", "gama": 2}
+    cfg["grid"]["balancers"].append("mine")
+    err = error_of(cfg)
+    assert err.key == "balancers.mine.gama" and "gamma" in str(err)
+    cfg["balancers"]["mine"] = {"class": "my_methods:Nope"}
+    assert error_of(cfg).key == "balancers.mine.class"
+    cfg["balancers"]["mine"] = {"class": "my_methods:Mine", "gamma": 2}
+    runs, _ = grid_runs(validate_config(cfg))
+    assert any(r.balancer == "mine" for r in runs)
+
+
+def test_registry_unknown_name_and_duplicates():
+    reg: Registry = Registry("widget")
+
+    @reg.register("a")
+    class A:
+        pass
+
+    with pytest.raises(UnknownNameError, match="unknown widget 'b'; known widgets: a"):
+        reg.get("b")
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a")(type("B", (), {}))
+
+
+def test_snakemake_stops_on_a_bad_config_before_building_jobs(tmp_path, cfg):
+    cfg["train"]["epohcs"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                          "--configfile", str(bad), "--cores", "1"], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "train.epohcs" in res.stdout + res.stderr
+    assert "Job stats" not in res.stdout + res.stderr
+
+
+def test_cli_list_and_check():
+    out = subprocess.run([sys.executable, "-m", "benchmark", "list", "balancers"], capture_output=True, text=True, check=True).stdout.split()
+    assert out == sorted(["joint", "unimodal", "ogm", "ogm_ge", "multi_loss", "mlb", "gblend"])
+    for axis, name in (("fusions", "concat"), ("backbones", "resnet18"), ("datasets", "synthetic-av")):
+        assert name in subprocess.run([sys.executable, "-m", "benchmark", "list", axis], capture_output=True, text=True, check=True).stdout.split()
+    res = subprocess.run([sys.executable, "-m", "benchmark", "check", "--config", str(REPO / "config.yaml")], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0 and "56 training runs" in res.stdout
+
+
+def test_per_backbone_training_overrides(cfg):
+    from benchmark.config import train_settings
+
+    cfg["train"]["per_backbone"] = {"resnet18": {"epochs": 2, "optimizer": {"lr": 0.5}}}
+    out = validate_config(cfg)
+    r18, small = train_settings(out, "resnet18"), train_settings(out, "small_cnn")
+    assert r18["epochs"] == 2 and r18["optimizer"]["lr"] == 0.5 and r18["optimizer"]["momentum"] == small["optimizer"]["momentum"]
+    assert small["epochs"] == cfg["train"]["epochs"] and "per_backbone" not in r18
+    cfg["train"]["per_backbone"] = {"resnet18": {"epohcs": 2}}
+    assert error_of(cfg).key == "train.per_backbone.resnet18.epohcs"
+    cfg["train"]["per_backbone"] = {"resnet81": {"epochs": 2}}
+    assert error_of(cfg).key == "train.per_backbone.resnet81"

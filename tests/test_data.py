@@ -1,0 +1,120 @@
+"""Dataset generation and preprocessing on real H.264/AAC clips: shapes, dtypes, determinism, bad clips."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.config import dataset_settings, validate_config
+from benchmark.data.cache import CachedSplit
+from benchmark.data.datasets import DATASETS, read_manifest, write_manifest
+from benchmark.data.media import MediaError, decode_audio, decode_frames, ffmpeg_exe
+from benchmark.data.preprocess import PreprocessError, frame_indices, preprocess
+from benchmark.data.synthetic import class_bits
+from tests.conftest import tiny_config
+
+
+def settings(**generate):
+    cfg = tiny_config()
+    cfg["datasets"]["synthetic-av"]["generate"].update(generate)
+    return dataset_settings(validate_config(cfg), "synthetic-av")
+
+
+def test_generated_layout_and_preprocessed_tensors(tiny_workspace):
+    raw = tiny_workspace / "data/raw/synthetic-av"
+    rows = read_manifest(raw / "manifest.csv")
+    assert len(rows) == 48 and all((raw / r["path"]).stat().st_size > 0 for r in rows)
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    for split in ("train", "val", "test"):  # stratified: every class in every split
+        assert len({r["label"] for r in rows if r["split"] == split}) == 8
+    processed = tiny_workspace / "data/processed/synthetic-av"
+    info = json.loads((processed / "info.json").read_text())
+    assert sum(info["counts"].values()) == 48 and info["rejected"] == 0
+    data = torch.load(processed / "train.pt", weights_only=True)
+    n = info["counts"]["train"]
+    s = settings()["preprocess"]
+    frames_expected = (n, s["visual"]["num_frames"], 3, s["visual"]["size"], s["visual"]["size"])
+    assert data["visual"].dtype == torch.uint8 and tuple(data["visual"].shape) == frames_expected
+    assert data["audio"].dtype == torch.float16 and data["audio"].shape[:2] == (n, 1)
+    assert data["audio"].shape[2] == s["audio"]["n_mels"]
+    assert data["audio"].shape[3] == int(s["audio"]["sample_rate"] * s["audio"]["duration"]) // s["audio"]["hop_length"] + 1
+    assert torch.isfinite(data["audio"].float()).all()
+    assert data["label"].dtype == torch.long and len(data["clip_id"]) == n
+
+
+def test_generation_is_deterministic_for_a_seed(tmp_path, tiny_workspace):
+    s = settings()
+    ds = DATASETS.get("synthetic-av")(s)
+    ds.download(tmp_path / "raw", workers=2)
+    preprocess(ds, tmp_path / "raw", tmp_path / "proc", s["preprocess"], workers=2, log=lambda m: None)
+    a = torch.load(tmp_path / "proc/train.pt", weights_only=True)
+    b = torch.load(tiny_workspace / "data/processed/synthetic-av/train.pt", weights_only=True)
+    for key in ("audio", "visual", "label"):
+        assert torch.equal(a[key], b[key]), key
+    other = settings(seed=1)
+    ds1 = DATASETS.get("synthetic-av")(other)
+    ds1.download(tmp_path / "raw1", workers=2)
+    clip = "clips/clip_00000.mp4"
+    assert not np.array_equal(decode_frames(tmp_path / "raw1" / clip, 2, 16), decode_frames(tmp_path / "raw" / clip, 2, 16))
+
+
+def test_classes_are_three_bits_split_between_the_modalities():
+    assert [class_bits(y) for y in (0, 5, 7)] == [(0, 0, 0), (1, 0, 1), (1, 1, 1)]
+
+
+def test_frame_indices_uniform_and_seeded_random():
+    assert frame_indices(8, 2, "uniform", 0, "x").tolist() == [1, 5]  # centres of [0,4) and [4,8)
+    assert frame_indices(1, 3, "uniform", 0, "x").tolist() == [0, 0, 0]
+    a = frame_indices(100, 4, "random", 0, "clip_a")
+    assert a.tolist() == frame_indices(100, 4, "random", 0, "clip_a").tolist()
+    assert all(25 * i <= v < 25 * (i + 1) for i, v in enumerate(a))
+    others = {tuple(frame_indices(100, 4, "random", s, c).tolist()) for s in range(3) for c in ("clip_a", "clip_b")}
+    assert len(others) > 1, "the seed and clip id must actually change the choice"
+
+
+def _clip_without(stream: str, src, dst) -> None:
+    flag = "-an" if stream == "audio" else "-vn"
+    import subprocess
+
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(src), flag, "-c", "copy", str(dst)], check=True)
+
+
+def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_workspace / "data/raw/synthetic-av", raw)
+    rows = read_manifest(raw / "manifest.csv")
+    good = raw / rows[0]["path"]
+    (raw / "clips/truncated.mp4").write_bytes(good.read_bytes()[:2000])
+    (raw / "clips/empty.mp4").write_bytes(b"")
+    _clip_without("audio", good, raw / "clips/silent.mp4")
+    _clip_without("video", good, raw / "clips/blind.mp4")
+    planted = {"truncated": "corrupt or truncated file", "empty": "empty file (0 bytes)", "silent": "no audio stream",
+               "blind": "no video stream", "missing": "file not found"}
+    extra = [{"clip_id": k, "path": f"clips/{k}.mp4", "label": "class0", "split": "train"} for k in planted]
+    extra.append({"clip_id": "badlabel", "path": rows[0]["path"], "label": "class99", "split": "train"})
+    planted["badlabel"] = "label not in class list"
+    write_manifest(raw / "manifest.csv", rows + extra)
+    s = settings()["preprocess"]
+    ds = DATASETS.get("synthetic-av")(settings())
+    with pytest.raises(PreprocessError, match=r"6 of 54 clips rejected .* first: .*truncated.mp4"):
+        preprocess(ds, raw, tmp_path / "proc", s, workers=2, log=lambda m: None)
+    with (tmp_path / "proc/rejected.csv").open() as f:
+        reasons = {r["clip_id"]: r["reason"] for r in csv.DictReader(f)}
+    assert reasons == planted
+    s["max_rejected_fraction"] = 0.2  # tolerated: the good clips are cached, the bad ones stay listed
+    info = preprocess(ds, raw, tmp_path / "proc", s, workers=2, log=lambda m: None)
+    assert info["rejected"] == 6 and sum(info["counts"].values()) == 48
+    assert set(CachedSplit(tmp_path / "proc/train.pt").clip_ids).isdisjoint(planted)
+
+
+def test_decoders_raise_media_errors(tmp_path):
+    with pytest.raises(MediaError, match="file not found"):
+        decode_audio(tmp_path / "nope.mp4", 16000)
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 100)
+    with pytest.raises(MediaError) as info:
+        decode_frames(tmp_path / "junk.mp4", 1, 16)
+    assert info.value.reason in ("corrupt or truncated file", "video decoding failed")

@@ -1,0 +1,106 @@
+"""Training runs end to end on the tiny dataset: determinism, validation-only selection, G-Blend estimation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import benchmark.data.cache as cache
+import benchmark.run as run_module
+from benchmark.config import validate_config
+from benchmark.data.cache import CachedSplit
+from benchmark.estimate import estimate_gblend
+from benchmark.grid import RunSpec, gblend_weights_path, run_settings
+from benchmark.run import train_run
+
+
+@pytest.fixture
+def tiny_cfg(in_tiny_workspace) -> dict:
+    cfg = yaml.safe_load((in_tiny_workspace / "config.yaml").read_text())
+    cfg["train"]["epochs"] = 3
+    return validate_config(cfg)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def test_same_seed_gives_identical_metrics_on_cpu(tiny_cfg, tmp_path):
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm_ge", 0)
+    a = train_run(tiny_cfg, spec, tmp_path / "a", log=quiet)
+    b = train_run(tiny_cfg, spec, tmp_path / "b", log=quiet)
+    a.pop("timing"), b.pop("timing")
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    c = train_run(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "concat", "ogm_ge", 1), tmp_path / "c", log=quiet)
+    assert c["history"] != a["history"]
+
+
+def test_metrics_file_contents_and_validation_selection(tiny_cfg, tmp_path):
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "mlb", 0)
+    m = train_run(tiny_cfg, spec, tmp_path, log=quiet)
+    assert json.loads((tmp_path / "metrics.json").read_text())["config_hash"] == m["config_hash"]
+    assert (tmp_path / "model.pt").exists()
+    assert m["status"] == "ok" and len(m["history"]) == 3
+    assert m["provenance"]["git_commit"] and m["provenance"]["device"].startswith("cpu")
+    assert m["settings"] == json.loads(json.dumps(run_settings(tiny_cfg, spec)))
+    val_acc = [h["val_accuracy"] for h in m["history"]]
+    best = m["selection"]["best_epoch"]
+    assert best == val_acc.index(max(val_acc))  # earliest epoch with the best validation accuracy
+    assert m["metrics"]["best"]["val"]["accuracy"] == pytest.approx(val_acc[best])
+    assert m["metrics"]["last"]["val"]["accuracy"] == pytest.approx(val_acc[-1])
+    for key in ("k_audio", "k_visual", "r_audio", "loss_uni_visual", "val_acc_head_audio", "val_acc_visual"):
+        assert key in m["history"][0], key
+    for part in ("best", "last"):
+        assert set(m["metrics"][part]["test"]) >= {"accuracy", "macro_f1", "acc_audio", "acc_visual"}
+
+
+def test_test_split_is_not_read_during_training(tiny_cfg, tmp_path, monkeypatch):
+    opened = []
+    real_init = CachedSplit.__init__
+
+    def spy(self, path, *args, **kwargs):
+        opened.append(str(path))
+        real_init(self, path, *args, **kwargs)
+
+    real_fit = run_module.fit
+
+    def checked_fit(*args, **kwargs):
+        assert not any(p.endswith("test.pt") for p in opened), "test split opened before training"
+        result = real_fit(*args, **kwargs)
+        assert not any(p.endswith("test.pt") for p in opened), "test split opened during training"
+        return result
+
+    monkeypatch.setattr(cache.CachedSplit, "__init__", spy)
+    monkeypatch.setattr(run_module, "fit", checked_fit)
+    train_run(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), tmp_path, log=quiet)
+    assert opened[-1].endswith("test.pt")  # read once, after selection, for reporting
+
+
+def test_unimodal_run_uses_one_modality(tiny_cfg, tmp_path):
+    m = train_run(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "none", "unimodal", 0, "visual"), tmp_path, log=quiet)
+    assert m["run"]["modalities"] == ["visual"] and m["run"]["method"] == "unimodal-visual"
+    assert "acc_audio" not in m["metrics"]["best"]["test"]
+
+
+def test_gblend_estimate_uses_a_held_out_part_of_train_and_feeds_training(tiny_cfg, tmp_path):
+    out = tmp_path / "w.json"
+    est = estimate_gblend(tiny_cfg, "synthetic-av", "small_cnn", "concat", 0, out, log=quiet)
+    assert set(est["weights"]) == {"audio", "visual", "fused"}
+    assert sum(est["weights"].values()) == pytest.approx(1.0)
+    train_ids = set(CachedSplit("data/processed/synthetic-av/train.pt").clip_ids)
+    held, subset = set(est["holdout_clip_ids"]), set(est["train_subset_clip_ids"])
+    assert held and held <= train_ids and subset <= train_ids and held.isdisjoint(subset)
+    for split in ("val", "test"):
+        assert held.isdisjoint(CachedSplit(f"data/processed/synthetic-av/{split}.pt").clip_ids)
+    for head in est["heads"].values():  # G and O follow from the measured losses (Alg. 1)
+        b, a = head["before"], head["after"]
+        assert head["G"] == pytest.approx(b["V"] - a["V"])
+        assert head["O"] == pytest.approx((a["V"] - a["T'"]) - (b["V"] - b["T'"]))
+    dst = gblend_weights_path("synthetic-av", "small_cnn", "concat", 0)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(out.read_text())
+    m = train_run(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "concat", "gblend", 0), tmp_path / "run", log=quiet)
+    assert m["status"] == "ok"
+    torch.testing.assert_close(torch.tensor(sum(est["weights"].values())), torch.tensor(1.0))

@@ -1,0 +1,79 @@
+"""The Snakemake DAG: the default grid's job list, a tiny real run to a leaderboard, the cluster profile."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_config
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2"]
+    if configfile:
+        cmd += ["--configfile", str(configfile)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
+def test_dry_run_of_the_default_config_lists_the_full_grid(tmp_path):
+    res = snakemake(tmp_path, "-n", configfile=REPO / "config.yaml")
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())["grid"]
+    fused = [b for b in cfg["balancers"] if b != "unimodal"]
+    n_seeds, n_bb, n_fu = len(cfg["seeds"]), len(cfg["backbones"]), len(cfg["fusions"])
+    assert counts["train"] == n_seeds * n_bb * (len(fused) * n_fu + 2)  # + audio-only, visual-only
+    assert counts["estimate"] == n_seeds * n_bb * n_fu
+    assert counts["download"] == counts["preprocess"] == counts["aggregate"] == 1
+    for balancer in cfg["balancers"]:
+        assert f"method={balancer}" in res.stdout
+
+
+@pytest.mark.slow
+def test_tiny_real_run_produces_a_leaderboard_and_is_idempotent(tmp_path):
+    cfg = tiny_config(balancers=["joint", "ogm"])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, configfile=tmp_path / "tiny.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    assert set(board["method"]) == {"joint", "ogm"} and (board["status"] == "ok").all() and (board["seeds"] == 1).all()
+    md = (tmp_path / "results/leaderboard.md").read_text()
+    assert "| joint | concat | 1 |" in md and "| ogm | concat | 1 |" in md
+    assert (tmp_path / "results/plots/synthetic-av__small_cnn.png").stat().st_size > 1000
+    for log in ("results/logs/download/synthetic-av.log", "results/runs/synthetic-av/small_cnn/concat/ogm/seed0/train.log"):
+        assert (tmp_path / log).stat().st_size > 0
+    assert "[1/1] epoch=0" in (tmp_path / "results/runs/synthetic-av/small_cnn/concat/ogm/seed0/train.log").read_text()
+    again = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # a changed method hyperparameter retrains that method only
+    cfg["balancers"]["ogm"]["alpha"] = 0.3
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    changed = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
+    counts = job_counts(changed.stdout)
+    assert counts.get("train") == 1 and "method=ogm" in changed.stdout and "method=joint" not in changed.stdout
+
+
+def test_cluster_profile_is_found_from_the_repository_root_and_asks_for_gpus(tmp_path):
+    profile = yaml.safe_load((REPO / "cluster" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "cluster", "-n", "-d", str(tmp_path),
+                          "--configfile", str(REPO / "config.yaml")], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "Using profile cluster" in out
+    train_block = out.split("rule train:")[1].split("\n\n")[0]
+    assert "gpu=1" in train_block
+    # download and aggregate stay on the submit host (where they run under Slurm is tested in the Slurm test)
+    rules = {p.stem: p.read_text() for p in (REPO / "workflow/rules").glob("*.smk")}
+    assert "localrules: download" in rules["download"] and "localrules: aggregate" in rules["aggregate"]
+    assert "localrules" not in rules["train"] + rules["estimate"]
