@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmark.balancers.base import RunContext
-from benchmark.balancers.gblend import FUSED_HEAD, blend_weights
+from benchmark.balancers.gblend import FUSED_HEAD, blend_weights, generalization_overfitting
 from benchmark.balancers.joint import Joint
 from benchmark.config import component_class, settings_hash
 from benchmark.data.cache import BatchPreparer, CachedSplit
@@ -86,12 +86,13 @@ def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: i
         ctx = RunContext(modalities=list(net.modalities), num_epochs=train_settings["epochs"], device=device, seed=seed)
         fit(net, Joint(), ctx, T, data.prep, train_settings, log=lambda s, h=head: log(f"[estimate:{h}] {s}"))
         after = {"V": _measure(net, V, data.prep, bs, metric), "T'": _measure(net, Tp, data.prep, bs, metric)}
-        sign = 1.0 if metric == "loss" else -1.0  # accuracy: error = 1 - acc, so gains flip sign
-        G[head] = sign * (before["V"] - after["V"])
-        O[head] = sign * ((after["V"] - after["T'"]) - (before["V"] - before["T'"]))
+        G[head], O[head] = generalization_overfitting(before, after, metric)
         per_head[head] = {"before": before, "after": after, "G": G[head], "O": O[head]}
         log(f"[estimate:{head}] {metric} before {before} after {after} -> G={G[head]:.4g} O={O[head]:.4g}")
     weights, notes = blend_weights(G, O)
+    if weights[FUSED_HEAD] == 0:
+        notes.append("the fused head got weight 0 (no generalisation measured on V), so it is not trained and "
+                     "the model's fused predictions stay at their initial, near-chance level")
     log(f"[estimate] weights {weights}" + (f" ({'; '.join(notes)})" if notes else ""))
     result = {
         "algorithm": "G-Blend GB_Estimate at N=0 (Wang et al. 2020, Alg. 1), offline (Alg. 2)",

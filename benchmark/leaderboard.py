@@ -35,7 +35,7 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> pd.DataFrame:
             rows.append({**row, "status": "not run", "reason": f"no {path}"})
             continue
         m = json.loads(path.read_text())
-        row.update(status=m["status"], reason=m.get("reason", ""), notes="; ".join(m.get("notes", [])),
+        row.update(status=m["status"], reason=m.get("reason", ""), num_classes=m["run"].get("num_classes"), notes="; ".join(m.get("notes", [])),
                    config_hash=m["config_hash"], git_commit=m["provenance"]["git_commit"])
         if m["status"] == "ok":
             best, last = m["metrics"]["best"], m["metrics"]["last"]
@@ -63,12 +63,13 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         ok = group[group["status"] == "ok"]
         row = dict(zip(keys, key))
         row["balancer"] = group["balancer"].iloc[0]
+        row["num_classes"] = group["num_classes"].max() if "num_classes" in group else math.nan
         row["seeds"] = len(ok)
         statuses = sorted(set(group["status"]) - {"ok"})
         row["status"] = "ok" if not statuses else ("ok, " if len(ok) else "") + ", ".join(statuses)
         reasons = sorted({r for r in group.get("reason", pd.Series(dtype=str)).dropna() if r})
         row["reason"] = "; ".join(reasons)
-        notes = sorted({n for n in group.get("notes", pd.Series(dtype=str)).dropna() if n})
+        notes = sorted({n for joined in group.get("notes", pd.Series(dtype=str)).dropna() for n in joined.split("; ") if n})
         row["notes"] = "; ".join(notes)
         for col in metric_cols:
             values = ok[col].dropna() if col in ok else pd.Series(dtype=float)
@@ -94,17 +95,21 @@ def to_markdown(summary: pd.DataFrame, cfg: dict) -> str:
         lines += [f"## {dataset} · {backbone}", ""]
         header = ["method", "fusion", "seeds", "test acc", "macro-F1"] + [f"acc {m}" for m in modalities] + ["val acc", "status"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        footnotes: list[str] = []
         for _, r in table.iterrows():
             fusion = "—" if r["fusion"] == NO_FUSION else r["fusion"]
             status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+            for note in filter(None, r["notes"].split("; ")):
+                if note not in footnotes:
+                    footnotes.append(note)
+                status += f" [{footnotes.index(note) + 1}]"
             cells = [r["method"], fusion, str(r["seeds"]), _pm(r.get("test_acc_mean", math.nan), r.get("test_acc_std", math.nan)),
                      _pm(r.get("test_f1_mean", math.nan), r.get("test_f1_std", math.nan))]
             cells += [_pm(r.get(f"test_acc_{m}_mean", math.nan), r.get(f"test_acc_{m}_std", math.nan)) for m in modalities]
             cells += [_pm(r.get("val_acc_mean", math.nan), r.get("val_acc_std", math.nan)), status]
             lines.append("| " + " | ".join(cells) + " |")
-        notes = sorted({n for n in table["notes"] if n})
-        if notes:
-            lines += ["", "Notes: " + " ".join(f"{n}." for n in notes)]
+        if footnotes:
+            lines += [""] + [f"[{i}] {note}" + ("" if i == len(footnotes) else "  ") for i, note in enumerate(footnotes, 1)]
         lines.append("")
     return "\n".join(lines)
 
@@ -130,6 +135,9 @@ def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.bar(xs, 100 * part["test_acc_mean"], width, yerr=100 * part["test_acc_std"].fillna(0), capsize=3, label=fusion)
         for k, (_, r) in enumerate(table[(table["fusion"] == NO_FUSION) & (table["seeds"] > 0)].iterrows()):
             ax.axhline(100 * r["test_acc_mean"], color=f"C{len(fusions) + k}", linestyle="--", label=r["method"])
+        classes = table["num_classes"].max()
+        if classes == classes:  # not NaN
+            ax.axhline(100 / classes, color="grey", linestyle=":", label="chance")
         ax.set_xticks(range(len(methods)), methods, rotation=20)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset} · {backbone} (mean ± std over seeds)")

@@ -78,8 +78,6 @@ def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None
     balancer_cls = component_class(cfg, "balancers", spec.balancer)
     fusion_cls = None if spec.fusion == NO_FUSION else component_class(cfg, "fusions", spec.fusion)
     notes = list(balancer_cls.notes(fusion_cls, len(settings["modalities"])))
-    if spec.fusion == NO_FUSION:
-        notes.append(f"single-modality run: the {spec.modality} encoder with a linear classifier")
     log(f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, config {settings_hash(settings)}")
 
     data = RunData.load(spec, settings, device)
@@ -88,6 +86,7 @@ def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None
     ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=settings["train"]["epochs"], device=device,
                      seed=spec.seed, artifacts=artifact_paths(spec, balancer_cls.needs))
     result = fit(model, balancer, ctx, data.train, data.prep, settings["train"], val=data.val, log=log)
+    notes += getattr(balancer, "run_notes", [])
 
     test = data.test(settings["modalities"])
     bs = settings["train"]["eval_batch_size"]
@@ -105,7 +104,8 @@ def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None
         "version": METRICS_VERSION,
         "status": "ok",
         "run": {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "balancer": spec.balancer,
-                "method": spec.method, "seed": spec.seed, "modalities": settings["modalities"]},
+                "method": spec.method, "seed": spec.seed, "modalities": settings["modalities"],
+                "num_classes": len(data.info["classes"])},
         "method_paper": balancer_cls.paper,
         "notes": notes,
         "config_hash": settings_hash(settings),

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -72,7 +71,3 @@ def tiny_workspace(tmp_path_factory) -> Path:
 def in_tiny_workspace(tiny_workspace, monkeypatch) -> Path:
     monkeypatch.chdir(tiny_workspace)
     return tiny_workspace
-
-
-def pytest_configure(config):
-    os.environ.setdefault("PYTHONHASHSEED", "0")

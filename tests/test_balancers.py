@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmark.balancers.base import RunContext
-from benchmark.balancers.gblend import GBlend, blend_weights
+from benchmark.balancers.gblend import GBlend, blend_weights, generalization_overfitting
 from benchmark.balancers.joint import Joint
 from benchmark.balancers.multi_loss import MLB, MultiLoss, mlb_coefficients
 from benchmark.balancers.ogm import OGM, OGMGE, modulated_parameters, ogm_coefficients, ogm_scores
@@ -210,6 +210,23 @@ def test_gblend_weights_hand_computed():
     w, notes = blend_weights(G, O)  # G/O² = 1.25, 2, 10; Z = 13.25
     assert w == pytest.approx({"audio": 0.0943396, "visual": 0.1509434, "fused": 0.7547170}, abs=1e-6)
     assert notes == []
+
+
+def test_gblend_weights_from_train_and_validation_losses():
+    # per head: loss on the held-out set V and the train subset T' at N (before) and N+n (after)
+    losses = {"audio": ({"V": 2.0, "T'": 2.1}, {"V": 1.2, "T'": 0.6}),    # G = 0.8, O = 0.6 + 0.1 = 0.7
+              "visual": ({"V": 2.1, "T'": 2.1}, {"V": 1.6, "T'": 1.4}),   # G = 0.5, O = 0.2
+              "fused": ({"V": 2.0, "T'": 2.0}, {"V": 1.0, "T'": 0.2})}    # G = 1.0, O = 0.8
+    G, O = {}, {}
+    for head, (before, after) in losses.items():
+        G[head], O[head] = generalization_overfitting(before, after, "loss")
+    assert G == pytest.approx({"audio": 0.8, "visual": 0.5, "fused": 1.0})
+    assert O == pytest.approx({"audio": 0.7, "visual": 0.2, "fused": 0.8})
+    w, _ = blend_weights(G, O)  # G/O²: 1.6327, 12.5, 1.5625 -> Z = 15.6952
+    assert w == pytest.approx({"audio": 0.1040228, "visual": 0.7964242, "fused": 0.0995530}, abs=1e-6)
+    # the accuracy variant: error = 1 - accuracy
+    g, o = generalization_overfitting({"V": 0.2, "T'": 0.2}, {"V": 0.6, "T'": 0.9}, "accuracy")
+    assert (g, o) == pytest.approx((0.4, 0.3))
 
 
 def test_gblend_head_without_generalisation_gets_zero_and_all_bad_falls_back():

@@ -47,6 +47,8 @@ class Balancer:
 
     def __init__(self) -> None:
         self._tracked: dict[str, list[torch.Tensor]] = {}
+        #: facts about this run a reader of the leaderboard must know (copied into metrics.json 'notes')
+        self.run_notes: list[str] = []
 
     # --- what the DAG asks before scheduling ---------------------------------------------------------
     @classmethod

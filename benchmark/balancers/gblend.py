@@ -12,6 +12,16 @@ from benchmark.models.model import ModelOutput, fingerprint
 FUSED_HEAD = "fused"
 
 
+def generalization_overfitting(before: dict[str, float], after: dict[str, float], metric: str = "loss") -> tuple[float, float]:
+    """G and O of one head between checkpoints N and N+n (G-Blend eq. 3, Alg. 1), from its measure on the
+    held-out set ("V") and the train subset ("T'"):  G = L^V(N) − L^V(N+n),
+    O = (L^V(N+n) − L^T'(N+n)) − (L^V(N) − L^T'(N)).  With accuracy, the error 1 − acc takes the loss's place."""
+    sign = 1.0 if metric == "loss" else -1.0  # error = 1 - accuracy: every difference flips sign
+    G = sign * (before["V"] - after["V"])
+    O = sign * ((after["V"] - after["T'"]) - (before["V"] - before["T'"]))
+    return G, O
+
+
 def blend_weights(G: dict[str, float], O: dict[str, float], eps: float = 1e-8) -> tuple[dict[str, float], list[str]]:
     """Alg. 1: w_i = (1/Z)·G_i / O_i², Z making the weights sum to 1.
 
@@ -54,9 +64,10 @@ class GBlend(Balancer):
         if estimate["init_fingerprint"] != fingerprint(model):
             raise ValueError(f"{path} was estimated from a different initial model (seed or architecture changed); re-run the estimate step")
         self.weights = {h: torch.tensor(float(w), device=ctx.device) for h, w in estimate["weights"].items()}
+        self.run_notes = [f"G-Blend estimate: {note}" for note in estimate.get("notes", [])]
 
     def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
         fused = fused_ce(out, y)
         uni = unimodal_ce(out, y)
-        self.track(loss_fused=fused, loss_uni=uni)
+        self.track(loss_fused=fused, loss_uni=uni, w=self.weights)
         return self.weights[FUSED_HEAD] * fused + sum(self.weights[m] * loss for m, loss in uni.items())
