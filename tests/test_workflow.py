@@ -61,6 +61,14 @@ def test_tiny_real_run_produces_a_leaderboard_and_is_idempotent(tmp_path):
     changed = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
     counts = job_counts(changed.stdout)
     assert counts.get("train") == 1 and "method=ogm" in changed.stdout and "method=joint" not in changed.stdout
+    # a method added to the grid trains only that method's runs
+    cfg["balancers"]["ogm"]["alpha"] = 0.8
+    cfg["grid"]["balancers"].append("multi_loss")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    added = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
+    counts = job_counts(added.stdout)
+    assert counts.get("train") == 1 and "method=multi_loss" in added.stdout and "method=ogm" not in added.stdout
+    assert counts.get("aggregate") == 1 and "download" not in counts and "preprocess" not in counts
 
 
 def test_cluster_profile_is_found_from_the_repository_root_and_asks_for_gpus(tmp_path):
