@@ -11,7 +11,6 @@ with accuracy in place of loss when ``metric: accuracy`` (the paper allows both)
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Callable
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.config import (
-    AXES,
     component_class,
     component_params,
     dataset_settings,
@@ -124,7 +123,3 @@ def run_hash(cfg: dict, spec: RunSpec) -> str:
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-__all__ = ["AXES", "NO_FUSION", "RunSpec", "artifact_paths", "dataset_modalities", "gblend_weights_path", "grid_runs",
-           "processed_dir", "raw_dir", "run_hash", "run_settings"]
