@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Command 2: environment (if missing) + the test suite. Extra arguments go to pytest.
+# Command 2: environment (if missing) + the test suite, spread over all CPU cores. Extra arguments go to pytest
+# (e.g. `bash test.sh -m "not slow"`, or `-n 0` for one process).
 source "$(dirname "$0")/scripts/env.sh"
 cd "$REPO"
-exec python -m pytest "$@"
+exec python -m pytest -n auto "$@"

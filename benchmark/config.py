@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import inspect
 import json
@@ -79,8 +80,19 @@ def validate_config(cfg: Any) -> dict:
 
 # --- schema ------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text()
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_schema() -> dict:
+    return yaml.safe_load(_schema_text())
+
+
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config schema (parsed once per process; callers get their own copy)."""
+    return copy.deepcopy(_parsed_schema())
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -104,8 +116,13 @@ def _key(path: Iterable[Any]) -> str:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _config_validator():
+    return _with_defaults(jsonschema.Draft202012Validator)(_parsed_schema())
+
+
 def _check_schema(cfg: dict) -> None:
-    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
+    validator = _config_validator()
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if not errors:
         return
@@ -255,10 +272,15 @@ def dataset_settings(cfg: dict, dataset: str) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _preprocess_validator():
+    schema = _parsed_schema()
+    probe = {"type": "object", "$defs": schema["$defs"], "properties": {"preprocess": {"$ref": "#/$defs/preprocess", "default": {}}}}
+    return _with_defaults(jsonschema.Draft202012Validator)(probe)
+
+
 def _fill_preprocess(pre: dict) -> dict:
     """Preprocess settings with schema defaults (validate_config has normally filled them already)."""
-    schema = load_schema()
     holder = {"preprocess": copy.deepcopy(pre)}
-    probe = {"type": "object", "$defs": schema["$defs"], "properties": {"preprocess": {"$ref": "#/$defs/preprocess", "default": {}}}}
-    _with_defaults(jsonschema.Draft202012Validator)(probe).validate(holder)
+    _preprocess_validator().validate(holder)
     return holder["preprocess"]

@@ -56,14 +56,28 @@ def gblend_weights_path(dataset: str, backbone: str, fusion: str, seed: int) -> 
     return Path("results/gblend") / dataset / backbone / fusion / f"seed{seed}.json"
 
 
-def artifact_paths(spec: RunSpec, needs: tuple[str, ...]) -> dict[str, Path]:
-    """Files a method declares in ``Balancer.needs``, produced by other DAG steps."""
-    known = {"gblend_weights": lambda: gblend_weights_path(spec.dataset, spec.backbone, spec.fusion, spec.seed)}
-    out = {}
+def unimodal_checkpoint(spec: RunSpec, modality: str) -> Path:
+    """The best-validation weights of the same dataset/backbone/seed's unimodal run for ``modality``."""
+    return RunSpec(spec.dataset, spec.backbone, NO_FUSION, "unimodal", spec.seed, modality).run_dir / "model.pt"
+
+
+ARTIFACTS = ("gblend_weights", "unimodal_checkpoints")
+
+
+def artifact_paths(spec: RunSpec, needs: tuple[str, ...], modalities: list[str]) -> dict[str, Path]:
+    """Files a method declares in ``Balancer.needs``, produced by other DAG steps.
+
+    'gblend_weights': the estimate step's weights for this dataset/backbone/fusion/seed;
+    'unimodal_checkpoints': one key 'unimodal_checkpoint/<modality>' per modality (the unimodal runs' model.pt).
+    """
+    out: dict[str, Path] = {}
     for need in needs:
-        if need not in known:
-            raise ValueError(f"balancer '{spec.balancer}' needs unknown artefact '{need}'; known: {', '.join(known)}")
-        out[need] = known[need]()
+        if need == "gblend_weights":
+            out[need] = gblend_weights_path(spec.dataset, spec.backbone, spec.fusion, spec.seed)
+        elif need == "unimodal_checkpoints":
+            out.update({f"unimodal_checkpoint/{m}": unimodal_checkpoint(spec, m) for m in modalities})
+        else:
+            raise ValueError(f"balancer '{spec.balancer}' needs unknown artefact '{need}'; known: {', '.join(ARTIFACTS)}")
     return out
 
 
@@ -87,7 +101,7 @@ def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
                         continue
                     for fusion in g["fusions"]:
                         spec = RunSpec(dataset, backbone, fusion, balancer, seed)
-                        reason = cls.unsupported(component_class(cfg, "fusions", fusion))
+                        reason = cls.unsupported(component_class(cfg, "fusions", fusion), len(modalities))
                         if reason:
                             skipped.append((spec, reason))
                         else:

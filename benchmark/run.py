@@ -68,9 +68,12 @@ def build_run_model(cfg: dict, settings: dict, info: dict, balancer_cls: type[Ba
     )
 
 
-def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None] = print) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
+                artifacts: dict[str, Path] | None = None) -> tuple[dict, dict]:
+    """Train and evaluate one run in memory: (the metrics record, the best-validation state dict).
+
+    ``artifacts`` overrides where the method's DAG inputs are read from (default: their grid paths).
+    """
     started = time.perf_counter()
     settings = run_settings(cfg, spec)
     configure_determinism(settings["train"]["deterministic"])
@@ -81,11 +84,14 @@ def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None
     log(f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, config {settings_hash(settings)}")
 
     data = RunData.load(spec, settings, device)
-    model = build_run_model(cfg, settings, data.info, balancer_cls)
     balancer = balancer_cls(**settings["balancer"]["params"])
+    model = balancer.configure_model(build_run_model(cfg, settings, data.info, balancer_cls))
+    if artifacts is None:
+        artifacts = artifact_paths(spec, balancer_cls.needs, settings["modalities"])
     ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=settings["train"]["epochs"], device=device,
-                     seed=spec.seed, artifacts=artifact_paths(spec, balancer_cls.needs))
-    result = fit(model, balancer, ctx, data.train, data.prep, settings["train"], val=data.val, log=log)
+                     seed=spec.seed, artifacts=artifacts)
+    train = balancer.training_split(data.train, spec.seed)
+    result = fit(model, balancer, ctx, train, data.prep, settings["train"], val=data.val, log=log)
     notes += getattr(balancer, "run_notes", [])
 
     test = data.test(settings["modalities"])
@@ -96,10 +102,6 @@ def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None
         model.load_state_dict(state)
         reported[name] = {"val": predict(model, data.val, data.prep, bs).metrics(),
                           "test": predict(model, test, data.prep, bs).metrics()}
-    torch.save({"state_dict": result.best_state, "epoch": result.best_epoch, "config_hash": settings_hash(settings)},
-               out_dir / "model.pt.tmp")
-    (out_dir / "model.pt.tmp").replace(out_dir / "model.pt")
-
     metrics = {
         "version": METRICS_VERSION,
         "status": "ok",
@@ -110,14 +112,25 @@ def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None
         "notes": notes,
         "config_hash": settings_hash(settings),
         "selection": {"criterion": "validation accuracy (earliest best epoch)", "best_epoch": result.best_epoch,
-                      "epochs": settings["train"]["epochs"]},
+                      "epochs": settings["train"]["epochs"], "trained_on": len(train)},
         "metrics": reported,
         "history": result.history,
         "settings": settings,
         "provenance": provenance(device),
         "timing": {"seconds_per_epoch": result.seconds_per_epoch, "total_seconds": time.perf_counter() - started},
     }
-    write_json(out_dir / "metrics.json", metrics)
     b = reported["best"]
     log(f"done: best epoch {result.best_epoch}, val acc {b['val']['accuracy']:.4f}, test acc {b['test']['accuracy']:.4f}")
+    return metrics, result.best_state
+
+
+def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """One run of the grid: train, evaluate, write ``model.pt`` (best-validation weights) and ``metrics.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, best_state = execute_run(cfg, spec, log)
+    torch.save({"state_dict": best_state, "epoch": metrics["selection"]["best_epoch"], "config_hash": metrics["config_hash"]},
+               out_dir / "model.pt.tmp")
+    (out_dir / "model.pt.tmp").replace(out_dir / "model.pt")
+    write_json(out_dir / "metrics.json", metrics)
     return metrics

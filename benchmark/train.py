@@ -68,7 +68,7 @@ class Predictions:
 def predict(model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int) -> Predictions:
     model.eval()
     labels, logits, modality, unimodal = [], [], {}, {}
-    has_modality = len(model.modalities) > 1 and type(model.fusion).modality_logits_rule is not None
+    has_modality = len(model.modalities) > 1
     for batch in make_loader(data, batch_size, shuffle=False):
         inputs, y = prep(batch)
         out = model(inputs)
@@ -97,8 +97,10 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: CachedSplit, prep: BatchPreparer,
         settings: dict, val: CachedSplit | None = None, log: Callable[[str], None] = print) -> FitResult:
-    """Train for settings['epochs'] epochs; with ``val``, keep the best-validation-accuracy weights."""
+    """Train ``model`` (already configured by the balancer) for settings['epochs'] epochs on ``train``; with
+    ``val``, keep the best-validation-accuracy weights."""
     model.to(ctx.device)
+    ctx.train, ctx.prep, ctx.settings, ctx.log = train, prep, settings, log
     balancer.setup(model, ctx)
     optimizer = make_optimizer(model, settings["optimizer"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings["lr_step"]["step_size"], settings["lr_step"]["gamma"])
@@ -115,7 +117,7 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
         seen = 0
         for batch in loader:
             inputs, y = prep(batch)
-            out = model(inputs)
+            out = balancer.forward(model, inputs)
             loss = balancer.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -126,13 +128,13 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
             seen += len(y)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        balancer.on_epoch_end(epoch)
         row = {"epoch": epoch, "lr": lr, "train_loss": (loss_sum / seen).item(), "train_acc": (correct / seen).item()}
-        row.update(balancer.epoch_summary())
         if val is not None:
             row.update({f"val_{k}": v for k, v in predict(model, val, prep, settings["eval_batch_size"]).metrics().items()})
             if row["val_accuracy"] > best_acc:
                 best_acc, result.best_epoch, result.best_state = row["val_accuracy"], epoch, _cpu_state(model)
+        balancer.on_epoch_end(epoch, row)
+        row.update(balancer.epoch_summary())
         result.seconds_per_epoch.append(time.perf_counter() - start)
         result.history.append(row)
         log(f"[{epoch + 1}/{settings['epochs']}] " + " ".join(f"{k}={v:.4g}" for k, v in row.items())

@@ -25,6 +25,7 @@ def tiny_config(**grid) -> dict:
     cfg["grid"] = {"datasets": ["synthetic-av"], "backbones": ["small_cnn"], "fusions": ["concat"],
                    "balancers": ["joint", "ogm"], "seeds": [0], **grid}
     cfg["train"]["epochs"] = 1
+    cfg["train"]["per_backbone"] = {}
     cfg["datasets"]["synthetic-av"]["generate"].update(num_clips=48, size=32, fps=4)
     cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=16, fps=2)
     cfg["backbones"]["small_cnn"]["width"] = 4
@@ -39,7 +40,7 @@ def cfg() -> dict:
 
 def small_model(fusion: str = "concat", unimodal_heads: bool = False, num_classes: int = 3, seed: int = 0) -> MultimodalModel:
     torch.manual_seed(seed)
-    encoders = {"audio": SmallCNN("spectrogram", 1, width=2), "visual": SmallCNN("frames", 3, width=2)}
+    encoders = {"audio": SmallCNN("spectrogram", (1, 16, 16), width=2), "visual": SmallCNN("frames", (2, 3, 8, 8), width=2)}
     fusion_module = FUSIONS.get(fusion)({m: e.out_dim for m, e in encoders.items()}, num_classes)
     return MultimodalModel(encoders, fusion_module, num_classes, unimodal_heads=unimodal_heads)
 

@@ -20,7 +20,7 @@ CTX = dict(modalities=["audio", "visual"], num_epochs=10, device=torch.device("c
 def grads_after(model, balancer, inputs, y, epoch=0) -> dict[str, torch.Tensor]:
     balancer.setup(model, RunContext(**CTX, epoch=epoch))
     model.zero_grad(set_to_none=True)
-    out = model(inputs)
+    out = balancer.forward(model, inputs)
     balancer.loss(out, y).backward()
     balancer.after_backward(out, y)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -33,7 +33,7 @@ def test_shapes_through_every_backbone_and_fusion(backbone, fusion, unimodal_hea
 
 
 def test_frames_are_pooled_over_time():
-    enc = BACKBONES.get("small_cnn")("frames", 3, width=4).eval()
+    enc = BACKBONES.get("small_cnn")("frames", (3, 3, 16, 16), width=4).eval()
     x = torch.randn(2, 3, 3, 16, 16)
     torch.testing.assert_close(enc(x), enc(x.flip(1)))  # average over frames: order-free
 
@@ -46,13 +46,13 @@ def test_seeded_construction_is_reproducible():
 
 
 def test_local_weights_for_resnet18(tmp_path):
-    net = BACKBONES.get("resnet18")("spectrogram", 1)
+    net = BACKBONES.get("resnet18")("spectrogram", (1, 32, 33))
     state = {k.replace("trunk.0.", "conv1."): v for k, v in net.state_dict().items() if k.startswith("trunk.0.")}
     torch.save({"conv1.weight": torch.ones_like(state["conv1.weight"])}, tmp_path / "w.pt")
-    loaded = BACKBONES.get("resnet18")("spectrogram", 1, weights=str(tmp_path / "w.pt"))
+    loaded = BACKBONES.get("resnet18")("spectrogram", (1, 32, 33), weights=str(tmp_path / "w.pt"))
     assert torch.all(loaded.trunk[0].weight == 1)
     with pytest.raises(FileNotFoundError):
-        BACKBONES.get("resnet18")("spectrogram", 1, weights=str(tmp_path / "missing.pt"))
+        BACKBONES.get("resnet18")("spectrogram", (1, 32, 33), weights=str(tmp_path / "missing.pt"))
 
 
 def test_user_class_by_module_path(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """The Snakemake DAG: the default grid's job list, a tiny real run to a leaderboard, the cluster profile."""
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +87,42 @@ def test_cluster_profile_is_found_from_the_repository_root_and_asks_for_gpus(tmp
     rules = {p.stem: p.read_text() for p in (REPO / "workflow/rules").glob("*.smk")}
     assert "localrules: download" in rules["download"] and "localrules: aggregate" in rules["aggregate"]
     assert "localrules" not in rules["train"] + rules["estimate"]
+
+
+@pytest.mark.slow
+def test_three_modalities_end_to_end(tmp_path):
+    cfg = tiny_config(datasets=["synthetic-avm"], balancers=["joint", "ogm", "mlb", "gblend", "aux_loss", "modality_dropout", "pretrain"])
+    cfg["datasets"]["synthetic-avm"] = cfg["datasets"].pop("synthetic-av")
+    cfg["balancers"]["gblend"]["estimate_epochs"] = 1
+    (tmp_path / "avm.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, configfile=tmp_path / "avm.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    assert (board["status"] == "ok").all() and len(board) == 7
+    assert {"test_acc_audio_mean", "test_acc_visual_mean", "test_acc_motion_mean"} <= set(board.columns)
+    runs = tmp_path / "results/runs/synthetic-avm/small_cnn"
+    for method in ("ogm", "gblend", "pretrain"):
+        m = json.loads((runs / "concat" / method / "seed0/metrics.json").read_text())
+        assert m["run"]["modalities"] == ["audio", "visual", "motion"]
+    assert any("extension" in n for n in json.loads((runs / "concat/ogm/seed0/metrics.json").read_text())["notes"])
+    weights = json.loads((tmp_path / "results/gblend/synthetic-avm/small_cnn/concat/seed0.json").read_text())["weights"]
+    assert set(weights) == {"audio", "visual", "motion", "fused"}
+    for m in ("audio", "visual", "motion"):  # pretrain's inputs, produced by the DAG though unimodal is not in the grid
+        assert (runs / "none" / f"unimodal-{m}" / "seed0/model.pt").exists()
+
+
+@pytest.mark.slow
+def test_user_classes_from_a_module_run_through_the_dag(tmp_path):
+    shutil.copy(REPO / "examples/my_methods.py", tmp_path / "my_methods.py")
+    cfg = tiny_config(balancers=["joint", "weakest_boost"], fusions=["concat", "max"])
+    cfg["balancers"]["weakest_boost"] = {"class": "my_methods:WeakestBoost", "lam": 0.3}
+    cfg["fusions"]["max"] = {"class": "my_methods:MaxFusion", "hidden": 16}
+    (tmp_path / "user.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, configfile=tmp_path / "user.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    assert set(zip(board["method"], board["fusion"])) == {(b, f) for b in ("joint", "weakest_boost") for f in ("concat", "max")}
+    assert (board["status"] == "ok").all()
+    m = json.loads((tmp_path / "results/runs/synthetic-av/small_cnn/max/weakest_boost/seed0/metrics.json").read_text())
+    assert m["settings"]["balancer"] == {"name": "weakest_boost", "params": {"lam": 0.3}, "class": "my_methods:WeakestBoost"}
+    assert "score_audio" in m["history"][0]

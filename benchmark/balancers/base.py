@@ -1,25 +1,31 @@
 """The contract between the one training loop and a balancing method.
 
-Per step the loop calls ``loss(out, y)`` then backward, then ``after_backward(out, y)``, then the optimizer
-step; per epoch it calls ``on_epoch_start(epoch)`` and ``on_epoch_end(epoch)``. A method overrides only the
-hooks it needs and declares, as class attributes, what it needs from the model and from the DAG.
-Coefficients go through ``track`` and stay on the device until the epoch summary, so a step never waits on
-the host.
+Per run: ``configure_model(model)`` (before training, e.g. to change how logits are formed or to load
+pretrained encoders), ``training_split(train)`` (the part of the training split the loop trains on), then
+``setup(model, ctx)``. Per epoch: ``on_epoch_start(epoch)``, the steps, then ``on_epoch_end(epoch, metrics)`` with
+that epoch's training and validation metrics. Per step: ``out = forward(model, inputs)`` (default: the
+model's own forward), ``loss(out, y)``, backward, ``after_backward(out, y)``, optimizer step.
+A method overrides only the hooks it needs and declares, as class attributes, what it needs from the model
+and from the DAG. Coefficients go through ``track`` and stay on the device until the epoch summary, so a step
+never waits on the host.
 
 A user method is a subclass named in config (``balancers: {mine: {class: 'pkg.mod:Mine', alpha: 1}}``);
-its hyperparameters are the keyword-only arguments of ``__init__``.
+its hyperparameters are the keyword-only arguments of ``__init__``, which must call ``super().__init__()``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
 import torch
 from torch.nn import functional as F
 
 from benchmark.models.model import ModelOutput, MultimodalModel
 from benchmark.registry import Registry
+
+if TYPE_CHECKING:
+    from benchmark.data.cache import BatchPreparer, CachedSplit
 
 
 @dataclass
@@ -32,6 +38,18 @@ class RunContext:
     seed: int = 0
     artifacts: dict[str, Path] = field(default_factory=dict)  # DAG inputs named in ``needs``
     epoch: int = 0
+    train: "CachedSplit | None" = None  # the data the loop trains on (after ``training_split``)
+    prep: "BatchPreparer | None" = None  # moves a cached batch to the device
+    settings: dict = field(default_factory=dict)  # the run's training settings
+    log: Callable[[str], None] = print
+
+    def batches(self, data: "CachedSplit | None" = None, batch_size: int | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
+        """Device batches of ``data`` (default: the training data) in a fixed order, for per-epoch statistics."""
+        from benchmark.data.cache import make_loader
+
+        data = self.train if data is None else data
+        for batch in make_loader(data, batch_size or self.settings.get("eval_batch_size", 256), shuffle=False):
+            yield self.prep(batch)
 
 
 class Balancer:
@@ -52,8 +70,8 @@ class Balancer:
 
     # --- what the DAG asks before scheduling ---------------------------------------------------------
     @classmethod
-    def unsupported(cls, fusion_cls: type) -> str | None:
-        """Why this method cannot run with ``fusion_cls`` (None: it can)."""
+    def unsupported(cls, fusion_cls: type, num_modalities: int) -> str | None:
+        """Why this method cannot run with ``fusion_cls`` on this many modalities (None: it can)."""
         return None
 
     @classmethod
@@ -62,9 +80,21 @@ class Balancer:
         return []
 
     # --- hooks ----------------------------------------------------------------------------------------
+    def configure_model(self, model: MultimodalModel) -> MultimodalModel:
+        """Change the model before training (its result is what is trained, evaluated and saved)."""
+        return model
+
+    def training_split(self, train: "CachedSplit", seed: int = 0) -> "CachedSplit":
+        """The part of the training split the loop trains on (default: all of it); ``seed`` is the run's."""
+        return train
+
     def setup(self, model: MultimodalModel, ctx: RunContext) -> None:
         self.model = model
         self.ctx = ctx
+
+    def forward(self, model: MultimodalModel, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        """The training-time forward pass (evaluation always uses the model's own forward)."""
+        return model(inputs)
 
     def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -75,7 +105,7 @@ class Balancer:
     def on_epoch_start(self, epoch: int) -> None:
         pass
 
-    def on_epoch_end(self, epoch: int) -> None:
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
     # --- coefficient logging ----------------------------------------------------------------------------
@@ -121,3 +151,21 @@ def scale_grads(params: list[tuple[torch.nn.Parameter, tuple | None]], k: torch.
             p.grad.mul_(k)
         else:
             p.grad[index] *= k
+
+
+def modality_parameter_groups(model: MultimodalModel, with_unimodal_heads: bool = True) -> dict[str, list[tuple[torch.nn.Parameter, tuple | None]]]:
+    """Per modality: every encoder parameter, its unimodal head (if any) and its slice of the fused head."""
+    groups = {}
+    for m in model.modalities:
+        group = [(p, None) for p in model.encoders[m].parameters()]
+        if with_unimodal_heads and model.unimodal_heads is not None:
+            group += [(p, None) for p in model.unimodal_heads[m].parameters()]
+        groups[m] = group + model.fusion.modality_head_params(m)
+    return groups
+
+
+def estimator_note(fusion_cls: type | None) -> list[str]:
+    """The note for a method that reads per-modality logits from a fusion that only estimates them."""
+    if fusion_cls is None or getattr(fusion_cls, "modality_logits_exact", True):
+        return []
+    return [f"extension: per-modality logits of fusion '{fusion_cls.name}' by {fusion_cls.modality_logits_rule}"]

@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.balancers.base import BALANCERS, Balancer, fused_ce, scale_grads, true_class_probability, unimodal_ce
+from benchmark.balancers.base import (
+    BALANCERS,
+    Balancer,
+    fused_ce,
+    modality_parameter_groups,
+    scale_grads,
+    true_class_probability,
+    unimodal_ce,
+)
 from benchmark.models.model import ModelOutput
 
 
@@ -47,14 +55,16 @@ class MLB(MultiLoss):
         super().__init__()
         self.alpha, self.beta_max = alpha, beta_max
 
+    @classmethod
+    def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
+        if fusion_cls is not None and not getattr(fusion_cls, "modality_logits_exact", False):
+            return [f"fusion '{fusion_cls.name}' mixes modalities before its head, so k_m scales the encoder and unimodal "
+                    "head of each modality (no fused-head slice)"]
+        return []
+
     def setup(self, model, ctx) -> None:
         super().setup(model, ctx)
-        self.groups = {
-            m: [(p, None) for p in model.encoders[m].parameters()]
-            + [(p, None) for p in model.unimodal_heads[m].parameters()]
-            + model.fusion.modality_head_params(m)
-            for m in model.modalities
-        }
+        self.groups = modality_parameter_groups(model)
 
     def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
         scores = torch.stack([true_class_probability(out.unimodal[m], y).mean() for m in self.model.modalities])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmark.balancers.base import BALANCERS, Balancer, fused_ce, true_class_probability
+from benchmark.balancers.base import BALANCERS, Balancer, estimator_note, fused_ce, true_class_probability
 from benchmark.models.model import ModelOutput
 
 
@@ -44,7 +44,8 @@ class OGM(Balancer):
     """OGM (Peng et al. 2022, eqs. 8-11): cross-entropy on the fused output; after backward, inside the epoch
     window [start_epoch, end_epoch] (inclusive), each modulated encoder gradient becomes k_m·g (eq. 11).
 
-    Per-modality logits come from the fused head as the fusion defines them (concat: W_m·φ_m + b/M).
+    Per-modality logits come from the fused head as the fusion defines them (concat: W_m·φ_m + b/M; fusions
+    without a linear split use the zero-masking Shapley estimate, an extension noted in the run's outputs).
     Extension: with M > 2 modalities ρ_m = s_m / mean_{j≠m} s_j (the paper has two).
     """
 
@@ -58,16 +59,11 @@ class OGM(Balancer):
         self.alpha, self.start_epoch, self.end_epoch, self.modulate = alpha, start_epoch, end_epoch, modulate
 
     @classmethod
-    def unsupported(cls, fusion_cls: type) -> str | None:
-        if getattr(fusion_cls, "modality_logits_rule", None) is None:
-            return f"fusion '{fusion_cls.name}' defines no per-modality logits, which OGM's scores (eq. 8) need"
-        return None
-
-    @classmethod
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
+        notes = estimator_note(fusion_cls)
         if num_modalities > 2:
-            return ["extension: ρ_m = s_m / mean of the other modalities' scores (the paper defines two modalities)"]
-        return []
+            notes.append("extension: ρ_m = s_m / mean of the other modalities' scores (the paper defines two modalities)")
+        return notes
 
     def setup(self, model, ctx) -> None:
         super().setup(model, ctx)

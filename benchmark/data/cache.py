@@ -72,11 +72,12 @@ def make_loader(data: CachedSplit, batch_size: int, shuffle: bool, seed: int = 0
 
 
 class BatchPreparer:
-    """Moves a batch to the device: spectrograms to float32, frames to normalised float32."""
+    """Moves a batch to the device: spectrograms to float32, frames (and frame differences) to float32 normalised
+    with the dataset's visual mean and std."""
 
     def __init__(self, modality_info: dict[str, dict], visual: dict, device: torch.device) -> None:
         self.device = device
-        self.frames = {m for m, info in modality_info.items() if info["source"] == "video"}
+        self.frames = {m for m, info in modality_info.items() if info["source"] in ("video", "video_diff")}
         self.mean = torch.tensor(visual["mean"], device=device).view(1, 1, 3, 1, 1) * 255.0
         self.std = torch.tensor(visual["std"], device=device).view(1, 1, 3, 1, 1) * 255.0
 

@@ -75,3 +75,11 @@ class SyntheticAV(Dataset):
 
     def classes(self, rows: list[dict]) -> list[str]:
         return [f"class{i}" for i in range(synthetic.NUM_CLASSES)]
+
+
+@DATASETS.register("synthetic-avm")
+class SyntheticAVM(SyntheticAV):
+    """synthetic-av with a third modality, motion: the differences of consecutive frames at the sampled positions.
+    The drifting grating moves across its stripes, so motion carries the video's bits through another channel."""
+
+    modalities = {"audio": "audio", "visual": "video", "motion": "video_diff"}

@@ -69,6 +69,18 @@ def frame_indices(n_available: int, k: int, sampling: str, seed: int, clip_id: s
     return np.clip(idx, 0, n_available - 1)
 
 
+#: where a modality comes from: the audio track, the frames, or the difference of consecutive frames
+SOURCES = ("audio", "video", "video_diff")
+
+
+def motion(frames: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Frame differences at the sampled positions, frame[i+1] − frame[i] (the last frame differs with itself:
+    zero), stored as uint8 with 0 at 127.5: (diff + 255) / 2."""
+    nxt = np.minimum(idx + 1, len(frames) - 1)
+    diff = frames[nxt].astype(np.int16) - frames[idx].astype(np.int16)
+    return ((diff + 255) // 2).astype(np.uint8)
+
+
 class ClipDecoder:
     def __init__(self, dataset: Dataset, raw_dir: Path, pre: dict, classes: list[str]) -> None:
         self.raw_dir = Path(raw_dir)
@@ -84,18 +96,21 @@ class ClipDecoder:
             raise MediaError("unknown split", repr(row["split"]))
         path = self.raw_dir / row["path"]
         out = {"label": self.class_index[row["label"]]}
+        frames = idx = None  # decoded once per clip, shared by the frame-based modalities
         for modality, source in self.modalities.items():
             if source == "audio":
                 a = self.pre["audio"]
                 wave = fixed_length(decode_audio(path, a["sample_rate"]), int(round(a["sample_rate"] * a["duration"])), a["pad_mode"])
                 out[modality] = self.spectrogram(wave).to(torch.float16)
-            elif source == "video":
+                continue
+            if source not in ("video", "video_diff"):
+                raise ValueError(f"modality '{modality}': unknown source '{source}' ({' | '.join(SOURCES)})")
+            if frames is None:
                 v = self.pre["visual"]
                 frames = decode_frames(path, v["fps"], v["size"])
                 idx = frame_indices(len(frames), v["num_frames"], v["sampling"], v["seed"], row["clip_id"])
-                out[modality] = torch.from_numpy(np.ascontiguousarray(frames[idx])).permute(0, 3, 1, 2).contiguous()
-            else:
-                raise ValueError(f"modality '{modality}': unknown source '{source}' (audio | video)")
+            picked = frames[idx] if source == "video" else motion(frames, idx)
+            out[modality] = torch.from_numpy(np.ascontiguousarray(picked)).permute(0, 3, 1, 2).contiguous()
         return out
 
 

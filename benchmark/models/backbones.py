@@ -1,8 +1,10 @@
 """Per-modality encoders. Each turns one modality's batch into a feature vector [B, out_dim].
 
-Two input kinds: a spectrogram [B, 1, F, T] (an image with one channel) and frames [B, T, C, H, W], which go
-through the same 2-D network frame by frame and are average-pooled over time and space, as in OGM-GE's
-visual encoder. A backbone only provides ``trunk`` (image -> feature map) and ``out_dim``.
+Two input kinds: a spectrogram [B, 1, F, T] (an image with one channel) and frames [B, T, C, H, W]. A backbone is
+built from the kind and the per-sample input shape. The 2-D networks take frames one by one and average their
+feature maps over time and space, as OGM-GE's visual encoder does; a backbone with its own notion of time
+(Conformer, R(2+1)D) overrides ``forward``. Every backbone takes ``weights``: a local state_dict file, never a
+download (a mapping modality -> file gives each modality its own).
 """
 from __future__ import annotations
 
@@ -14,20 +16,23 @@ from torch import nn
 
 from benchmark.registry import Registry
 
+KINDS = ("spectrogram", "frames")
+
 
 class Backbone(nn.Module):
-    """Base class: ``trunk`` maps [N, C, H, W] to a feature map [N, out_dim, h, w]."""
+    """Base class. Subclasses set ``out_dim`` and either ``trunk`` (image -> feature map) or ``forward``."""
 
     name: ClassVar[str]
     trunk: nn.Module
     out_dim: int
 
-    def __init__(self, kind: str, in_channels: int) -> None:
+    def __init__(self, kind: str, shape: tuple[int, ...]) -> None:
         super().__init__()
-        if kind not in ("spectrogram", "frames"):
-            raise ValueError(f"unknown input kind '{kind}' (spectrogram | frames)")
+        if kind not in KINDS:
+            raise ValueError(f"unknown input kind '{kind}' ({' | '.join(KINDS)})")
         self.kind = kind
-        self.in_channels = in_channels
+        self.shape = tuple(shape)
+        self.in_channels = shape[0] if kind == "spectrogram" else shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "frames":
@@ -41,44 +46,129 @@ BACKBONES: Registry[Backbone] = Registry("backbone", base=Backbone)
 
 
 def load_local_weights(module: nn.Module, path: str | None) -> None:
-    """Optional pretrained weights from a local state_dict file (nothing is ever downloaded)."""
+    """Load a local state_dict into ``module`` (keys it lacks are an error; keys it has and the file lacks stay
+    initialised). A 3-channel first convolution is averaged over colour for a 1-channel input, the usual way of
+    starting a spectrogram network from image weights."""
     if not path:
         return
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {p}")
     state = torch.load(p, map_location="cpu", weights_only=True)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    own = module.state_dict()
+    unexpected = [k for k in state if k not in own]
     if unexpected:
-        raise ValueError(f"{p}: unexpected keys {unexpected[:5]}")
+        raise ValueError(f"{p}: keys not in the {type(module).__name__} network: {unexpected[:5]}")
+    for key, value in list(state.items()):
+        target = own[key].shape
+        if value.shape != target:
+            if value.dim() >= 4 and value.shape[1] != target[1] and target[1] == 1 and value.shape[2:] == target[2:]:
+                state[key] = value.mean(dim=1, keepdim=True)
+            else:
+                raise ValueError(f"{p}: '{key}' has shape {tuple(value.shape)}, the network needs {tuple(target)}")
+    module.load_state_dict(state, strict=False)
+
+
+def _resnet18_trunk(in_channels: int, weights: str | None) -> nn.Sequential:
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    load_local_weights(net, weights)
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
 
 
 @BACKBONES.register("resnet18")
 class ResNet18(Backbone):
     """torchvision's ResNet-18 without its classifier; 1-channel stem for spectrograms (as OGM-GE)."""
 
-    def __init__(self, kind: str, in_channels: int, *, weights: str | None = None) -> None:
-        super().__init__(kind, in_channels)
-        import torchvision
-
-        net = torchvision.models.resnet18(weights=None)
-        if in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        load_local_weights(net, weights)
-        self.trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    def __init__(self, kind: str, shape: tuple[int, ...], *, weights: str | None = None) -> None:
+        super().__init__(kind, shape)
+        self.trunk = _resnet18_trunk(self.in_channels, weights)
         self.out_dim = 512
+
+
+def _small_trunk(in_channels: int, width: int) -> tuple[nn.Sequential, int]:
+    chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
+    layers: list[nn.Module] = []
+    for i in range(4):
+        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, padding=1, bias=False),
+                   nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers), chans[-1]
 
 
 @BACKBONES.register("small_cnn")
 class SmallCNN(Backbone):
     """Four conv-BN-ReLU blocks (widths w, 2w, 4w, 4w): a ResNet-shaped encoder small enough for CPU runs."""
 
-    def __init__(self, kind: str, in_channels: int, *, width: int = 32) -> None:
-        super().__init__(kind, in_channels)
-        chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
-        layers: list[nn.Module] = []
-        for i in range(4):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, padding=1, bias=False),
-                       nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
-        self.trunk = nn.Sequential(*layers)
-        self.out_dim = chans[-1]
+    def __init__(self, kind: str, shape: tuple[int, ...], *, width: int = 32, weights: str | None = None) -> None:
+        super().__init__(kind, shape)
+        self.trunk, self.out_dim = _small_trunk(self.in_channels, width)
+        load_local_weights(self, weights)
+
+
+@BACKBONES.register("conformer")
+class ConformerEncoder(Backbone):
+    """torchaudio's Conformer (Gulati et al. 2020) over a sequence: the log-mel frames of a spectrogram (each frame's
+    F bins projected to ``dim``), or per-frame embeddings of a clip (a small conv stem per frame, pooled over
+    space, projected to ``dim``); the output is averaged over time. MLB's Conformer backbone, minus its pretrained
+    front-ends (nothing is downloaded; ``weights`` loads a local file)."""
+
+    def __init__(self, kind: str, shape: tuple[int, ...], *, dim: int = 64, layers: int = 2, heads: int = 4, ffn_dim: int = 128,
+                 kernel_size: int = 7, dropout: float = 0.1, frame_width: int = 16, weights: str | None = None) -> None:
+        super().__init__(kind, shape)
+        from torchaudio.models import Conformer
+
+        if kind == "spectrogram":
+            self.frame_stem = None
+            self.project = nn.Linear(shape[0] * shape[1], dim)
+        else:
+            self.frame_stem, stem_dim = _small_trunk(self.in_channels, frame_width)
+            self.project = nn.Linear(stem_dim, dim)
+        self.conformer = Conformer(input_dim=dim, num_heads=heads, ffn_dim=ffn_dim, num_layers=layers,
+                                   depthwise_conv_kernel_size=kernel_size, dropout=dropout)
+        self.out_dim = dim
+        load_local_weights(self, weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frame_stem is None:
+            seq = x.flatten(1, 2).transpose(1, 2)  # [B, C·F, T] -> [B, T, C·F]
+        else:
+            b, t = x.shape[:2]
+            seq = self.frame_stem(x.flatten(0, 1)).mean(dim=(2, 3)).unflatten(0, (b, t))
+        seq = self.project(seq)
+        lengths = torch.full((len(seq),), seq.shape[1], dtype=torch.long, device=seq.device)
+        out, _ = self.conformer(seq, lengths)
+        return out.mean(dim=1)
+
+
+@BACKBONES.register("r2plus1d_18")
+class R2Plus1D18(Backbone):
+    """torchvision's R(2+1)D-18 video network for clips of frames (its classifier removed): [B, T, C, H, W] is fed as
+    a [B, C, T, H, W] clip. It has no spectrogram form, so a spectrogram modality gets ResNet-18 (the audio
+    encoder of the papers), which this backbone's name then covers for that modality."""
+
+    def __init__(self, kind: str, shape: tuple[int, ...], *, weights: str | None = None) -> None:
+        super().__init__(kind, shape)
+        if kind == "spectrogram":
+            self.trunk = _resnet18_trunk(self.in_channels, weights)
+            self.video = None
+        else:
+            import torchvision
+
+            net = torchvision.models.video.r2plus1d_18(weights=None)
+            if self.in_channels != 3:
+                stem = net.stem[0]
+                net.stem[0] = nn.Conv3d(self.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
+            load_local_weights(net, weights)
+            net.fc = nn.Identity()
+            self.video = net
+        self.out_dim = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.video is None:
+            return super().forward(x)
+        return self.video(x.transpose(1, 2))

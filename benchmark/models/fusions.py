@@ -1,8 +1,10 @@
 """Fusion modules: per-modality features -> class logits (the fusion layers and the classifier head).
 
-Besides the fused logits, a fusion states how per-modality logits are obtained, because OGM, AGM, PMR and
-MLB measure each modality's share through them, and which head parameters act on one modality only
-(MLB scales that slice). For the linear fusions here both follow exactly from the head, as in the papers.
+Besides the fused logits, a fusion states how per-modality logits are obtained, because OGM, AGM, PMR, MSLR
+and MLB measure each modality's share through them, and which head parameters act on one modality only
+(MLB and MSLR scale that slice). The late fusions (concat, sum) split their linear head exactly, as the
+papers do; the others use the zero-masking Shapley estimator (``benchmark.models.shapley``), which is
+documented in every run that relies on it.
 """
 from __future__ import annotations
 
@@ -11,16 +13,22 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from benchmark.models.shapley import masked, shapley_shares
 from benchmark.registry import Registry
 
 #: a head parameter, and the index of the part of it that belongs to one modality (None: all of it)
 ParamSlice = tuple[nn.Parameter, "tuple[slice, ...] | None"]
 
+SHAPLEY_RULE = ("zero-masking Shapley estimate: the modality's Shapley value of the fused logits with absent "
+                "modalities' features set to zero, plus 1/M of the all-absent output (as AGM)")
+
 
 class Fusion(nn.Module):
     name: ClassVar[str]
-    #: one line on how ``modality_logits`` is defined; None when the fusion has no per-modality logits
-    modality_logits_rule: ClassVar[str | None] = None
+    #: one line on how ``modality_logits`` is defined (shown in outputs)
+    modality_logits_rule: ClassVar[str] = SHAPLEY_RULE
+    #: True when the per-modality logits are an exact split of a linear head (the papers' setting)
+    modality_logits_exact: ClassVar[bool] = False
 
     def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
         super().__init__()
@@ -32,11 +40,15 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
     def modality_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError(f"fusion '{self.name}' defines no per-modality logits")
+        return shapley_shares(lambda keep: self(masked(features, keep)), self.modalities)
 
     def modality_head_params(self, modality: str) -> list[ParamSlice]:
-        """Head parameters (or slices) that act on ``modality`` alone."""
+        """Head parameters (or slices) that act on ``modality`` alone (none for fusions that mix first)."""
         return []
+
+    def modality_linear(self, modality: str) -> torch.Tensor | None:
+        """The classifier weight block [C, d_m] applied to this modality's features, for linear late fusions."""
+        return None
 
 
 FUSIONS: Registry[Fusion] = Registry("fusion", base=Fusion)
@@ -47,6 +59,7 @@ class ConcatFusion(Fusion):
     """Late fusion: one linear head on the concatenated features, f = W[φ_1; …; φ_M] + b (OGM-GE eq. 1)."""
 
     modality_logits_rule = "W_m·φ_m + b/M: the modality's block of the head plus an equal share of the bias (OGM-GE eq. 8)"
+    modality_logits_exact = True
 
     def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
         super().__init__(feature_dims, num_classes)
@@ -62,10 +75,13 @@ class ConcatFusion(Fusion):
 
     def modality_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         share = self.head.bias / len(self.modalities)
-        return {m: features[m] @ self.head.weight[:, self.slices[m]].T + share for m in self.modalities}
+        return {m: features[m] @ self.modality_linear(m).T + share for m in self.modalities}
 
     def modality_head_params(self, modality: str) -> list[ParamSlice]:
         return [(self.head.weight, (slice(None), self.slices[modality]))]
+
+    def modality_linear(self, modality: str) -> torch.Tensor:
+        return self.head.weight[:, self.slices[modality]]
 
 
 @FUSIONS.register("sum")
@@ -73,6 +89,7 @@ class SumFusion(Fusion):
     """One linear head per modality, logits summed: f = Σ_m (W_m φ_m + b_m)."""
 
     modality_logits_rule = "W_m·φ_m + b_m: the modality's own head with its full bias (official OGM-GE code since 2023)"
+    modality_logits_exact = True
 
     def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
         super().__init__(feature_dims, num_classes)
@@ -86,3 +103,108 @@ class SumFusion(Fusion):
 
     def modality_head_params(self, modality: str) -> list[ParamSlice]:
         return [(p, None) for p in self.heads[modality].parameters()]
+
+    def modality_linear(self, modality: str) -> torch.Tensor:
+        return self.heads[modality].weight
+
+
+@FUSIONS.register("mid_mlp")
+class MidMLPFusion(Fusion):
+    """Mid fusion (MLB's Mid-MLP): a two-layer MLP on the concatenated features, Linear-ReLU-Linear."""
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, hidden: int = 256) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.mlp = nn.Sequential(nn.Linear(sum(feature_dims.values()), hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mlp(torch.cat([features[m] for m in self.modalities], dim=1))
+
+
+@FUSIONS.register("film")
+class FiLMFusion(Fusion):
+    """FiLM (Perez et al. 2018): the conditioning modality's features give a per-channel scale γ and shift β
+    for the others' (concatenated, projected) features: f = head(γ(φ_c) ⊙ P[φ_others] + β(φ_c)).
+    ``conditioning`` names the conditioning modality (default: the first, e.g. audio)."""
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, conditioning: str | None = None, hidden: int = 256) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.conditioning = conditioning or self.modalities[0]
+        if self.conditioning not in feature_dims:
+            raise ValueError(f"film: conditioning modality '{self.conditioning}' is not one of {self.modalities}")
+        self.others = [m for m in self.modalities if m != self.conditioning]
+        self.project = nn.Linear(sum(feature_dims[m] for m in self.others), hidden)
+        self.film = nn.Linear(feature_dims[self.conditioning], 2 * hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        gamma, beta = self.film(features[self.conditioning]).chunk(2, dim=1)
+        x = self.project(torch.cat([features[m] for m in self.others], dim=1))
+        return self.head(torch.relu(gamma * x + beta))
+
+
+@FUSIONS.register("gated")
+class GatedFusion(Fusion):
+    """Gated fusion (gated multimodal unit, Arevalo et al. 2017; the 'Gated' baseline of OGM-GE and MLB):
+    h_m = tanh(W_m φ_m), gates z = softmax over modalities of W_z[φ_1; …; φ_M] per hidden unit
+    (a sigmoid for two modalities), f = head(Σ_m z_m ⊙ h_m)."""
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, hidden: int = 256) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.hidden = hidden
+        self.transform = nn.ModuleDict({m: nn.Linear(d, hidden) for m, d in feature_dims.items()})
+        self.gate = nn.Linear(sum(feature_dims.values()), hidden * len(feature_dims))
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        h = torch.stack([torch.tanh(self.transform[m](features[m])) for m in self.modalities], dim=1)
+        z = self.gate(torch.cat([features[m] for m in self.modalities], dim=1)).view(-1, len(self.modalities), self.hidden)
+        return self.head((torch.softmax(z, dim=1) * h).sum(1))
+
+
+@FUSIONS.register("transformer")
+class TransformerFusion(Fusion):
+    """A small transformer over one token per modality (projected features + a learned modality embedding)
+    plus a class token; the class token's output goes to a linear head (MLB's TF fusion, with standard
+    transformer layers)."""
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, dim: int = 64, heads: int = 4, layers: int = 2,
+                 dropout: float = 0.1) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.tokens = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in feature_dims.items()})
+        self.modality_embedding = nn.Parameter(torch.zeros(len(feature_dims), dim))
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.modality_embedding, std=0.02)
+        nn.init.normal_(self.cls, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = torch.stack([self.tokens[m](features[m]) for m in self.modalities], dim=1) + self.modality_embedding
+        x = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+        return self.head(self.encoder(x)[:, 0])
+
+
+@FUSIONS.register("lmf")
+class LowRankFusion(Fusion):
+    """Low-rank multimodal fusion (Liu et al. 2018): with z_m = [φ_m; 1], the fused vector is
+    Σ_{i=1..r} λ_i · ∏_m (z_m W_m^(i)) + b (the outer-product tensor fusion in rank-r factors), then a linear head."""
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, rank: int = 4, hidden: int = 64) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.factors = nn.ParameterDict({m: nn.Parameter(torch.empty(rank, d + 1, hidden)) for m, d in feature_dims.items()})
+        for p in self.factors.values():
+            nn.init.xavier_normal_(p)
+        self.rank_weights = nn.Parameter(torch.empty(1, rank))
+        nn.init.xavier_normal_(self.rank_weights)
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        product = None
+        for m in self.modalities:
+            z = torch.cat([features[m], torch.ones_like(features[m][:, :1])], dim=1)
+            part = torch.einsum("bd,rdh->brh", z, self.factors[m])
+            product = part if product is None else product * part
+        fused = torch.einsum("or,brh->bh", self.rank_weights, product) + self.bias
+        return self.head(torch.relu(fused))

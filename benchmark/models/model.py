@@ -15,7 +15,7 @@ from torch import nn
 from benchmark.models.backbones import Backbone
 from benchmark.models.fusions import Fusion
 
-SOURCE_KIND = {"audio": "spectrogram", "video": "frames"}
+SOURCE_KIND = {"audio": "spectrogram", "video": "frames", "video_diff": "frames"}
 
 
 @dataclass
@@ -37,7 +37,14 @@ class MultimodalModel(nn.Module):
         )
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
-        features = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        return self.decode(self.encode(inputs))
+
+    def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-modality features φ_m."""
+        return {m: self.encoders[m](inputs[m]) for m in self.modalities}
+
+    def decode(self, features: dict[str, torch.Tensor]) -> ModelOutput:
+        """Fused logits (and unimodal-head logits) from features; methods may alter features in between."""
         unimodal = {m: h(features[m]) for m, h in self.unimodal_heads.items()} if self.unimodal_heads is not None else None
         return ModelOutput(self.fusion(features), features, unimodal)
 
@@ -46,11 +53,9 @@ class MultimodalModel(nn.Module):
         return self.fusion.modality_logits(out.features)
 
 
-def input_kind(info: dict) -> tuple[str, int]:
-    """(backbone input kind, channels) of a cached modality described in a dataset's info.json."""
-    kind = SOURCE_KIND[info["source"]]
-    shape = info["shape"]
-    return kind, shape[0] if kind == "spectrogram" else shape[1]
+def input_kind(info: dict) -> tuple[str, tuple[int, ...]]:
+    """(backbone input kind, per-sample shape) of a cached modality described in a dataset's info.json."""
+    return SOURCE_KIND[info["source"]], tuple(info["shape"])
 
 
 def build_model(*, modality_info: dict[str, dict], num_classes: int, backbone_cls: type[Backbone], backbone_params: dict,
@@ -59,8 +64,11 @@ def build_model(*, modality_info: dict[str, dict], num_classes: int, backbone_cl
     torch.manual_seed(seed)
     encoders = {}
     for m, info in modality_info.items():
-        kind, channels = input_kind(info)
-        encoders[m] = backbone_cls(kind, channels, **backbone_params)
+        kind, shape = input_kind(info)
+        params = dict(backbone_params)
+        if isinstance(params.get("weights"), dict):  # one weights file per modality
+            params["weights"] = params["weights"].get(m)
+        encoders[m] = backbone_cls(kind, shape, **params)
     fusion = fusion_cls({m: e.out_dim for m, e in encoders.items()}, num_classes, **fusion_params)
     return MultimodalModel(encoders, fusion, num_classes, unimodal_heads=unimodal_heads)
 

@@ -1,5 +1,6 @@
 # Shared by every rule: config validation (before any job is built), the grid, wildcard constraints.
 import hashlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -8,7 +9,11 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from benchmark.config import ConfigError, canonical_json, component_class, dataset_settings, settings_hash, validate_config
+# user classes named 'module.path:ClassName' resolve from the working directory, as they do in the jobs
+# (python -m benchmark puts the working directory on sys.path)
+sys.path.insert(0, os.getcwd())
+
+from benchmark.config import ConfigError, component_class, dataset_settings, registry, settings_hash, validate_config
 from benchmark import grid
 
 configfile: "config.yaml"
@@ -40,6 +45,10 @@ def _resolved_config_file() -> str:
 CONFIG_FILE = _resolved_config_file()
 
 
+def component_names(axis: str) -> list[str]:
+    return registry(axis).names()
+
+
 def _alternatives(names) -> str:
     return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
 
@@ -48,7 +57,8 @@ wildcard_constraints:
     dataset=_alternatives(config["grid"]["datasets"]),
     backbone=_alternatives(config["grid"]["backbones"]),
     fusion=_alternatives(list(config["grid"]["fusions"]) + [grid.NO_FUSION]),
-    method="(" + _alternatives(config["grid"]["balancers"]) + ")(-[A-Za-z0-9_]+)?",
+    # every method name, not only the grid's: runs may depend on others (pretrain on unimodal runs)
+    method="(" + _alternatives(set(config["grid"]["balancers"]) | set(config["balancers"]) | set(component_names("balancers"))) + ")(-[A-Za-z0-9_]+)?",
     seed=r"\d+",
 
 

@@ -5,7 +5,8 @@
 def method_inputs(w) -> list[str]:
     spec = spec_of(w)
     needs = component_class(config, "balancers", spec.balancer).needs
-    return processed_files(w.dataset) + [str(p) for p in grid.artifact_paths(spec, needs).values()]
+    modalities = grid.run_settings(config, spec)["modalities"]
+    return processed_files(w.dataset) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
 
 
 rule train:

@@ -1,0 +1,28 @@
+"""Unimodal pre-training, then joint fine-tuning."""
+from __future__ import annotations
+
+import torch
+
+from benchmark.balancers.base import BALANCERS
+from benchmark.balancers.joint import Joint
+
+
+@BALANCERS.register("pretrain")
+class Pretrain(Joint):
+    """Pre-training baseline (G-Blend paper, Fig. 1): each encoder starts from the best-validation checkpoint of the
+    same dataset/backbone/seed's unimodal run — produced once by the DAG and shared, not retrained — and the fused
+    model is then fine-tuned end to end with joint cross-entropy (the fusion head starts fresh)."""
+
+    paper = "Wang et al. 2020 (G-Blend), Fig. 1 (pre-training baseline)"
+    needs = ("unimodal_checkpoints",)
+
+    def setup(self, model, ctx) -> None:
+        super().setup(model, ctx)
+        for m in model.modalities:
+            path = ctx.artifacts[f"unimodal_checkpoint/{m}"]
+            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            prefix = f"encoders.{m}."
+            encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not encoder_state:
+                raise ValueError(f"{path} holds no weights for the {m} encoder")
+            model.encoders[m].load_state_dict(encoder_state)
