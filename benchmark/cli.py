@@ -24,9 +24,10 @@ def cmd_check(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config)
     runs, skipped = grid_runs(cfg)
-    print(f"{args.config}: valid; {len(runs)} training runs, {len(skipped)} combinations not applicable")
-    for spec, reason in skipped:
-        print(f"  n/a: {spec.dataset}/{spec.backbone}/{spec.fusion}/{spec.method}: {reason}")
+    combos = dict.fromkeys((f"{s.dataset}/{s.backbone}/{s.fusion}/{s.method}", reason) for s, reason in skipped)
+    print(f"{args.config}: valid; {len(runs)} training runs, {len(combos)} combinations not applicable")
+    for combo, reason in combos:
+        print(f"  n/a: {combo}: {reason}")
 
 
 def cmd_download(args: argparse.Namespace) -> None:

@@ -64,18 +64,26 @@ def validate_config(cfg: Any) -> dict:
     cfg = copy.deepcopy(cfg)
     _check_section_names(cfg)
     _check_schema(cfg)
+    if isinstance(cfg["grid"], dict):  # one block or a list of blocks: from here on always a list
+        cfg["grid"] = [cfg["grid"]]
     _check_grid(cfg)
     for backbone in cfg["train"]["per_backbone"]:
-        if backbone not in cfg["grid"]["backbones"] and backbone not in cfg.get("backbones", {}):
+        if backbone not in grid_names(cfg, "backbones") and backbone not in cfg.get("backbones", {}):
             _check_backbone_name(backbone)
         train_settings(cfg, backbone)
     for axis in AXES:
-        for name in cfg["grid"][axis]:
+        for name in grid_names(cfg, axis):
             if axis == "datasets":
                 dataset_settings(cfg, name)
             else:
                 component_params(cfg, axis, name)
     return cfg
+
+
+def grid_names(cfg: dict, axis: str) -> list:
+    """Every name (or seed) the grid uses on one axis, in first-seen order, over all its blocks."""
+    blocks = cfg["grid"] if isinstance(cfg["grid"], list) else [cfg["grid"]]
+    return list(dict.fromkeys(name for block in blocks for name in block[axis]))
 
 
 # --- schema ------------------------------------------------------------------------------------------
@@ -121,12 +129,22 @@ def _config_validator():
     return _with_defaults(jsonschema.Draft202012Validator)(_parsed_schema())
 
 
+def _specific(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For 'one of these forms' errors, the error inside the form whose type the value has (e.g. a grid block)."""
+    while err.validator in ("oneOf", "anyOf") and err.context:
+        same_type = [e for e in err.context if not (e.validator == "type" and not e.relative_path)]
+        if not same_type:
+            break
+        err = sorted(same_type, key=lambda e: (-len(e.absolute_path), str(e.message)))[0]
+    return err
+
+
 def _check_schema(cfg: dict) -> None:
     validator = _config_validator()
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if not errors:
         return
-    err = errors[0]
+    err = _specific(errors[0])
     key = _key(err.absolute_path)
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         allowed = sorted(err.schema.get("properties", {}))
@@ -161,7 +179,8 @@ def train_settings(cfg: dict, backbone: str) -> dict:
         raise ConfigError(f"train.per_backbone.{backbone}.per_backbone", "overrides cannot be nested")
     merged = _deep_merge(base, override)
     try:
-        _check_schema({"grid": copy.deepcopy(cfg["grid"]), "train": copy.deepcopy(merged)})
+        _check_schema({"grid": copy.deepcopy(cfg["grid"][0] if isinstance(cfg["grid"], list) else cfg["grid"]),
+                       "train": copy.deepcopy(merged)})
     except ConfigError as err:
         raise ConfigError(err.key.replace("train.", f"train.per_backbone.{backbone}.", 1), err.message) from None
     return merged
@@ -193,15 +212,18 @@ def _check_section_names(cfg: dict) -> None:
 
 
 def _check_grid(cfg: dict) -> None:
-    for axis in AXES:
-        for i, name in enumerate(cfg["grid"][axis]):
-            entry = cfg.get(axis, {}).get(name)
-            if isinstance(entry, dict) and "class" in entry:
-                continue
-            try:
-                registry(axis).get(name)
-            except UnknownNameError as err:
-                raise ConfigError(f"grid.{axis}[{i}]", str(err)) from None
+    several = len(cfg["grid"]) > 1
+    for b, block in enumerate(cfg["grid"]):
+        where = f"grid[{b}]" if several else "grid"
+        for axis in AXES:
+            for i, name in enumerate(block[axis]):
+                entry = cfg.get(axis, {}).get(name)
+                if isinstance(entry, dict) and "class" in entry:
+                    continue
+                try:
+                    registry(axis).get(name)
+                except UnknownNameError as err:
+                    raise ConfigError(f"{where}.{axis}[{i}]", str(err)) from None
 
 
 def component_class(cfg: dict, axis: str, name: str) -> type:

@@ -86,27 +86,28 @@ def dataset_modalities(cfg: dict, dataset: str) -> list[str]:
 
 
 def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
-    """All runs of the grid, and the combinations that are not scheduled with the reason why."""
-    g = cfg["grid"]
-    runs: list[RunSpec] = []
-    skipped: list[tuple[RunSpec, str]] = []
-    for dataset in g["datasets"]:
-        modalities = dataset_modalities(cfg, dataset)
-        for backbone in g["backbones"]:
-            for balancer in g["balancers"]:
-                cls = component_class(cfg, "balancers", balancer)
-                for seed in g["seeds"]:
-                    if cls.per_modality:
-                        runs += [RunSpec(dataset, backbone, NO_FUSION, balancer, seed, m) for m in modalities]
-                        continue
-                    for fusion in g["fusions"]:
-                        spec = RunSpec(dataset, backbone, fusion, balancer, seed)
-                        reason = cls.unsupported(component_class(cfg, "fusions", fusion), len(modalities))
-                        if reason:
-                            skipped.append((spec, reason))
-                        else:
-                            runs.append(spec)
-    return runs, skipped
+    """All runs of the grid (the union over its blocks), and the combinations that are not scheduled with the
+    reason why."""
+    runs: dict[RunSpec, None] = {}
+    skipped: dict[RunSpec, str] = {}
+    for g in cfg["grid"] if isinstance(cfg["grid"], list) else [cfg["grid"]]:
+        for dataset in g["datasets"]:
+            modalities = dataset_modalities(cfg, dataset)
+            for backbone in g["backbones"]:
+                for balancer in g["balancers"]:
+                    cls = component_class(cfg, "balancers", balancer)
+                    for seed in g["seeds"]:
+                        if cls.per_modality:
+                            runs.update((RunSpec(dataset, backbone, NO_FUSION, balancer, seed, m), None) for m in modalities)
+                            continue
+                        for fusion in g["fusions"]:
+                            spec = RunSpec(dataset, backbone, fusion, balancer, seed)
+                            reason = cls.unsupported(component_class(cfg, "fusions", fusion), len(modalities))
+                            if reason:
+                                skipped[spec] = reason
+                            else:
+                                runs[spec] = None
+    return list(runs), list(skipped.items())
 
 
 def run_settings(cfg: dict, spec: RunSpec) -> dict:

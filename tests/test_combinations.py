@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from benchmark.config import component_class, dataset_settings, registry, validate_config
+from benchmark.config import component_class, dataset_settings, grid_names, registry, validate_config
 from benchmark.data.datasets import DATASETS
 from benchmark.data.preprocess import preprocess
 from benchmark.estimate import estimate_gblend
@@ -50,7 +50,7 @@ def test_every_scheduled_combination_trains_and_every_other_has_a_reason(micro_w
     for spec in runs:
         if component_class(cfg, "balancers", spec.balancer).per_modality:
             train_run(cfg, spec, spec.run_dir, log=quiet)
-    for fusion in cfg["grid"]["fusions"]:
+    for fusion in grid_names(cfg, "fusions"):
         estimate_gblend(cfg, "synthetic-av", backbone, fusion, 0, gblend_weights_path("synthetic-av", backbone, fusion, 0), log=quiet)
     trained = set()
     for spec in runs:

@@ -50,9 +50,9 @@ def test_out_of_range_value(cfg):
 
 @pytest.mark.parametrize("axis,bad", [("balancers", "ogmm"), ("fusions", "concatt"), ("backbones", "resnet19"), ("datasets", "cremad2")])
 def test_unknown_name_in_grid_lists_known_names(cfg, axis, bad):
-    cfg["grid"][axis].append(bad)
+    cfg["grid"][0][axis].append(bad)
     err = error_of(cfg)
-    assert err.key == f"grid.{axis}[{len(cfg['grid'][axis]) - 1}]"
+    assert err.key == f"grid[0].{axis}[{len(cfg['grid'][0][axis]) - 1}]"
     assert f"'{bad}'" in str(err) and "known" in str(err)
     if axis == "balancers":
         assert "ogm_ge" in str(err) and "mlb" in str(err)
@@ -66,9 +66,12 @@ def test_unknown_entry_in_a_method_section(cfg):
 
 @pytest.mark.parametrize("axis", ["datasets", "backbones", "fusions", "balancers", "seeds"])
 def test_empty_grid_axis(cfg, axis):
+    cfg["grid"] = cfg["grid"][0]  # a single block
     cfg["grid"][axis] = []
     err = error_of(cfg)
     assert err.key == f"grid.{axis}" and "nothing to run" in str(err)
+    cfg["grid"] = []
+    assert "grid" in error_of(cfg).key
 
 
 def test_missing_grid(cfg):
@@ -84,7 +87,7 @@ def test_user_class_parameters_are_checked(cfg, tmp_path, monkeypatch):
         "        super().__init__()\n        self.gamma = gamma\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg["balancers"]["mine"] = {"class": "my_methods:Mine", "gama": 2}
-    cfg["grid"]["balancers"].append("mine")
+    cfg["grid"][0]["balancers"].append("mine")
     err = error_of(cfg)
     assert err.key == "balancers.mine.gama" and "gamma" in str(err)
     cfg["balancers"]["mine"] = {"class": "my_methods:Nope"}
@@ -128,7 +131,8 @@ def test_cli_list_and_check():
         listed = subprocess.run([sys.executable, "-m", "benchmark", "list", axis], capture_output=True, text=True, check=True).stdout.split()
         assert set(names) <= set(listed), axis
     res = subprocess.run([sys.executable, "-m", "benchmark", "check", "--config", str(REPO / "config.yaml")], capture_output=True, text=True, cwd=REPO)
-    assert res.returncode == 0 and "56 training runs" in res.stdout
+    runs, _ = grid_runs(validate_config(yaml.safe_load((REPO / "config.yaml").read_text())))
+    assert res.returncode == 0 and f"{len(runs)} training runs" in res.stdout and "n/a: synthetic-av/small_cnn/gated/mmcosine" in res.stdout
 
 
 def test_per_backbone_training_overrides(cfg):
@@ -143,3 +147,20 @@ def test_per_backbone_training_overrides(cfg):
     assert error_of(cfg).key == "train.per_backbone.resnet18.epohcs"
     cfg["train"]["per_backbone"] = {"resnet81": {"epochs": 2}}
     assert error_of(cfg).key == "train.per_backbone.resnet81"
+
+
+def test_grid_may_be_a_list_of_blocks(cfg):
+    block = dict(cfg["grid"][0])
+    cfg["grid"] = [block, {**block, "backbones": ["small_cnn"], "balancers": ["joint", "agm"], "seeds": [0, 5]}]
+    out = validate_config(cfg)
+    runs, _ = grid_runs(out)
+    assert len(runs) == len(set(runs))  # joint/small_cnn/seed 0 is in both blocks, trained once
+    assert {r.balancer for r in runs if r.backbone == "resnet18"} == set(block["balancers"])
+    assert {(r.balancer, r.seed) for r in runs if r.balancer == "agm"} == {("agm", 0), ("agm", 5)}
+    cfg["grid"][1]["balancers"] = ["agm", "agmm"]
+    assert error_of(cfg).key == "grid[1].balancers[1]"
+    cfg["grid"][1]["balancers"] = []
+    assert error_of(cfg).key == "grid[1].balancers"
+    cfg["grid"][1]["balancers"] = ["agm"]
+    cfg["grid"][1]["seed"] = [0]
+    assert error_of(cfg).key == "grid[1].seed"

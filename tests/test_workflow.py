@@ -31,13 +31,21 @@ def test_dry_run_of_the_default_config_lists_the_full_grid(tmp_path):
     res = snakemake(tmp_path, "-n", configfile=REPO / "config.yaml")
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())["grid"]
-    fused = [b for b in cfg["balancers"] if b != "unimodal"]
-    n_seeds, n_bb, n_fu = len(cfg["seeds"]), len(cfg["backbones"]), len(cfg["fusions"])
-    assert counts["train"] == n_seeds * n_bb * (len(fused) * n_fu + 2)  # + audio-only, visual-only
-    assert counts["estimate"] == n_seeds * n_bb * n_fu
+    blocks = yaml.safe_load((REPO / "config.yaml").read_text())["grid"]
+    first = blocks[0]
+    fused = [b for b in first["balancers"] if b != "unimodal"]
+    n_seeds, n_bb, n_fu = len(first["seeds"]), len(first["backbones"]), len(first["fusions"])
+    expected = n_seeds * n_bb * (len(fused) * n_fu + 2)  # + audio-only, visual-only
+    seen = {(b, f, bb, s) for b in first["balancers"] for f in first["fusions"] for bb in first["backbones"] for s in first["seeds"]}
+    for block in blocks[1:]:  # the union: combinations already in an earlier block are not trained twice
+        for combo in ((b, f, bb, s) for b in block["balancers"] for f in block["fusions"] for bb in block["backbones"] for s in block["seeds"]):
+            if combo not in seen and not (combo[0] == "mmcosine" and combo[1] == "gated"):
+                seen.add(combo)
+                expected += 1
+    assert counts["train"] == expected
+    assert counts["estimate"] == n_seeds * n_bb * n_fu  # offline G-Blend runs only in the first block
     assert counts["download"] == counts["preprocess"] == counts["aggregate"] == 1
-    for balancer in cfg["balancers"]:
+    for balancer in {b for block in blocks for b in block["balancers"]} - {"mmcosine"}:
         assert f"method={balancer}" in res.stdout
 
 
@@ -114,15 +122,18 @@ def test_three_modalities_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_user_classes_from_a_module_run_through_the_dag(tmp_path):
     shutil.copy(REPO / "examples/my_methods.py", tmp_path / "my_methods.py")
-    cfg = tiny_config(balancers=["joint", "weakest_boost"], fusions=["concat", "max"])
+    cfg = tiny_config(balancers=["joint", "weakest_boost", "mmcosine"], fusions=["concat", "max"])
     cfg["balancers"]["weakest_boost"] = {"class": "my_methods:WeakestBoost", "lam": 0.3}
     cfg["fusions"]["max"] = {"class": "my_methods:MaxFusion", "hidden": 16}
     (tmp_path / "user.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(tmp_path, configfile=tmp_path / "user.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
-    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
-    assert set(zip(board["method"], board["fusion"])) == {(b, f) for b in ("joint", "weakest_boost") for f in ("concat", "max")}
-    assert (board["status"] == "ok").all()
+    board = pd.read_csv(tmp_path / "results/leaderboard.csv", keep_default_na=False)  # keep the literal "n/a"
+    assert set(zip(board["method"], board["fusion"])) == {(b, f) for b in ("joint", "weakest_boost", "mmcosine") for f in ("concat", "max")}
+    status = dict(zip(zip(board["method"], board["fusion"]), board["status"]))
+    assert status.pop(("mmcosine", "max")) == "n/a" and set(status.values()) == {"ok"}
+    md = (tmp_path / "results/leaderboard.md").read_text()
+    assert "| mmcosine | max | 0 |" in md and "n/a: MMCosine normalises" in md
     m = json.loads((tmp_path / "results/runs/synthetic-av/small_cnn/max/weakest_boost/seed0/metrics.json").read_text())
     assert m["settings"]["balancer"] == {"name": "weakest_boost", "params": {"lam": 0.3}, "class": "my_methods:WeakestBoost"}
     assert "score_audio" in m["history"][0]

@@ -13,7 +13,7 @@ from snakemake.utils import validate
 # (python -m benchmark puts the working directory on sys.path)
 sys.path.insert(0, os.getcwd())
 
-from benchmark.config import ConfigError, component_class, dataset_settings, registry, settings_hash, validate_config
+from benchmark.config import ConfigError, component_class, dataset_settings, grid_names, registry, settings_hash, validate_config
 from benchmark import grid
 
 configfile: "config.yaml"
@@ -54,11 +54,11 @@ def _alternatives(names) -> str:
 
 
 wildcard_constraints:
-    dataset=_alternatives(config["grid"]["datasets"]),
-    backbone=_alternatives(config["grid"]["backbones"]),
-    fusion=_alternatives(list(config["grid"]["fusions"]) + [grid.NO_FUSION]),
+    dataset=_alternatives(grid_names(config, "datasets")),
+    backbone=_alternatives(grid_names(config, "backbones")),
+    fusion=_alternatives(grid_names(config, "fusions") + [grid.NO_FUSION]),
     # every method name, not only the grid's: runs may depend on others (pretrain on unimodal runs)
-    method="(" + _alternatives(set(config["grid"]["balancers"]) | set(config["balancers"]) | set(component_names("balancers"))) + ")(-[A-Za-z0-9_]+)?",
+    method="(" + _alternatives(set(grid_names(config, "balancers")) | set(config["balancers"]) | set(component_names("balancers"))) + ")(-[A-Za-z0-9_]+)?",
     seed=r"\d+",
 
 
@@ -82,7 +82,7 @@ def dataset_hash(dataset: str, raw_only: bool = False) -> str:
 
 
 def leaderboard_outputs() -> list[str]:
-    pairs = [(d, b) for d in config["grid"]["datasets"] for b in config["grid"]["backbones"]]
+    pairs = dict.fromkeys((s.dataset, s.backbone) for s in RUNS + [s for s, _ in NOT_APPLICABLE])
     return ["results/leaderboard.csv", "results/leaderboard.md"] + [f"results/plots/{d}__{b}.png" for d, b in pairs]
 
 
