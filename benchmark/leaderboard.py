@@ -88,8 +88,9 @@ def _pm(mean: float, std: float) -> str:
 def to_markdown(summary: pd.DataFrame, cfg: dict) -> str:
     lines = ["# Leaderboard", "",
              "Test accuracy (%) of the best-validation checkpoint, mean ± std over seeds. `acc <modality>`: accuracy of",
-             "that modality's share of the fused head (its per-modality logits); for `<modality>-only` rows, the unimodal",
-             "model itself. Regenerate with `snakemake` (or `python -m benchmark aggregate`).", ""]
+             "that modality's share of the fused head (its per-modality logits: an exact split of the head for concat and",
+             "sum, a zero-masking Shapley estimate for fusions that mix modalities first); for `<modality>-only` rows,",
+             "the unimodal model itself. Regenerate with `snakemake` (or `python -m benchmark aggregate`).", ""]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
         modalities = dataset_modalities(cfg, dataset)
         lines += [f"## {dataset} · {backbone}", ""]

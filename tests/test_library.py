@@ -267,3 +267,60 @@ def test_gblend_online_super_epochs_and_held_out_split(in_tiny_workspace):
     held = set(gb.held_out["V"].ids())
     assert held.isdisjoint(kept.ids()) and len(held) + len(kept) == len(train)
     assert set(gb.held_out["T'"].ids()) <= set(kept.ids())
+
+
+def test_pretrain_starts_every_encoder_from_its_unimodal_checkpoint(tmp_path):
+    from benchmark.balancers.pretrain import Pretrain
+
+    model = small_model("concat")
+    artifacts = {}
+    for m in ("audio", "visual"):
+        donor = small_model("concat", seed=7)  # a different initialisation, standing in for the unimodal run
+        state = {f"encoders.{m}.{k}": v for k, v in donor.encoders[m].state_dict().items()}
+        torch.save({"state_dict": state}, tmp_path / f"{m}.pt")
+        artifacts[f"unimodal_checkpoint/{m}"] = tmp_path / f"{m}.pt"
+    head_before = model.fusion.head.weight.clone()
+    Pretrain().setup(model, RunContext(**CTX, artifacts=artifacts))
+    donor = small_model("concat", seed=7)
+    for m in ("audio", "visual"):
+        for (k, v), (_, w) in zip(model.encoders[m].state_dict().items(), donor.encoders[m].state_dict().items()):
+            assert torch.equal(v, w), (m, k)
+    assert torch.equal(model.fusion.head.weight, head_before)  # the fusion head starts fresh
+    torch.save({"state_dict": {}}, tmp_path / "empty.pt")
+    with pytest.raises(ValueError, match="no weights for the audio encoder"):
+        Pretrain().setup(small_model("concat"), RunContext(**CTX, artifacts={**artifacts, "unimodal_checkpoint/audio": tmp_path / "empty.pt"}))
+
+
+def test_gblend_online_reestimates_at_every_super_epoch(in_tiny_workspace):
+    import yaml
+
+    from benchmark.config import validate_config
+    from benchmark.data.cache import CachedSplit
+    from benchmark.grid import RunSpec
+    from benchmark.run import execute_run
+
+    cfg = yaml.safe_load((in_tiny_workspace / "config.yaml").read_text())
+    cfg["train"]["epochs"] = 4
+    cfg["balancers"]["gblend_online"] = {"first_super_epoch": 2, "super_epoch": 1, "holdout_fraction": 0.25}
+    lines = []
+    metrics, _ = execute_run(validate_config(cfg), RunSpec("synthetic-av", "small_cnn", "concat", "gblend_online", 0), log=lines.append)
+    starts = [line for line in lines if line.startswith("[gblend_online] super-epoch from epoch")]
+    assert [s.split()[4] for s in starts] == ["0", "2", "3"]  # super-epochs [0, 2), [2, 3), [3, 4)
+    assert metrics["selection"]["trained_on"] < len(CachedSplit("data/processed/synthetic-av/train.pt"))  # V held out
+    weights = [{h: row[f"w_{h}"] for h in ("audio", "visual", "fused")} for row in metrics["history"]]
+    assert all(sum(w.values()) == pytest.approx(1.0) for w in weights)
+    assert weights[0] == weights[1]  # fixed inside the first super-epoch
+
+
+def test_backbone_weights_per_modality(tmp_path):
+    from benchmark.models.model import build_model
+
+    donor = BACKBONES.get("small_cnn")("frames", (2, 3, 8, 8), width=2)
+    torch.save(donor.state_dict(), tmp_path / "visual.pt")
+    model = build_model(modality_info={"audio": {"source": "audio", "shape": [1, 16, 16]}, "visual": {"source": "video", "shape": [2, 3, 8, 8]}},
+                        num_classes=3, backbone_cls=BACKBONES.get("small_cnn"), backbone_params={"width": 2, "weights": {"visual": str(tmp_path / "visual.pt")}},
+                        fusion_cls=FUSIONS.get("concat"), fusion_params={}, unimodal_heads=False, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.encoders["visual"].state_dict().values(), donor.state_dict().values()))
+    torch.save({"nonsense.weight": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="keys not in"):
+        BACKBONES.get("small_cnn")("frames", (2, 3, 8, 8), width=2, weights=str(tmp_path / "bad.pt"))
