@@ -49,7 +49,17 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     settings = dataset_settings(cfg, args.dataset)
     info = preprocess(cls(settings), Path(args.raw or raw_dir(args.dataset)), Path(args.out or processed_dir(args.dataset)),
                       settings["preprocess"], workers=args.workers)
-    print(f"cached {info['counts']} ({info['rejected']} rejected)")
+    print(f"cached {info['clips']} clips ({info['rejected']} rejected)")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from benchmark.data.splits import write_splits
+    from benchmark.grid import processed_dir, raw_dir
+
+    cfg = load_config(args.config)
+    cls = component_class(cfg, "datasets", args.dataset)
+    write_splits(cls(dataset_settings(cfg, args.dataset)), Path(args.raw or raw_dir(args.dataset)),
+                 Path(args.processed or processed_dir(args.dataset)), folds=[args.fold] if args.fold else None)
 
 
 def cmd_estimate(args: argparse.Namespace) -> None:
@@ -58,8 +68,8 @@ def cmd_estimate(args: argparse.Namespace) -> None:
 
     _threads(args.threads)
     cfg = load_config(args.config)
-    out = Path(args.out or gblend_weights_path(args.dataset, args.backbone, args.fusion, args.seed))
-    estimate_gblend(cfg, args.dataset, args.backbone, args.fusion, args.seed, out)
+    out = Path(args.out or gblend_weights_path(args.dataset, args.backbone, args.fusion, args.seed, args.fold))
+    estimate_gblend(cfg, args.dataset, args.backbone, args.fusion, args.seed, out, fold=args.fold)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -68,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     _threads(args.threads)
     cfg = load_config(args.config)
-    spec = RunSpec.from_method(args.dataset, args.backbone, args.fusion, args.method, args.seed)
+    spec = RunSpec.from_method(args.dataset, args.backbone, args.fusion, args.method, args.seed, args.fold)
     component_class(cfg, "balancers", spec.balancer)
     train_run(cfg, spec, Path(args.out_dir or spec.run_dir))
 
@@ -103,29 +113,39 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", help="output folder (default: data/raw/<dataset> or data/processed/<dataset>)")
         if name == "preprocess":
             sp.add_argument("--raw", help="raw folder (default: data/raw/<dataset>)")
-    for name, fn, help in (("estimate", cmd_estimate, "estimate G-Blend weights for one dataset/backbone/fusion/seed"),
+    sp = add("split", cmd_split, "write the train/val/test assignment of every fold (splits/<fold>.csv)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--raw", help="raw folder (default: data/raw/<dataset>)")
+    sp.add_argument("--processed", help="processed folder (default: data/processed/<dataset>)")
+    sp.add_argument("--fold", help="only this fold (default: every fold of the dataset)")
+    for name, fn, help in (("estimate", cmd_estimate, "estimate G-Blend weights for one dataset/fold/backbone/fusion/seed"),
                            ("train", cmd_train, "train and evaluate one run of the grid")):
         sp = add(name, fn, help)
         sp.add_argument("--dataset", required=True)
+        sp.add_argument("--fold", default="main", help="the dataset's fold (default: main)")
         sp.add_argument("--backbone", required=True)
         sp.add_argument("--fusion", required=True, help="a fusion name, or 'none' for per-modality methods")
         sp.add_argument("--seed", type=int, required=True)
         sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
         if name == "train":
             sp.add_argument("--method", required=True, help="balancer name, or '<balancer>-<modality>' (e.g. unimodal-audio)")
-            sp.add_argument("--out-dir", help="default: results/runs/<dataset>/<backbone>/<fusion>/<method>/seed<seed>")
+            sp.add_argument("--out-dir", help="default: results/runs/<dataset>/<fold>/<backbone>/<fusion>/<method>/seed<seed>")
         else:
-            sp.add_argument("--out", help="default: results/gblend/<dataset>/<backbone>/<fusion>/seed<seed>.json")
+            sp.add_argument("--out", help="default: results/gblend/<dataset>/<fold>/<backbone>/<fusion>/seed<seed>.json")
     sp = add("aggregate", cmd_aggregate, "build the leaderboard and plots from the metrics files")
     sp.add_argument("--out-dir", default="results")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmark.data.preprocess import PreprocessError
+    from benchmark.data.sources import SourceError
+    from benchmark.data.splits import SplitError
+
     args = parser().parse_args(argv)
     try:
         args.fn(args)
-    except ConfigError as err:
+    except (ConfigError, SourceError, PreprocessError, SplitError) as err:  # bad input: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -63,6 +63,7 @@ def validate_config(cfg: Any) -> dict:
         raise ConfigError("", "the config must be a mapping (a YAML document of key: value entries)")
     cfg = copy.deepcopy(cfg)
     _check_section_names(cfg)
+    _expand_presets(cfg)
     _check_schema(cfg)
     if isinstance(cfg["grid"], dict):  # one block or a list of blocks: from here on always a list
         cfg["grid"] = [cfg["grid"]]
@@ -194,6 +195,21 @@ def _check_backbone_name(name: str) -> None:
 
 
 # --- registry-aware checks ----------------------------------------------------------------------------
+
+def _expand_presets(cfg: dict) -> None:
+    """datasets.<name>.preprocess.preset: the dataset's named settings, under the entry's own values (before the
+    schema fills defaults, so a preset's values are not masked by generic ones)."""
+    for name, entry in (cfg.get("datasets") or {}).items():
+        pre = entry.get("preprocess") if isinstance(entry, dict) else None
+        if not isinstance(pre, dict) or not pre.get("preset"):
+            continue
+        presets = getattr(component_class(cfg, "datasets", name), "presets", {})
+        if pre["preset"] not in presets:
+            raise ConfigError(f"datasets.{name}.preprocess.preset",
+                              f"unknown preset '{pre['preset']}' for dataset '{name}'; presets: {', '.join(presets) or 'none'}")
+        chosen = presets[pre["preset"]]
+        entry["preprocess"] = _deep_merge({k: v for k, v in chosen.items() if k in ("audio", "visual")}, pre)
+
 
 def _check_section_names(cfg: dict) -> None:
     """An entry under balancers/fusions/... must be a registered name or carry its own class."""

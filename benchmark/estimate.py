@@ -15,15 +15,15 @@ from typing import Callable
 
 from benchmark.balancers.gblend import carve_holdout, gb_estimate
 from benchmark.config import component_class, settings_hash
-from benchmark.grid import RunSpec, run_settings
+from benchmark.grid import DEFAULT_FOLD, RunSpec, run_settings
 from benchmark.models.model import fingerprint
 from benchmark.run import RunData, build_run_model, write_json
 from benchmark.train import configure_determinism, resolve_device
 
 
 def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: int, out_path: Path,
-                    log: Callable[[str], None] = print) -> dict:
-    spec = RunSpec(dataset, backbone, fusion, "gblend", seed)
+                    log: Callable[[str], None] = print, fold: str = DEFAULT_FOLD) -> dict:
+    spec = RunSpec(dataset, backbone, fusion, "gblend", seed, fold=fold)
     settings = run_settings(cfg, spec)
     params = settings["balancer"]["params"]
     epochs = params["estimate_epochs"] or settings["train"]["epochs"]
@@ -43,7 +43,7 @@ def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: i
     log(f"[estimate] weights {est['weights']}" + (f" ({'; '.join(est['notes'])})" if est["notes"] else ""))
     result = {
         "algorithm": "G-Blend GB_Estimate at N=0 (Wang et al. 2020, Alg. 1), offline (Alg. 2)",
-        "dataset": dataset, "backbone": backbone, "fusion": fusion, "seed": seed,
+        "dataset": dataset, "fold": fold, "backbone": backbone, "fusion": fusion, "seed": seed,
         "metric": params["metric"], "epochs": epochs, "holdout_fraction": params["holdout_fraction"],
         **est,
         "init_fingerprint": init,

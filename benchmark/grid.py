@@ -20,6 +20,9 @@ from benchmark.config import (
 NO_FUSION = "none"  # the fusion field of runs that use one modality alone
 
 
+DEFAULT_FOLD = "main"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     dataset: str
@@ -28,6 +31,7 @@ class RunSpec:
     balancer: str
     seed: int
     modality: str | None = None  # set for per-modality methods (unimodal baselines)
+    fold: str = DEFAULT_FOLD  # which of the dataset's train/val/test assignments (splits/<fold>.csv)
 
     @property
     def method(self) -> str:
@@ -36,12 +40,12 @@ class RunSpec:
 
     @property
     def run_dir(self) -> Path:
-        return Path("results/runs") / self.dataset / self.backbone / self.fusion / self.method / f"seed{self.seed}"
+        return Path("results/runs") / self.dataset / self.fold / self.backbone / self.fusion / self.method / f"seed{self.seed}"
 
     @classmethod
-    def from_method(cls, dataset: str, backbone: str, fusion: str, method: str, seed: int) -> "RunSpec":
+    def from_method(cls, dataset: str, backbone: str, fusion: str, method: str, seed: int, fold: str = DEFAULT_FOLD) -> "RunSpec":
         balancer, _, modality = method.partition("-")
-        return cls(dataset, backbone, fusion, balancer, int(seed), modality or None)
+        return cls(dataset, backbone, fusion, balancer, int(seed), modality or None, fold)
 
 
 def raw_dir(dataset: str) -> Path:
@@ -52,13 +56,13 @@ def processed_dir(dataset: str) -> Path:
     return Path("data/processed") / dataset
 
 
-def gblend_weights_path(dataset: str, backbone: str, fusion: str, seed: int) -> Path:
-    return Path("results/gblend") / dataset / backbone / fusion / f"seed{seed}.json"
+def gblend_weights_path(dataset: str, backbone: str, fusion: str, seed: int, fold: str = DEFAULT_FOLD) -> Path:
+    return Path("results/gblend") / dataset / fold / backbone / fusion / f"seed{seed}.json"
 
 
 def unimodal_checkpoint(spec: RunSpec, modality: str) -> Path:
-    """The best-validation weights of the same dataset/backbone/seed's unimodal run for ``modality``."""
-    return RunSpec(spec.dataset, spec.backbone, NO_FUSION, "unimodal", spec.seed, modality).run_dir / "model.pt"
+    """The best-validation weights of the same dataset/fold/backbone/seed's unimodal run for ``modality``."""
+    return RunSpec(spec.dataset, spec.backbone, NO_FUSION, "unimodal", spec.seed, modality, spec.fold).run_dir / "model.pt"
 
 
 ARTIFACTS = ("gblend_weights", "unimodal_checkpoints")
@@ -73,7 +77,7 @@ def artifact_paths(spec: RunSpec, needs: tuple[str, ...], modalities: list[str])
     out: dict[str, Path] = {}
     for need in needs:
         if need == "gblend_weights":
-            out[need] = gblend_weights_path(spec.dataset, spec.backbone, spec.fusion, spec.seed)
+            out[need] = gblend_weights_path(spec.dataset, spec.backbone, spec.fusion, spec.seed, spec.fold)
         elif need == "unimodal_checkpoints":
             out.update({f"unimodal_checkpoint/{m}": unimodal_checkpoint(spec, m) for m in modalities})
         else:
@@ -85,6 +89,10 @@ def dataset_modalities(cfg: dict, dataset: str) -> list[str]:
     return list(component_class(cfg, "datasets", dataset).modalities)
 
 
+def dataset_folds(cfg: dict, dataset: str) -> list[str]:
+    return component_class(cfg, "datasets", dataset)(dataset_settings(cfg, dataset)).folds()
+
+
 def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
     """All runs of the grid (the union over its blocks), and the combinations that are not scheduled with the
     reason why."""
@@ -93,20 +101,21 @@ def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
     for g in cfg["grid"] if isinstance(cfg["grid"], list) else [cfg["grid"]]:
         for dataset in g["datasets"]:
             modalities = dataset_modalities(cfg, dataset)
-            for backbone in g["backbones"]:
-                for balancer in g["balancers"]:
-                    cls = component_class(cfg, "balancers", balancer)
-                    for seed in g["seeds"]:
-                        if cls.per_modality:
-                            runs.update((RunSpec(dataset, backbone, NO_FUSION, balancer, seed, m), None) for m in modalities)
-                            continue
-                        for fusion in g["fusions"]:
-                            spec = RunSpec(dataset, backbone, fusion, balancer, seed)
-                            reason = cls.unsupported(component_class(cfg, "fusions", fusion), len(modalities))
-                            if reason:
-                                skipped[spec] = reason
-                            else:
-                                runs[spec] = None
+            for fold in dataset_folds(cfg, dataset):
+                for backbone in g["backbones"]:
+                    for balancer in g["balancers"]:
+                        cls = component_class(cfg, "balancers", balancer)
+                        for seed in g["seeds"]:
+                            if cls.per_modality:
+                                runs.update((RunSpec(dataset, backbone, NO_FUSION, balancer, seed, m, fold), None) for m in modalities)
+                                continue
+                            for fusion in g["fusions"]:
+                                spec = RunSpec(dataset, backbone, fusion, balancer, seed, fold=fold)
+                                reason = cls.unsupported(component_class(cfg, "fusions", fusion), len(modalities))
+                                if reason:
+                                    skipped[spec] = reason
+                                else:
+                                    runs[spec] = None
     return list(runs), list(skipped.items())
 
 
@@ -129,6 +138,7 @@ def run_settings(cfg: dict, spec: RunSpec) -> dict:
                      "class": _qualname(balancer_cls)},
         "train": train_settings(cfg, spec.backbone),
         "seed": spec.seed,
+        "fold": spec.fold,
     }
 
 

@@ -29,7 +29,7 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> pd.DataFrame:
     rows = []
     for spec in runs:
         row = {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "method": display_method(spec),
-               "balancer": spec.balancer, "seed": spec.seed}
+               "balancer": spec.balancer, "fold": spec.fold, "seed": spec.seed}
         path = root / spec.run_dir / "metrics.json"
         if not path.exists():
             rows.append({**row, "status": "not run", "reason": f"no {path}"})
@@ -50,12 +50,12 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> pd.DataFrame:
         rows.append(row)
     for spec, reason in skipped:
         rows.append({"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "method": display_method(spec),
-                     "balancer": spec.balancer, "seed": spec.seed, "status": NA, "reason": reason})
+                     "balancer": spec.balancer, "fold": spec.fold, "seed": spec.seed, "status": NA, "reason": reason})
     return pd.DataFrame(rows)
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per dataset × backbone × fusion × method, in grid order."""
+    """Mean ± std over seeds (and folds) per dataset × backbone × fusion × method, in grid order."""
     keys = ["dataset", "backbone", "fusion", "method"]
     metric_cols = [c for c in runs.columns if c.startswith(("test_", "val_")) or c == "best_epoch"]
     out = []
@@ -63,8 +63,10 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         ok = group[group["status"] == "ok"]
         row = dict(zip(keys, key))
         row["balancer"] = group["balancer"].iloc[0]
+        row["folds"] = ok["fold"].nunique() if len(ok) else 0
+        row["fold_list"] = ",".join(sorted(set(group["fold"])))
         row["num_classes"] = group["num_classes"].max() if "num_classes" in group else math.nan
-        row["seeds"] = len(ok)
+        row["runs"] = len(ok)
         statuses = sorted(set(group["status"]) - {"ok"})
         row["status"] = "ok" if not statuses else ("ok, " if len(ok) else "") + ", ".join(statuses)
         reasons = sorted({r for r in group.get("reason", pd.Series(dtype=str)).dropna() if r})
@@ -87,14 +89,17 @@ def _pm(mean: float, std: float) -> str:
 
 def to_markdown(summary: pd.DataFrame, cfg: dict) -> str:
     lines = ["# Leaderboard", "",
-             "Test accuracy (%) of the best-validation checkpoint, mean ± std over seeds. `acc <modality>`: accuracy of",
+             "Test accuracy (%) of the best-validation checkpoint, mean ± std over runs (seeds × folds). `acc <modality>`: accuracy of",
              "that modality's share of the fused head (its per-modality logits: an exact split of the head for concat and",
              "sum, a zero-masking Shapley estimate for fusions that mix modalities first); for `<modality>-only` rows,",
              "the unimodal model itself. Regenerate with `snakemake` (or `python -m benchmark aggregate`).", ""]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
         modalities = dataset_modalities(cfg, dataset)
         lines += [f"## {dataset} · {backbone}", ""]
-        header = ["method", "fusion", "seeds", "test acc", "macro-F1"] + [f"acc {m}" for m in modalities] + ["val acc", "status"]
+        folds = sorted({fold for joined in table["fold_list"] for fold in joined.split(",") if fold})
+        if len(folds) > 1:
+            lines += [f"{len(folds)} folds ({', '.join(folds)}); runs = seeds × folds.", ""]
+        header = ["method", "fusion", "runs", "test acc", "macro-F1"] + [f"acc {m}" for m in modalities] + ["val acc", "status"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         footnotes: list[str] = []
         for _, r in table.iterrows():
@@ -104,7 +109,7 @@ def to_markdown(summary: pd.DataFrame, cfg: dict) -> str:
                 if note not in footnotes:
                     footnotes.append(note)
                 status += f" [{footnotes.index(note) + 1}]"
-            cells = [r["method"], fusion, str(r["seeds"]), _pm(r.get("test_acc_mean", math.nan), r.get("test_acc_std", math.nan)),
+            cells = [r["method"], fusion, str(r["runs"]), _pm(r.get("test_acc_mean", math.nan), r.get("test_acc_std", math.nan)),
                      _pm(r.get("test_f1_mean", math.nan), r.get("test_f1_std", math.nan))]
             cells += [_pm(r.get(f"test_acc_{m}_mean", math.nan), r.get(f"test_acc_{m}_std", math.nan)) for m in modalities]
             cells += [_pm(r.get("val_acc_mean", math.nan), r.get("val_acc_std", math.nan)), status]
@@ -125,7 +130,7 @@ def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
-        fused = table[(table["fusion"] != NO_FUSION) & (table["seeds"] > 0)]
+        fused = table[(table["fusion"] != NO_FUSION) & (table["runs"] > 0)]
         methods = list(dict.fromkeys(fused["method"]))
         fusions = list(dict.fromkeys(fused["fusion"]))
         fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(methods) + 2), 4.2))
@@ -134,14 +139,14 @@ def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
             part = fused[fused["fusion"] == fusion].set_index("method").reindex(methods)
             xs = [i + (j - (len(fusions) - 1) / 2) * width for i in range(len(methods))]
             ax.bar(xs, 100 * part["test_acc_mean"], width, yerr=100 * part["test_acc_std"].fillna(0), capsize=3, label=fusion)
-        for k, (_, r) in enumerate(table[(table["fusion"] == NO_FUSION) & (table["seeds"] > 0)].iterrows()):
+        for k, (_, r) in enumerate(table[(table["fusion"] == NO_FUSION) & (table["runs"] > 0)].iterrows()):
             ax.axhline(100 * r["test_acc_mean"], color=f"C{len(fusions) + k}", linestyle="--", label=r["method"])
         classes = table["num_classes"].max()
         if classes == classes:  # not NaN
             ax.axhline(100 / classes, color="grey", linestyle=":", label="chance")
         ax.set_xticks(range(len(methods)), methods, rotation=20)
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset} · {backbone} (mean ± std over seeds)")
+        ax.set_title(f"{dataset} · {backbone} (mean ± std over seeds and folds)")
         ax.legend(fontsize=8, ncols=2)
         fig.tight_layout()
         path = out_dir / f"{dataset}__{backbone}.png"

@@ -95,3 +95,4 @@ def _load_builtins() -> None:
     importlib.import_module("benchmark.models.fusions")
     importlib.import_module("benchmark.models.backbones")
     importlib.import_module("benchmark.data.datasets")
+    importlib.import_module("benchmark.data.real")

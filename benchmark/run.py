@@ -15,7 +15,7 @@ import torch
 
 from benchmark.balancers.base import Balancer, RunContext
 from benchmark.config import component_class, settings_hash
-from benchmark.data.cache import BatchPreparer, CachedSplit, load_info
+from benchmark.data.cache import BatchPreparer, CachedSplit, load_info, load_part
 from benchmark.grid import NO_FUSION, RunSpec, artifact_paths, processed_dir, run_settings
 from benchmark.models.model import MultimodalModel, build_model
 from benchmark.provenance import provenance
@@ -40,6 +40,7 @@ class RunData:
     val: CachedSplit
     prep: BatchPreparer
     processed: Path
+    fold: str
 
     @classmethod
     def load(cls, spec: RunSpec, settings: dict, device: torch.device) -> "RunData":
@@ -47,11 +48,12 @@ class RunData:
         info = load_info(pdir)
         modality_info = {m: info["modalities"][m] for m in settings["modalities"]}
         prep = BatchPreparer(modality_info, settings["dataset"]["preprocess"]["visual"], device)
-        split = lambda name: CachedSplit(pdir / f"{name}.pt", modalities=settings["modalities"])  # noqa: E731
-        return cls(info, split("train"), split("val"), prep, pdir)
+        part = lambda name: load_part(pdir, spec.fold, name, settings["modalities"])  # noqa: E731
+        return cls(info, part("train"), part("val"), prep, pdir, spec.fold)
 
     def test(self, modalities: list[str]) -> CachedSplit:
-        return CachedSplit(self.processed / "test.pt", modalities=modalities)
+        """Read only after training, to report the selected checkpoints."""
+        return load_part(self.processed, self.fold, "test", modalities)
 
 
 def build_run_model(cfg: dict, settings: dict, info: dict, balancer_cls: type[Balancer]) -> MultimodalModel:

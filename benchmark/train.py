@@ -116,7 +116,7 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
         correct = torch.zeros((), device=ctx.device)
         seen = 0
         for batch in loader:
-            inputs, y = prep(batch)
+            inputs, y = prep(batch, train=True)
             out = balancer.forward(model, inputs)
             loss = balancer.loss(out, y)
             optimizer.zero_grad(set_to_none=True)

@@ -57,6 +57,7 @@ def tiny_workspace(tmp_path_factory) -> Path:
     from benchmark.config import dataset_settings, validate_config
     from benchmark.data.datasets import DATASETS
     from benchmark.data.preprocess import preprocess
+    from benchmark.data.splits import write_splits
 
     root = tmp_path_factory.mktemp("tiny")
     cfg = validate_config(tiny_config())
@@ -65,6 +66,7 @@ def tiny_workspace(tmp_path_factory) -> Path:
     ds = DATASETS.get("synthetic-av")(settings)
     ds.download(root / "data/raw/synthetic-av", workers=2)
     preprocess(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", settings["preprocess"], workers=2, log=lambda s: None)
+    write_splits(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", log=lambda s: None)
     return root
 
 

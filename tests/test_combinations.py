@@ -10,6 +10,7 @@ import torch
 from benchmark.config import component_class, dataset_settings, grid_names, registry, validate_config
 from benchmark.data.datasets import DATASETS
 from benchmark.data.preprocess import preprocess
+from benchmark.data.splits import write_splits
 from benchmark.estimate import estimate_gblend
 from benchmark.grid import gblend_weights_path, grid_runs
 from benchmark.run import execute_run, train_run
@@ -37,6 +38,7 @@ def micro_workspace(tmp_path_factory):
     ds = DATASETS.get("synthetic-av")(settings)
     ds.download(root / "data/raw/synthetic-av", workers=2)
     preprocess(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", settings["preprocess"], workers=2, log=lambda s: None)
+    write_splits(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", log=lambda s: None)
     return root
 
 

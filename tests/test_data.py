@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmark.config import dataset_settings, validate_config
-from benchmark.data.cache import CachedSplit
+from benchmark.data.cache import CachedSplit, load_part
 from benchmark.data.datasets import DATASETS, read_manifest, write_manifest
 from benchmark.data.media import MediaError, decode_audio, decode_frames, ffmpeg_exe
 from benchmark.data.preprocess import PreprocessError, frame_indices, preprocess
@@ -33,9 +33,9 @@ def test_generated_layout_and_preprocessed_tensors(tiny_workspace):
         assert len({r["label"] for r in rows if r["split"] == split}) == 8
     processed = tiny_workspace / "data/processed/synthetic-av"
     info = json.loads((processed / "info.json").read_text())
-    assert sum(info["counts"].values()) == 48 and info["rejected"] == 0
-    data = torch.load(processed / "train.pt", weights_only=True)
-    n = info["counts"]["train"]
+    assert info["clips"] == 48 and info["rejected"] == 0
+    data = torch.load(processed / "clips.pt", weights_only=True)
+    n = 48
     s = settings()["preprocess"]
     frames_expected = (n, s["visual"]["num_frames"], 3, s["visual"]["size"], s["visual"]["size"])
     assert data["visual"].dtype == torch.uint8 and tuple(data["visual"].shape) == frames_expected
@@ -44,6 +44,9 @@ def test_generated_layout_and_preprocessed_tensors(tiny_workspace):
     assert data["audio"].shape[3] == int(s["audio"]["sample_rate"] * s["audio"]["duration"]) // s["audio"]["hop_length"] + 1
     assert torch.isfinite(data["audio"].float()).all()
     assert data["label"].dtype == torch.long and len(data["clip_id"]) == n
+    # the split step follows the manifest's split column: every part exactly as listed
+    for part in ("train", "val", "test"):
+        assert set(load_part(processed, "main", part).ids()) == {r["clip_id"] for r in rows if r["split"] == part}
 
 
 def test_generation_is_deterministic_for_a_seed(tmp_path, tiny_workspace):
@@ -51,8 +54,8 @@ def test_generation_is_deterministic_for_a_seed(tmp_path, tiny_workspace):
     ds = DATASETS.get("synthetic-av")(s)
     ds.download(tmp_path / "raw", workers=2)
     preprocess(ds, tmp_path / "raw", tmp_path / "proc", s["preprocess"], workers=2, log=lambda m: None)
-    a = torch.load(tmp_path / "proc/train.pt", weights_only=True)
-    b = torch.load(tiny_workspace / "data/processed/synthetic-av/train.pt", weights_only=True)
+    a = torch.load(tmp_path / "proc/clips.pt", weights_only=True)
+    b = torch.load(tiny_workspace / "data/processed/synthetic-av/clips.pt", weights_only=True)
     for key in ("audio", "visual", "label"):
         assert torch.equal(a[key], b[key]), key
     other = settings(seed=1)
@@ -92,23 +95,24 @@ def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace)
     (raw / "clips/empty.mp4").write_bytes(b"")
     _clip_without("audio", good, raw / "clips/silent.mp4")
     _clip_without("video", good, raw / "clips/blind.mp4")
+    (raw / "clips/folder.mp4").mkdir()  # a path that cannot be read as a file
     planted = {"truncated": "corrupt or truncated file", "empty": "empty file (0 bytes)", "silent": "no audio stream",
-               "blind": "no video stream", "missing": "file not found"}
+               "blind": "no video stream", "missing": "file not found", "folder": "unreadable file"}
     extra = [{"clip_id": k, "path": f"clips/{k}.mp4", "label": "class0", "split": "train"} for k in planted]
     extra.append({"clip_id": "badlabel", "path": rows[0]["path"], "label": "class99", "split": "train"})
     planted["badlabel"] = "label not in class list"
     write_manifest(raw / "manifest.csv", rows + extra)
     s = settings()["preprocess"]
     ds = DATASETS.get("synthetic-av")(settings())
-    with pytest.raises(PreprocessError, match=r"6 of 54 clips rejected .* first: .*truncated.mp4"):
+    with pytest.raises(PreprocessError, match=r"7 of 55 clips rejected .* first: .*truncated.mp4"):
         preprocess(ds, raw, tmp_path / "proc", s, workers=2, log=lambda m: None)
     with (tmp_path / "proc/rejected.csv").open() as f:
         reasons = {r["clip_id"]: r["reason"] for r in csv.DictReader(f)}
     assert reasons == planted
     s["max_rejected_fraction"] = 0.2  # tolerated: the good clips are cached, the bad ones stay listed
     info = preprocess(ds, raw, tmp_path / "proc", s, workers=2, log=lambda m: None)
-    assert info["rejected"] == 6 and sum(info["counts"].values()) == 48
-    assert set(CachedSplit(tmp_path / "proc/train.pt").clip_ids).isdisjoint(planted)
+    assert info["rejected"] == 7 and info["clips"] == 48
+    assert set(CachedSplit(tmp_path / "proc/clips.pt").clip_ids).isdisjoint(planted)
 
 
 def test_decoders_raise_media_errors(tmp_path):
@@ -118,3 +122,24 @@ def test_decoders_raise_media_errors(tmp_path):
     with pytest.raises(MediaError) as info:
         decode_frames(tmp_path / "junk.mp4", 1, 16)
     assert info.value.reason in ("corrupt or truncated file", "video decoding failed")
+
+
+def test_train_time_augmentation_is_per_clip_seeded_and_training_only():
+    from benchmark.data.cache import BatchPreparer, augment_frames
+
+    x = torch.arange(2 * 3 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 3, 4, 4)
+    torch.manual_seed(0)
+    flipped = augment_frames(x.clone(), hflip=True, crop_scale=None)
+    for b in range(2):  # each clip is either flipped (all its frames) or left as it is
+        assert torch.equal(flipped[b], x[b]) or torch.equal(flipped[b], x[b].flip(-1))
+    torch.manual_seed(0)
+    assert torch.equal(augment_frames(x.clone(), hflip=True, crop_scale=None), flipped)
+    torch.manual_seed(1)
+    cropped = augment_frames(x.clone(), hflip=False, crop_scale=(0.25, 0.5))
+    assert cropped.shape == x.shape and not torch.equal(cropped, x)
+    prep = BatchPreparer({"visual": {"source": "video"}}, {"mean": [0.0] * 3, "std": [1 / 255] * 3, "augment": {"hflip": True}},
+                         torch.device("cpu"))
+    batch = {"visual": torch.randint(0, 255, (8, 2, 3, 4, 4), dtype=torch.uint8), "label": torch.zeros(8, dtype=torch.long)}
+    assert torch.equal(prep(batch)[0]["visual"], batch["visual"].float())  # evaluation: never augmented
+    torch.manual_seed(2)
+    assert not torch.equal(prep(batch, train=True)[0]["visual"], batch["visual"].float())

@@ -165,10 +165,10 @@ def test_pmr_rules_hand_computed():
 
 
 def test_pmr_prototypes_are_class_means_and_only_the_weak_encoder_gets_the_prototype_loss(in_tiny_workspace):
-    from benchmark.data.cache import BatchPreparer, CachedSplit, load_info
+    from benchmark.data.cache import BatchPreparer, load_info, load_part
 
     info = load_info("data/processed/synthetic-av")
-    data = CachedSplit("data/processed/synthetic-av/train.pt")
+    data = load_part("data/processed/synthetic-av", "main", "train")
     prep = BatchPreparer(info["modalities"], {"mean": [0.5] * 3, "std": [0.25] * 3}, torch.device("cpu"))
     torch.manual_seed(0)
     encoders = {m: BACKBONES.get("small_cnn")(k, tuple(info["modalities"][m]["shape"]), width=2)
@@ -258,11 +258,11 @@ def test_aux_loss_is_the_mean_of_the_head_losses():
 # --- online G-Blend ----------------------------------------------------------------------------------------
 
 def test_gblend_online_super_epochs_and_held_out_split(in_tiny_workspace):
-    from benchmark.data.cache import CachedSplit
+    from benchmark.data.cache import load_part
 
     gb = GBlendOnline(first_super_epoch=4, super_epoch=3, holdout_fraction=0.25)
     assert gb.super_epoch_starts(10) == [0, 4, 7] and gb.super_epoch_starts(3) == [0]
-    train = CachedSplit("data/processed/synthetic-av/train.pt")
+    train = load_part("data/processed/synthetic-av", "main", "train")
     kept = gb.training_split(train, seed=0)
     held = set(gb.held_out["V"].ids())
     assert held.isdisjoint(kept.ids()) and len(held) + len(kept) == len(train)
@@ -295,7 +295,7 @@ def test_gblend_online_reestimates_at_every_super_epoch(in_tiny_workspace):
     import yaml
 
     from benchmark.config import validate_config
-    from benchmark.data.cache import CachedSplit
+    from benchmark.data.cache import load_part
     from benchmark.grid import RunSpec
     from benchmark.run import execute_run
 
@@ -306,7 +306,7 @@ def test_gblend_online_reestimates_at_every_super_epoch(in_tiny_workspace):
     metrics, _ = execute_run(validate_config(cfg), RunSpec("synthetic-av", "small_cnn", "concat", "gblend_online", 0), log=lines.append)
     starts = [line for line in lines if line.startswith("[gblend_online] super-epoch from epoch")]
     assert [s.split()[4] for s in starts] == ["0", "2", "3"]  # super-epochs [0, 2), [2, 3), [3, 4)
-    assert metrics["selection"]["trained_on"] < len(CachedSplit("data/processed/synthetic-av/train.pt"))  # V held out
+    assert metrics["selection"]["trained_on"] < len(load_part("data/processed/synthetic-av", "main", "train"))  # V held out
     weights = [{h: row[f"w_{h}"] for h in ("audio", "visual", "fused")} for row in metrics["history"]]
     assert all(sum(w.values()) == pytest.approx(1.0) for w in weights)
     assert weights[0] == weights[1]  # fixed inside the first super-epoch

@@ -12,6 +12,7 @@ import pytest
 from benchmark.config import dataset_settings, validate_config
 from benchmark.data.datasets import DATASETS
 from benchmark.data.preprocess import preprocess
+from benchmark.data.splits import write_splits
 from benchmark.grid import RunSpec
 from benchmark.run import train_run
 from tests.conftest import default_config
@@ -27,6 +28,7 @@ def default_data(tmp_path_factory):
     ds = DATASETS.get("synthetic-av")(settings)
     ds.download(root / "data/raw/synthetic-av", workers=2)
     preprocess(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", settings["preprocess"], workers=2, log=lambda s: None)
+    write_splits(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", log=lambda s: None)
     return root, cfg
 
 

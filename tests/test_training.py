@@ -7,10 +7,9 @@ import pytest
 import torch
 import yaml
 
-import benchmark.data.cache as cache
 import benchmark.run as run_module
 from benchmark.config import validate_config
-from benchmark.data.cache import CachedSplit
+from benchmark.data.cache import load_part
 from benchmark.estimate import estimate_gblend
 from benchmark.grid import RunSpec, gblend_weights_path, run_settings
 from benchmark.run import train_run
@@ -57,25 +56,27 @@ def test_metrics_file_contents_and_validation_selection(tiny_cfg, tmp_path):
 
 
 def test_test_split_is_not_read_during_training(tiny_cfg, tmp_path, monkeypatch):
-    opened = []
-    real_init = CachedSplit.__init__
+    import benchmark.data.splits as splits
 
-    def spy(self, path, *args, **kwargs):
-        opened.append(str(path))
-        real_init(self, path, *args, **kwargs)
+    parts_read = []
+    real_read = splits.read_split
+
+    def spy(processed_dir, fold, part):
+        parts_read.append(part)
+        return real_read(processed_dir, fold, part)
 
     real_fit = run_module.fit
 
     def checked_fit(*args, **kwargs):
-        assert not any(p.endswith("test.pt") for p in opened), "test split opened before training"
+        assert "test" not in parts_read, "test split read before training"
         result = real_fit(*args, **kwargs)
-        assert not any(p.endswith("test.pt") for p in opened), "test split opened during training"
+        assert "test" not in parts_read, "test split read during training"
         return result
 
-    monkeypatch.setattr(cache.CachedSplit, "__init__", spy)
+    monkeypatch.setattr(splits, "read_split", spy)
     monkeypatch.setattr(run_module, "fit", checked_fit)
     train_run(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), tmp_path, log=quiet)
-    assert opened[-1].endswith("test.pt")  # read once, after selection, for reporting
+    assert parts_read == ["train", "val", "test"]  # test read once, after selection, for reporting
 
 
 def test_unimodal_run_uses_one_modality(tiny_cfg, tmp_path):
@@ -89,11 +90,11 @@ def test_gblend_estimate_uses_a_held_out_part_of_train_and_feeds_training(tiny_c
     est = estimate_gblend(tiny_cfg, "synthetic-av", "small_cnn", "concat", 0, out, log=quiet)
     assert set(est["weights"]) == {"audio", "visual", "fused"}
     assert sum(est["weights"].values()) == pytest.approx(1.0)
-    train_ids = set(CachedSplit("data/processed/synthetic-av/train.pt").clip_ids)
+    train_ids = set(load_part("data/processed/synthetic-av", "main", "train").ids())
     held, subset = set(est["holdout_clip_ids"]), set(est["train_subset_clip_ids"])
     assert held and held <= train_ids and subset <= train_ids and held.isdisjoint(subset)
     for split in ("val", "test"):
-        assert held.isdisjoint(CachedSplit(f"data/processed/synthetic-av/{split}.pt").clip_ids)
+        assert held.isdisjoint(load_part("data/processed/synthetic-av", "main", split).ids())
     for head in est["heads"].values():  # G and O follow from the measured losses (Alg. 1)
         b, a = head["before"], head["after"]
         assert head["G"] == pytest.approx(b["V"] - a["V"])

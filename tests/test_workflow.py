@@ -44,7 +44,7 @@ def test_dry_run_of_the_default_config_lists_the_full_grid(tmp_path):
                 expected += 1
     assert counts["train"] == expected
     assert counts["estimate"] == n_seeds * n_bb * n_fu  # offline G-Blend runs only in the first block
-    assert counts["download"] == counts["preprocess"] == counts["aggregate"] == 1
+    assert counts["download"] == counts["preprocess"] == counts["split"] == counts["aggregate"] == 1
     for balancer in {b for block in blocks for b in block["balancers"]} - {"mmcosine"}:
         assert f"method={balancer}" in res.stdout
 
@@ -56,13 +56,13 @@ def test_tiny_real_run_produces_a_leaderboard_and_is_idempotent(tmp_path):
     res = snakemake(tmp_path, configfile=tmp_path / "tiny.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
     board = pd.read_csv(tmp_path / "results/leaderboard.csv")
-    assert set(board["method"]) == {"joint", "ogm"} and (board["status"] == "ok").all() and (board["seeds"] == 1).all()
+    assert set(board["method"]) == {"joint", "ogm"} and (board["status"] == "ok").all() and (board["runs"] == 1).all()
     md = (tmp_path / "results/leaderboard.md").read_text()
     assert "| joint | concat | 1 |" in md and "| ogm | concat | 1 |" in md
     assert (tmp_path / "results/plots/synthetic-av__small_cnn.png").stat().st_size > 1000
-    for log in ("results/logs/download/synthetic-av.log", "results/runs/synthetic-av/small_cnn/concat/ogm/seed0/train.log"):
+    for log in ("results/logs/download/synthetic-av.log", "results/runs/synthetic-av/main/small_cnn/concat/ogm/seed0/train.log"):
         assert (tmp_path / log).stat().st_size > 0
-    assert "[1/1] epoch=0" in (tmp_path / "results/runs/synthetic-av/small_cnn/concat/ogm/seed0/train.log").read_text()
+    assert "[1/1] epoch=0" in (tmp_path / "results/runs/synthetic-av/main/small_cnn/concat/ogm/seed0/train.log").read_text()
     again = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # a changed method hyperparameter retrains that method only
@@ -78,7 +78,7 @@ def test_tiny_real_run_produces_a_leaderboard_and_is_idempotent(tmp_path):
     added = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
     counts = job_counts(added.stdout)
     assert counts.get("train") == 1 and "method=multi_loss" in added.stdout and "method=ogm" not in added.stdout
-    assert counts.get("aggregate") == 1 and "download" not in counts and "preprocess" not in counts
+    assert counts.get("aggregate") == 1 and not {"download", "preprocess", "split"} & set(counts)
 
 
 def test_cluster_profile_is_found_from_the_repository_root_and_asks_for_gpus(tmp_path):
@@ -108,12 +108,12 @@ def test_three_modalities_end_to_end(tmp_path):
     board = pd.read_csv(tmp_path / "results/leaderboard.csv")
     assert (board["status"] == "ok").all() and len(board) == 7
     assert {"test_acc_audio_mean", "test_acc_visual_mean", "test_acc_motion_mean"} <= set(board.columns)
-    runs = tmp_path / "results/runs/synthetic-avm/small_cnn"
+    runs = tmp_path / "results/runs/synthetic-avm/main/small_cnn"
     for method in ("ogm", "gblend", "pretrain"):
         m = json.loads((runs / "concat" / method / "seed0/metrics.json").read_text())
         assert m["run"]["modalities"] == ["audio", "visual", "motion"]
     assert any("extension" in n for n in json.loads((runs / "concat/ogm/seed0/metrics.json").read_text())["notes"])
-    weights = json.loads((tmp_path / "results/gblend/synthetic-avm/small_cnn/concat/seed0.json").read_text())["weights"]
+    weights = json.loads((tmp_path / "results/gblend/synthetic-avm/main/small_cnn/concat/seed0.json").read_text())["weights"]
     assert set(weights) == {"audio", "visual", "motion", "fused"}
     for m in ("audio", "visual", "motion"):  # pretrain's inputs, produced by the DAG though unimodal is not in the grid
         assert (runs / "none" / f"unimodal-{m}" / "seed0/model.pt").exists()
@@ -134,6 +134,28 @@ def test_user_classes_from_a_module_run_through_the_dag(tmp_path):
     assert status.pop(("mmcosine", "max")) == "n/a" and set(status.values()) == {"ok"}
     md = (tmp_path / "results/leaderboard.md").read_text()
     assert "| mmcosine | max | 0 |" in md and "n/a: MMCosine normalises" in md
-    m = json.loads((tmp_path / "results/runs/synthetic-av/small_cnn/max/weakest_boost/seed0/metrics.json").read_text())
+    m = json.loads((tmp_path / "results/runs/synthetic-av/main/small_cnn/max/weakest_boost/seed0/metrics.json").read_text())
     assert m["settings"]["balancer"] == {"name": "weakest_boost", "params": {"lam": 0.3}, "class": "my_methods:WeakestBoost"}
     assert "score_audio" in m["history"][0]
+
+
+@pytest.mark.slow
+def test_folds_of_a_real_dataset_through_the_dag(tmp_path):
+    from tests import native_trees
+
+    root = tmp_path / "CREMA-D"
+    native_trees.cremad_tree(root, actors=range(1001, 1004))
+    cfg = tiny_config(datasets=["cremad"], balancers=["joint"])
+    cfg["datasets"] = {"cremad": {"source": {"path": str(root), "max_missing_fraction": 0.1}, "split": {"scheme": "actor-folds"},
+                                  "preprocess": {"audio": {"n_mels": 16, "hop_length": 400}, "visual": {"fps": 2, "num_frames": 2, "size": 16}}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, configfile=tmp_path / "c.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts["split"] == 3 and counts["train"] == 3 and counts["preprocess"] == 1  # decoded once, split per fold
+    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    assert board.loc[0, "runs"] == 3 and board.loc[0, "folds"] == 3
+    assert "3 folds (fold1, fold2, fold3)" in (tmp_path / "results/leaderboard.md").read_text()
+    for fold in ("fold1", "fold2", "fold3"):
+        m = json.loads((tmp_path / f"results/runs/cremad/{fold}/small_cnn/concat/joint/seed0/metrics.json").read_text())
+        assert m["settings"]["fold"] == fold

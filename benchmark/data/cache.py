@@ -57,6 +57,19 @@ class CachedSplit(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
 
 
+def load_part(processed_dir: str | Path, fold: str, part: str, modalities: Sequence[str] | None = None) -> CachedSplit:
+    """The 'train', 'val' or 'test' clips of one fold, as listed in ``splits/<fold>.csv``."""
+    from benchmark.data.splits import read_split
+
+    data = CachedSplit(Path(processed_dir) / "clips.pt", modalities=modalities)
+    index = {clip: i for i, clip in enumerate(data.clip_ids)}
+    ids = read_split(processed_dir, fold, part)
+    missing = [c for c in ids if c not in index]
+    if missing:
+        raise KeyError(f"splits/{fold}.csv lists clips that are not in clips.pt (e.g. {missing[:3]}); re-run the split step")
+    return data.subset([index[c] for c in ids])
+
+
 def load_info(processed_dir: str | Path) -> dict:
     return json.loads((Path(processed_dir) / "info.json").read_text())
 
@@ -71,22 +84,54 @@ def make_loader(data: CachedSplit, batch_size: int, shuffle: bool, seed: int = 0
                                        collate_fn=_identity, num_workers=0, pin_memory=pin_memory)
 
 
+def augment_frames(x: torch.Tensor, hflip: bool, crop_scale: Sequence[float] | None) -> torch.Tensor:
+    """Train-time augmentation of frames [B, T, C, H, W], the same for all frames of a clip: a horizontal flip with
+    probability 1/2, and a random resized crop (area fraction in ``crop_scale``, aspect ratio in [3/4, 4/3]) resized
+    back to H×W. Draws come from torch's generator, so they follow the run's seed."""
+    b, _, _, h, w = x.shape
+    if crop_scale:
+        out = torch.empty_like(x)
+        lo, hi = crop_scale
+        for i in range(b):
+            area = h * w * float(torch.empty(()).uniform_(lo, hi))
+            ratio = float(torch.exp(torch.empty(()).uniform_(-0.2877, 0.2877)))  # log(3/4) .. log(4/3)
+            ch = max(1, min(h, round((area / ratio) ** 0.5)))
+            cw = max(1, min(w, round((area * ratio) ** 0.5)))
+            top = int(torch.randint(0, h - ch + 1, ()))
+            left = int(torch.randint(0, w - cw + 1, ()))
+            crop = x[i, :, :, top:top + ch, left:left + cw]
+            out[i] = torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+        x = out
+    if hflip:
+        flip = (torch.rand(b) < 0.5).to(x.device).view(b, 1, 1, 1, 1)
+        x = torch.where(flip, x.flip(-1), x)
+    return x
+
+
 class BatchPreparer:
     """Moves a batch to the device: spectrograms to float32, frames (and frame differences) to float32 normalised
-    with the dataset's visual mean and std."""
+    with the dataset's visual mean and std; training batches of frames are augmented as configured."""
 
     def __init__(self, modality_info: dict[str, dict], visual: dict, device: torch.device) -> None:
         self.device = device
         self.frames = {m for m, info in modality_info.items() if info["source"] in ("video", "video_diff")}
         self.mean = torch.tensor(visual["mean"], device=device).view(1, 1, 3, 1, 1) * 255.0
         self.std = torch.tensor(visual["std"], device=device).view(1, 1, 3, 1, 1) * 255.0
+        augment = visual.get("augment") or {}
+        self.hflip, self.crop_scale = bool(augment.get("hflip")), augment.get("crop_scale")
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def __call__(self, batch: dict[str, torch.Tensor], train: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         nb = self.device.type == "cuda"
         inputs = {}
         for m, x in batch.items():
             if m == "label":
                 continue
             x = x.to(self.device, non_blocking=nb)
-            inputs[m] = (x.float() - self.mean) / self.std if m in self.frames else x.float()
+            if m in self.frames:
+                x = (x.float() - self.mean) / self.std
+                if train and (self.hflip or self.crop_scale):
+                    x = augment_frames(x, self.hflip, self.crop_scale)
+                inputs[m] = x
+            else:
+                inputs[m] = x.float()
         return inputs, batch["label"].to(self.device, non_blocking=nb)

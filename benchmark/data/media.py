@@ -54,6 +54,8 @@ def _run(stream_spec: ffmpeg.nodes.OutputStream, path: Path, stream: str) -> byt
     path = Path(path)
     if not path.exists():
         raise MediaError("file not found", str(path))
+    if not path.is_file():
+        raise MediaError("unreadable file", f"{path} is not a regular file")
     if path.stat().st_size == 0:
         raise MediaError("empty file (0 bytes)", str(path))
     try:
@@ -66,9 +68,19 @@ def _run(stream_spec: ffmpeg.nodes.OutputStream, path: Path, stream: str) -> byt
     return out
 
 
-def decode_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 waveform at ``sample_rate``."""
-    spec = ffmpeg.input(str(path)).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0")
+def _input(path: str | Path, start: float | None, end: float | None) -> ffmpeg.nodes.FilterableStream:
+    """The file as an ffmpeg input, restricted to [start, end) seconds when given."""
+    options = {}
+    if start is not None:
+        options["ss"] = start
+    if end is not None:
+        options["to"] = end
+    return ffmpeg.input(str(path), **options)
+
+
+def decode_audio(path: str | Path, sample_rate: int, start: float | None = None, end: float | None = None) -> np.ndarray:
+    """Mono float32 waveform at ``sample_rate`` (of the segment [start, end) seconds when given)."""
+    spec = _input(path, start, end).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0")
     raw = _run(spec, Path(path), "audio")
     wave = np.frombuffer(raw, dtype=np.float32).copy()
     if wave.size == 0:
@@ -76,10 +88,11 @@ def decode_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return wave
 
 
-def decode_frames(path: str | Path, fps: float, size: int) -> np.ndarray:
-    """RGB frames resampled to ``fps``, shorter side scaled to ``size`` then centre-cropped: uint8 [N, size, size, 3]."""
+def decode_frames(path: str | Path, fps: float, size: int, start: float | None = None, end: float | None = None) -> np.ndarray:
+    """RGB frames resampled to ``fps``, shorter side scaled to ``size`` then centre-cropped: uint8 [N, size, size, 3]
+    (of the segment [start, end) seconds when given)."""
     video = (
-        ffmpeg.input(str(path))
+        _input(path, start, end)
         .video.filter("fps", fps=fps)
         .filter("scale", f"if(gt(iw,ih),-2,{size})", f"if(gt(iw,ih),{size},-2)")
         .filter("crop", size, size)

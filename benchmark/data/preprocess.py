@@ -36,9 +36,23 @@ def fixed_length(wave: np.ndarray, n: int, mode: str) -> np.ndarray:
 
 
 def spectrogram_fn(audio: dict) -> Callable[[np.ndarray], torch.Tensor]:
-    """log(|STFT| + offset) (the reference code's recipe) or log(mel power + offset): [1, F, T]."""
+    """log(|STFT| + offset) (the reference code's recipe), log(mel power + offset), or a Kaldi filter bank padded
+    or cut to ``target_frames`` and normalised (x − norm_mean) / (2·norm_std) (the Kinetics-Sounds recipe): [1, F, T]."""
     import torchaudio
 
+    if audio["transform"] == "fbank":
+        from torchaudio.compliance import kaldi
+
+        def fbank(wave: np.ndarray) -> torch.Tensor:
+            w = torch.from_numpy(np.ascontiguousarray(wave)).unsqueeze(0)
+            feats = kaldi.fbank(w - w.mean(), htk_compat=True, sample_frequency=audio["sample_rate"], use_energy=False,
+                                window_type="hanning", num_mel_bins=audio["n_mels"], dither=0.0, frame_shift=audio["frame_shift_ms"])
+            if audio["target_frames"]:
+                n = audio["target_frames"]
+                feats = torch.nn.functional.pad(feats, (0, 0, 0, max(0, n - len(feats))))[:n]
+            return ((feats - audio["norm_mean"]) / (2 * audio["norm_std"])).T.unsqueeze(0)
+
+        return fbank
     if audio["transform"] == "stft":
         transform = torchaudio.transforms.Spectrogram(n_fft=audio["n_fft"], hop_length=audio["hop_length"], power=1.0)
     else:
@@ -92,22 +106,25 @@ class ClipDecoder:
     def __call__(self, row: dict) -> dict:
         if row["label"] not in self.class_index:
             raise MediaError("label not in class list", repr(row["label"]))
-        if row["split"] not in SPLITS:
+        if row.get("split") and row["split"] not in SPLITS:
             raise MediaError("unknown split", repr(row["split"]))
         path = self.raw_dir / row["path"]
+        segment = {k: float(row[k]) for k in ("start", "end") if row.get(k) not in (None, "")}
         out = {"label": self.class_index[row["label"]]}
         frames = idx = None  # decoded once per clip, shared by the frame-based modalities
         for modality, source in self.modalities.items():
             if source == "audio":
                 a = self.pre["audio"]
-                wave = fixed_length(decode_audio(path, a["sample_rate"]), int(round(a["sample_rate"] * a["duration"])), a["pad_mode"])
+                audio_path = self.raw_dir / row["audio_path"] if row.get("audio_path") else path
+                wave = fixed_length(decode_audio(audio_path, a["sample_rate"], **segment),
+                                    int(round(a["sample_rate"] * a["duration"])), a["pad_mode"])
                 out[modality] = self.spectrogram(wave).to(torch.float16)
                 continue
             if source not in ("video", "video_diff"):
                 raise ValueError(f"modality '{modality}': unknown source '{source}' ({' | '.join(SOURCES)})")
             if frames is None:
                 v = self.pre["visual"]
-                frames = decode_frames(path, v["fps"], v["size"])
+                frames = decode_frames(path, v["fps"], v["size"], **segment)
                 idx = frame_indices(len(frames), v["num_frames"], v["sampling"], v["seed"], row["clip_id"])
             picked = frames[idx] if source == "video" else motion(frames, idx)
             out[modality] = torch.from_numpy(np.ascontiguousarray(picked)).permute(0, 3, 1, 2).contiguous()
@@ -148,9 +165,9 @@ def preprocess(dataset: Dataset, raw_dir: Path, out_dir: Path, pre: dict, worker
     rejected = [(row, res) for row, res in zip(rows, results) if isinstance(res, MediaError)]
     with (out_dir / "rejected.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["clip_id", "path", "split", "reason", "detail"])
+        writer.writerow(["clip_id", "path", "reason", "detail"])
         for row, err in rejected:
-            writer.writerow([row["clip_id"], row["path"], row["split"], err.reason, err.detail])
+            writer.writerow([row["clip_id"], row["path"], err.reason, err.detail])
     log(f"[preprocess] accepted {len(rows) - len(rejected)}, rejected {len(rejected)} (see {out_dir / 'rejected.csv'})")
     limit = pre["max_rejected_fraction"]
     if len(rejected) > limit * len(rows):
@@ -159,20 +176,17 @@ def preprocess(dataset: Dataset, raw_dir: Path, out_dir: Path, pre: dict, worker
             f"{len(rejected)} of {len(rows)} clips rejected ({100 * len(rejected) / len(rows):.1f}%), more than "
             f"max_rejected_fraction={limit}; first: {raw_dir / row['path']} ({err.reason}); all listed in {out_dir / 'rejected.csv'}"
         )
-
-    counts, shapes = {}, {}
-    for split in SPLITS:
-        keep = [(row, res) for row, res in zip(rows, results) if row["split"] == split and not isinstance(res, MediaError)]
-        if not keep:
-            raise PreprocessError(f"split '{split}' has no usable clips")
-        tensors = {"clip_id": [row["clip_id"] for row, _ in keep],
-                   "label": torch.tensor([res["label"] for _, res in keep], dtype=torch.long)}
-        for modality in dataset.modalities:
-            tensors[modality] = torch.stack([res[modality] for _, res in keep])
-            shapes[modality] = {"shape": list(tensors[modality].shape[1:]), "dtype": str(tensors[modality].dtype).replace("torch.", "")}
-        _atomic_save(tensors, out_dir / f"{split}.pt")
-        counts[split] = len(keep)
-    info = {"dataset": dataset.name, "classes": classes, "counts": counts, "rejected": len(rejected),
+    keep = [(row, res) for row, res in zip(rows, results) if not isinstance(res, MediaError)]
+    if not keep:
+        raise PreprocessError(f"no usable clips in {raw_dir / 'manifest.csv'}")
+    tensors = {"clip_id": [row["clip_id"] for row, _ in keep],
+               "label": torch.tensor([res["label"] for _, res in keep], dtype=torch.long)}
+    shapes = {}
+    for modality in dataset.modalities:
+        tensors[modality] = torch.stack([res[modality] for _, res in keep])
+        shapes[modality] = {"shape": list(tensors[modality].shape[1:]), "dtype": str(tensors[modality].dtype).replace("torch.", "")}
+    _atomic_save(tensors, out_dir / "clips.pt")
+    info = {"dataset": dataset.name, "classes": classes, "clips": len(keep), "rejected": len(rejected),
             "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()}}
     (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

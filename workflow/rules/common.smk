@@ -60,19 +60,20 @@ wildcard_constraints:
     # every method name, not only the grid's: runs may depend on others (pretrain on unimodal runs)
     method="(" + _alternatives(set(grid_names(config, "balancers")) | set(config["balancers"]) | set(component_names("balancers"))) + ")(-[A-Za-z0-9_]+)?",
     seed=r"\d+",
+    fold=_alternatives({f for d in grid_names(config, "datasets") for f in grid.dataset_folds(config, d)}),
 
 
 def spec_of(w) -> grid.RunSpec:
-    return grid.RunSpec.from_method(w.dataset, w.backbone, w.fusion, w.method, int(w.seed))
+    return grid.RunSpec.from_method(w.dataset, w.backbone, w.fusion, w.method, int(w.seed), w.fold)
 
 
 def run_file(spec: grid.RunSpec, name: str) -> str:
     return str(spec.run_dir / name)
 
 
-def processed_files(dataset: str) -> list[str]:
+def processed_files(dataset: str, fold: str) -> list[str]:
     d = grid.processed_dir(dataset)
-    return [str(d / f) for f in ("train.pt", "val.pt", "test.pt", "info.json")]
+    return [str(d / "clips.pt"), str(d / "info.json"), str(d / "splits" / f"{fold}.csv")]
 
 
 def dataset_hash(dataset: str, raw_only: bool = False) -> str:

@@ -1,18 +1,18 @@
-# Stage 3: G-Blend weights (Alg. 1) per dataset x backbone x fusion x seed, from a held-out part of train.
+# Stage 3: G-Blend weights (Alg. 1) per dataset x fold x backbone x fusion x seed, from a held-out part of train.
 
 
 rule estimate:
     input:
-        lambda w: processed_files(w.dataset),
+        lambda w: processed_files(w.dataset, w.fold),
     output:
-        weights="results/gblend/{dataset}/{backbone}/{fusion}/seed{seed}.json",
+        weights="results/gblend/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}.json",
     log:
-        "results/logs/estimate/{dataset}/{backbone}/{fusion}/seed{seed}.log",
+        "results/logs/estimate/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}.log",
     params:
-        settings=lambda w: grid.run_hash(config, grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed))),
+        settings=lambda w: grid.run_hash(config, grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), fold=w.fold)),
     threads: RES["train"]["threads"]
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "{PY} -m benchmark estimate --config {CONFIG_FILE} --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
+        "{PY} -m benchmark estimate --config {CONFIG_FILE} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
         " --fusion {wildcards.fusion} --seed {wildcards.seed} --threads {threads} --out {output.weights} > {log} 2>&1"

@@ -1,4 +1,4 @@
-# Stage 4: one job per dataset x backbone x fusion x method x seed. Its params hold the run's config hash,
+# Stage 4: one job per dataset x fold x backbone x fusion x method x seed. Its params hold the run's config hash,
 # so changing a setting retrains exactly the runs it affects.
 
 
@@ -6,23 +6,23 @@ def method_inputs(w) -> list[str]:
     spec = spec_of(w)
     needs = component_class(config, "balancers", spec.balancer).needs
     modalities = grid.run_settings(config, spec)["modalities"]
-    return processed_files(w.dataset) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
+    return processed_files(w.dataset, w.fold) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
 
 
 rule train:
     input:
         method_inputs,
     output:
-        metrics="results/runs/{dataset}/{backbone}/{fusion}/{method}/seed{seed}/metrics.json",
-        model="results/runs/{dataset}/{backbone}/{fusion}/{method}/seed{seed}/model.pt",
+        metrics="results/runs/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}/metrics.json",
+        model="results/runs/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}/model.pt",
     log:
-        "results/runs/{dataset}/{backbone}/{fusion}/{method}/seed{seed}/train.log",
+        "results/runs/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}/train.log",
     params:
         settings=lambda w: grid.run_hash(config, spec_of(w)),
     threads: RES["train"]["threads"]
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "{PY} -m benchmark train --config {CONFIG_FILE} --dataset {wildcards.dataset} --backbone {wildcards.backbone}"
+        "{PY} -m benchmark train --config {CONFIG_FILE} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
         " --fusion {wildcards.fusion} --method {wildcards.method} --seed {wildcards.seed} --threads {threads}"
         " --out-dir $(dirname {output.metrics}) > {log} 2>&1"

@@ -1,0 +1,97 @@
+"""The split stage: which accepted clip is train, val or test in each fold, written to ``splits/<fold>.csv``.
+
+Splits are fixed files that training reads, so a split is reviewable and identical for every method. A fold whose
+source has no validation part gets one carved from its training part (stratified by label, seeded); test clips
+are never moved.
+"""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from benchmark.data.datasets import SPLITS, Dataset, read_manifest
+
+
+class SplitError(RuntimeError):
+    pass
+
+
+def carve_validation(assignment: dict[str, str], labels: dict[str, str], fraction: float, seed: int,
+                     groups: dict[str, str] | None = None, into: str = "val") -> dict[str, str]:
+    """Move a stratified ``fraction`` of each label's training clips to ``into`` (default 'val'; at least one where
+    a label has two).
+
+    With ``groups`` (clip -> actor, recording group, ...), whole groups move instead, so that no group is in both
+    parts: ``fraction`` of the training groups (at least one)."""
+    rng = np.random.default_rng(seed)
+    out = dict(assignment)
+    if groups is not None:
+        train_groups = sorted({groups[c] for c, part in assignment.items() if part == "train"})
+        k = max(1, int(round(fraction * len(train_groups)))) if fraction > 0 and len(train_groups) > 1 else 0
+        chosen = set(rng.permutation(train_groups)[:k].tolist())
+        for clip, part in assignment.items():
+            if part == "train" and groups[clip] in chosen:
+                out[clip] = into
+        return out
+    by_label: dict[str, list[str]] = {}
+    for clip, part in sorted(assignment.items()):
+        if part == "train":
+            by_label.setdefault(labels[clip], []).append(clip)
+    for label in sorted(by_label):
+        clips = by_label[label]
+        k = int(round(fraction * len(clips)))
+        if k == 0 and len(clips) >= 2 and fraction > 0:
+            k = 1
+        for clip in rng.permutation(clips)[:k]:
+            out[str(clip)] = into
+    return out
+
+
+def accepted_clips(processed_dir: Path) -> list[str]:
+    return list(torch.load(Path(processed_dir) / "clips.pt", mmap=True, weights_only=True)["clip_id"])
+
+
+def write_splits(dataset: Dataset, raw_dir: Path, processed_dir: Path, folds: list[str] | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Assign every accepted clip in each fold (default: all the dataset's folds); returns per-fold counts."""
+    rows = {r["clip_id"]: r for r in read_manifest(Path(raw_dir) / "manifest.csv")}
+    accepted = [rows[c] for c in accepted_clips(processed_dir)]
+    out_dir = Path(processed_dir) / "splits"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    known = dataset.folds()
+    for fold in folds or known:
+        if fold not in known:
+            raise SplitError(f"dataset '{dataset.name}' has no fold '{fold}'; its folds: {', '.join(known)}")
+        assignment = dataset.split(accepted, fold)
+        unknown = set(assignment.values()) - set(SPLITS)
+        if unknown:
+            raise SplitError(f"fold '{fold}': unknown split names {sorted(unknown)}; use {', '.join(SPLITS)}")
+        counts = Counter(assignment.values())
+        empty = [s for s in SPLITS if not counts[s]]
+        if empty:
+            raise SplitError(f"fold '{fold}' of dataset '{dataset.name}' has no {' / '.join(empty)} clips "
+                             f"({dict(counts)}); check the dataset's split settings")
+        tmp = out_dir / f"{fold}.csv.tmp"
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["clip_id", "split"])
+            writer.writerows(sorted(assignment.items()))
+        tmp.replace(out_dir / f"{fold}.csv")
+        summary[fold] = {s: counts[s] for s in SPLITS}
+        log(f"[split] {dataset.name} fold {fold}: {summary[fold]} (unassigned: {len(accepted) - len(assignment)})")
+    return summary
+
+
+def read_split(processed_dir: Path, fold: str, part: str) -> list[str]:
+    """Clip ids of one part ('train', 'val', 'test') of one fold."""
+    path = Path(processed_dir) / "splits" / f"{fold}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run the split step (python -m benchmark split)")
+    with path.open(newline="") as f:
+        return [r["clip_id"] for r in csv.DictReader(f) if r["split"] == part]
