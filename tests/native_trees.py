@@ -52,8 +52,7 @@ def cremad_tree(root: Path, actors=range(1001, 1007), extra_listed: int = 1) -> 
             write_media(root / "AudioWAV" / f"{stem}.wav", e, seed=a * 10 + e)
             write_media(root / "VideoFlash" / f"{stem}.flv", e, seed=a * 10 + e)
             stems.append(stem)
-    listed = stems + [f"1091_IEO_HAP_HI"][:extra_listed]
-    (root / "processedResults").mkdir(parents=True, exist_ok=True)
+    listed = stems + ["1091_IEO_HAP_HI"][:extra_listed]
     with (root / "summaryTable.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["", "FileName", "VoiceVote", "VoiceLevel", "FaceVote", "FaceLevel", "MultiModalVote", "MultiModalLevel"])

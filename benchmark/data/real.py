@@ -73,6 +73,14 @@ class RawDataset(Dataset):
         raise NotImplementedError
 
 
+def stft_preset(source: str, sample_rate: int, duration: float, n_fft: int, hop_length: int, num_frames: int) -> dict:
+    """A preset of the papers' common recipe: log |STFT| of audio tiled to ``duration``, frames at 1 fps, 224×224."""
+    return {"source": source,
+            "audio": {"sample_rate": sample_rate, "duration": duration, "pad_mode": "tile", "transform": "stft",
+                      "n_fft": n_fft, "hop_length": hop_length, "log_offset": 1.0e-7},
+            "visual": {"fps": 1, "num_frames": num_frames, "size": 224}}
+
+
 def _read_list(path: Path, column: str | None = None) -> list[str]:
     """Ids from a text file (one per line) or from one column of a CSV file."""
     text = Path(path).read_text().splitlines()
@@ -93,7 +101,6 @@ class CremaD(RawDataset):
     their train/test lists when given as split.lists, else a seeded stratified split of the same sizes, 6,698 / 744,
     with validation carved from training) or 'actor-folds' (three actor-disjoint train/val/test folds, as MLB)."""
 
-    modalities = {"audio": "audio", "visual": "video"}
     emotions = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
     source_defaults = {
         "path": None, "max_missing_fraction": 0.05, "list": None, "workers": 8,
@@ -102,14 +109,10 @@ class CremaD(RawDataset):
     }
     split_defaults = {"scheme": "actor-folds", "val_fraction": 0.1, "seed": 0, "lists": None, "test_size": 744}
     presets = {
-        "ogm-ge": {"source": "Peng et al. 2022 (OGM-GE), CREMA-D: 22,050 Hz tiled to 3 s, STFT 512/353, log|S| -> 257x188; 1 frame at 1 fps",
-                   "audio": {"sample_rate": 22050, "duration": 3.0, "pad_mode": "tile", "transform": "stft", "n_fft": 512,
-                             "hop_length": 353, "log_offset": 1.0e-7},
-                   "visual": {"fps": 1, "num_frames": 1, "size": 224}},
-        "mlb": {"source": "Kontras et al. 2024 (MLB), CREMA-D ResNet setting: OGM-GE's audio, 3 frames at 1 fps",
-                "audio": {"sample_rate": 22050, "duration": 3.0, "pad_mode": "tile", "transform": "stft", "n_fft": 512,
-                          "hop_length": 353, "log_offset": 1.0e-7},
-                "visual": {"fps": 1, "num_frames": 3, "size": 224}},
+        "ogm-ge": stft_preset("Peng et al. 2022 (OGM-GE), CREMA-D: 22,050 Hz tiled to 3 s, STFT 512/353, log|S| -> 257x188; "
+                              "1 frame at 1 fps", 22050, 3.0, 512, 353, 1),
+        "mlb": stft_preset("Kontras et al. 2024 (MLB), CREMA-D ResNet setting: OGM-GE's audio, 3 frames at 1 fps",
+                           22050, 3.0, 512, 353, 3),
     }
     obtain = "CREMA-D is at https://github.com/CheyneyComputerScience/CREMA-D (Git LFS; AudioWAV and VideoFlash)."
 
@@ -194,14 +197,10 @@ class AVE(RawDataset):
     trainSet/valSet/testSet lists (lines Category&VideoID&Quality&StartTime&EndTime) give the splits. Native tree:
     AVE/<VideoID>.mp4 beside Annotations.txt and the three lists."""
 
-    modalities = {"audio": "audio", "visual": "video"}
     source_defaults = {"path": None, "max_missing_fraction": 0.05, "segment": True}
     presets = {
-        "mlb": {"source": "Kontras et al. 2024 (MLB), AVE: 16 kHz, STFT 512/353 (CREMA-D's), 4 frames at 1 fps of the event "
-                          "segment; audio tiled to the 4 s the frames cover (the paper does not give a length)",
-                "audio": {"sample_rate": 16000, "duration": 4.0, "pad_mode": "tile", "transform": "stft", "n_fft": 512,
-                          "hop_length": 353, "log_offset": 1.0e-7},
-                "visual": {"fps": 1, "num_frames": 4, "size": 224}},
+        "mlb": stft_preset("Kontras et al. 2024 (MLB), AVE: 16 kHz, STFT 512/353 (CREMA-D's), 4 frames at 1 fps of the event "
+                           "segment; audio tiled to the 4 s the frames cover (the paper does not give a length)", 16000, 4.0, 512, 353, 4),
     }
     obtain = ("AVE is distributed by its authors (https://github.com/YapengTian/AVE-ECCV18, a Google Drive archive "
               "AVE_Dataset.zip); unpack it so the folder holds AVE/*.mp4, Annotations.txt, trainSet.txt, valSet.txt, testSet.txt.")
@@ -237,7 +236,6 @@ class YouTubeClips(RawDataset):
     official list names each clip by YouTube id and start time; ``source.file_pattern`` says how the gathered files
     are named (fields: youtube_id, start, end, label, split, and for Kinetics kinetics_split)."""
 
-    modalities = {"audio": "audio", "visual": "video"}
 
     def gathered(self, root: Path, entries: list[dict]) -> tuple[list[dict], list[str]]:
         pattern = self.settings["source"]["file_pattern"]
@@ -320,10 +318,8 @@ class VGGSound(YouTubeClips):
         "file_pattern": "{youtube_id}_{start:06d}.mp4",
     }
     presets = {
-        "ogm-ge": {"source": "Peng et al. 2022 (OGM-GE), VGGSound: 16 kHz, STFT 256/128, log|S| of 5 s -> 129x626; 3 frames at 1 fps",
-                   "audio": {"sample_rate": 16000, "duration": 5.0, "pad_mode": "tile", "transform": "stft", "n_fft": 256,
-                             "hop_length": 128, "log_offset": 1.0e-7},
-                   "visual": {"fps": 1, "num_frames": 3, "size": 224}},
+        "ogm-ge": stft_preset("Peng et al. 2022 (OGM-GE), VGGSound: 16 kHz, STFT 256/128, log|S| of 5 s -> 129x626; 3 frames at 1 fps",
+                              16000, 5.0, 256, 128, 3),
     }
     obtain = "VGGSound clips are gathered from YouTube with the ids in vggsound.csv (https://www.robots.ox.ac.uk/~vgg/data/vggsound/)."
 
@@ -363,17 +359,14 @@ class UCF101AV(RawDataset):
     with ucfTrainTestlist/ (classInd.txt, trainlist0k.txt, testlist0k.txt). Three official folds; validation is
     carved from each fold's training part by whole recording groups (gGG), so no group is in both."""
 
-    modalities = {"audio": "audio", "visual": "video"}
     source_defaults = {
         "path": None, "max_missing_fraction": 0.05, "audio_class_fraction": 0.5, "sha256": None,
         "url": "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar",
         "splits_url": "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip",
     }
     presets = {
-        "mlb": {"source": "Kontras et al. 2024 (MLB), UCF101: as AVE (16 kHz, STFT 512/353), 3 frames at 1 fps; audio tiled to 3 s",
-                "audio": {"sample_rate": 16000, "duration": 3.0, "pad_mode": "tile", "transform": "stft", "n_fft": 512,
-                          "hop_length": 353, "log_offset": 1.0e-7},
-                "visual": {"fps": 1, "num_frames": 3, "size": 224}},
+        "mlb": stft_preset("Kontras et al. 2024 (MLB), UCF101: as AVE (16 kHz, STFT 512/353), 3 frames at 1 fps; audio tiled to 3 s",
+                           16000, 3.0, 512, 353, 3),
     }
     obtain = "UCF101 is at https://www.crcv.ucf.edu/data/UCF101.php (UCF101.rar and the recognition train/test lists)."
 
@@ -434,7 +427,6 @@ class VideoFolder(RawDataset):
     are carved from all clips (stratified, seeded: split.test_fraction, split.val_fraction); without val, val is
     carved from train. This is how Kinetics-400, EPIC-Kitchens or AudioSet subsets come in."""
 
-    modalities = {"audio": "audio", "visual": "video"}
     source_defaults = {"path": None, "csv": "labels.csv", "max_missing_fraction": 0.05}
     split_defaults = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
     obtain = "video_folder reads a folder you provide."
