@@ -137,6 +137,7 @@ def run_settings(cfg: dict, spec: RunSpec) -> dict:
         "balancer": {"name": spec.balancer, "params": component_params(cfg, "balancers", spec.balancer),
                      "class": _qualname(balancer_cls)},
         "train": train_settings(cfg, spec.backbone),
+        "evaluation": cfg["evaluation"],
         "seed": spec.seed,
         "fold": spec.fold,
     }

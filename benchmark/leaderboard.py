@@ -1,8 +1,11 @@
-"""Aggregate metrics files into the leaderboard (CSV + Markdown) and one bar chart per dataset × backbone.
+"""Aggregate metrics files into the leaderboard: CSV, Markdown, LaTeX, and (``benchmark.report``) plots and HTML.
 
-Numbers are test metrics of each run's best-validation checkpoint, mean ± sample standard deviation over
-seeds. Everything is rebuilt from the metrics files; combinations a method cannot run appear as n/a rows
-with the reason, runs without a metrics file as 'not run'.
+Numbers are test metrics of each run's best-validation checkpoint, mean ± sample standard deviation over the
+runs of a row (seeds × folds). Per dataset × backbone every row gets a rank by mean test accuracy; the mean rank
+across datasets is a table of its own. Each method is compared with the reference method (``joint``) of the same
+dataset, backbone and fusion by a paired t-test over matching (seed, fold) runs. Everything is rebuilt from the
+metrics files; combinations a method cannot run appear as n/a rows with the reason, failed runs with theirs, runs
+without a metrics file as 'not run'.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pandas as pd
 from benchmark.grid import NO_FUSION, RunSpec, dataset_modalities, grid_runs
 
 NA = "n/a"
+KEYS = ["dataset", "backbone", "fusion", "method"]
 
 
 def display_method(spec_or_method: RunSpec | str) -> str:
@@ -23,45 +27,95 @@ def display_method(spec_or_method: RunSpec | str) -> str:
     return f"{modality}-only" if modality else balancer
 
 
-def load_runs(cfg: dict, root: Path = Path(".")) -> pd.DataFrame:
-    """One row per scheduled run (with its test/val metrics) or per inapplicable combination."""
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else math.nan
+
+
+def metric_columns(m: dict, spec: RunSpec, modalities: list[str]) -> dict:
+    """The flat numbers of one finished run (test metrics of the best-validation checkpoint unless named)."""
+    best, last = m["metrics"]["best"], m["metrics"]["last"]
+    test = best["test"]
+    row = {"best_epoch": m["selection"]["best_epoch"], "val_acc": best["val"]["accuracy"], "test_acc": test["accuracy"],
+           "test_f1": test["macro_f1"], "test_map": test.get("mAP"), "test_ece": test.get("ece"),
+           "test_video_acc": test.get("video_accuracy"), "test_acc_last": last["test"]["accuracy"]}
+    diagnostics = m.get("diagnostics", {})
+    probes = diagnostics.get("linear_probe", {}).get("test", {})
+    shapley = diagnostics.get("shapley", {}).get("test", {}).get("shapley", {})
+    for mod in modalities:
+        if spec.modality == mod:
+            row[f"test_acc_{mod}"] = test["accuracy"]
+        elif f"acc_{mod}" in test:
+            row[f"test_acc_{mod}"] = test[f"acc_{mod}"]
+        if mod in probes:
+            row[f"probe_{mod}"] = probes[mod]
+        if mod in shapley:
+            row[f"shapley_{mod}"] = shapley[mod]
+    row["ogr"] = diagnostics.get("ogr", {}).get("from_initial_to_best")
+    cost, timing = m.get("cost", {}), m.get("timing", {})
+    row["params"] = cost.get("params")
+    row["flops"] = cost.get("flops_per_sample")
+    row["sec_per_epoch"] = _mean(timing.get("seconds_per_epoch", []))
+    row["peak_mem_mb"] = timing["peak_memory_bytes"] / 2**20 if timing.get("peak_memory_bytes") else None
+    return {k: (math.nan if v is None else v) for k, v in row.items()}
+
+
+def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """One row per scheduled run (with its metrics) or per inapplicable combination, and each finished run's
+    metrics record keyed by its run directory."""
     runs, skipped = grid_runs(cfg)
-    rows = []
+    rows, records = [], {}
     for spec in runs:
         row = {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "method": display_method(spec),
-               "balancer": spec.balancer, "fold": spec.fold, "seed": spec.seed}
+               "balancer": spec.balancer, "modality": spec.modality or "", "fold": spec.fold, "seed": spec.seed,
+               "run_dir": str(spec.run_dir)}
         path = root / spec.run_dir / "metrics.json"
         if not path.exists():
             rows.append({**row, "status": "not run", "reason": f"no {path}"})
             continue
         m = json.loads(path.read_text())
-        row.update(status=m["status"], reason=m.get("reason", ""), num_classes=m["run"].get("num_classes"), notes="; ".join(m.get("notes", [])),
-                   config_hash=m["config_hash"], git_commit=m["provenance"]["git_commit"])
+        records[str(spec.run_dir)] = m
+        row.update(status=m["status"], reason=m.get("reason", ""), num_classes=m["run"].get("num_classes"),
+                   notes="; ".join(m.get("notes", [])), config_hash=m["config_hash"], git_commit=m["provenance"]["git_commit"])
         if m["status"] == "ok":
-            best, last = m["metrics"]["best"], m["metrics"]["last"]
-            row.update(best_epoch=m["selection"]["best_epoch"], val_acc=best["val"]["accuracy"],
-                       test_acc=best["test"]["accuracy"], test_f1=best["test"]["macro_f1"],
-                       test_acc_last=last["test"]["accuracy"])
-            for mod in dataset_modalities(cfg, spec.dataset):
-                if spec.modality == mod:
-                    row[f"test_acc_{mod}"] = best["test"]["accuracy"]
-                elif f"acc_{mod}" in best["test"]:
-                    row[f"test_acc_{mod}"] = best["test"][f"acc_{mod}"]
+            row.update(metric_columns(m, spec, dataset_modalities(cfg, spec.dataset)))
         rows.append(row)
     for spec, reason in skipped:
         rows.append({"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "method": display_method(spec),
-                     "balancer": spec.balancer, "fold": spec.fold, "seed": spec.seed, "status": NA, "reason": reason})
-    return pd.DataFrame(rows)
+                     "balancer": spec.balancer, "modality": "", "fold": spec.fold, "seed": spec.seed, "status": NA, "reason": reason})
+    return pd.DataFrame(rows), records
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds (and folds) per dataset × backbone × fusion × method, in grid order."""
-    keys = ["dataset", "backbone", "fusion", "method"]
-    metric_cols = [c for c in runs.columns if c.startswith(("test_", "val_")) or c == "best_epoch"]
+def paired_test(runs: pd.DataFrame, key: tuple, reference: str) -> dict:
+    """Paired t-test (two-sided) of a row's test accuracy against the reference method's on the same dataset,
+    backbone and fusion, over the (seed, fold) pairs both have."""
+    from scipy.stats import ttest_rel
+
+    dataset, backbone, fusion, method = key
+    ok = runs[(runs["status"] == "ok") & (runs["dataset"] == dataset) & (runs["backbone"] == backbone) & (runs["fusion"] == fusion)]
+    mine = ok[ok["method"] == method].set_index(["seed", "fold"])["test_acc"]
+    ref = ok[ok["method"] == reference].set_index(["seed", "fold"])["test_acc"]
+    both = mine.index.intersection(ref.index)
+    out = {"n_pairs": len(both), "delta_vs_ref": math.nan, "p_vs_ref": math.nan}
+    if len(both):
+        a, b = mine.loc[both].to_numpy(), ref.loc[both].to_numpy()
+        out["delta_vs_ref"] = float((a - b).mean())
+        if len(both) > 1 and (a - b).std() > 0:
+            out["p_vs_ref"] = float(ttest_rel(a, b).pvalue)
+        elif len(both) > 1:  # every pair differs by the same amount (or not at all): no variance to test against
+            out["p_vs_ref"] = 1.0 if (a == b).all() else math.nan
+    return out
+
+
+def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05) -> pd.DataFrame:
+    """Mean ± std over seeds (and folds) per dataset × backbone × fusion × method, in grid order, with the rank per
+    dataset × backbone and the paired test against ``reference``."""
+    metric_cols = [c for c in runs.columns if c.startswith(("test_", "val_", "probe_", "shapley_"))
+                   or c in ("best_epoch", "ogr", "params", "flops", "sec_per_epoch", "peak_mem_mb")]
     out = []
-    for key, group in runs.groupby(keys, sort=False):
+    for key, group in runs.groupby(KEYS, sort=False):
         ok = group[group["status"] == "ok"]
-        row = dict(zip(keys, key))
+        row = dict(zip(KEYS, key))
         row["balancer"] = group["balancer"].iloc[0]
         row["folds"] = ok["fold"].nunique() if len(ok) else 0
         row["fold_list"] = ",".join(sorted(set(group["fold"])))
@@ -77,91 +131,225 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             values = ok[col].dropna() if col in ok else pd.Series(dtype=float)
             row[f"{col}_mean"] = values.mean() if len(values) else math.nan
             row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        if row["method"] != reference and row["fusion"] != NO_FUSION and len(ok):
+            row.update(paired_test(runs, key, reference))
+            row["significant"] = bool(row["p_vs_ref"] < alpha)
         out.append(row)
-    return pd.DataFrame(out)
+    summary = pd.DataFrame(out)
+    if "test_acc_mean" in summary:
+        summary["rank"] = summary.groupby(["dataset", "backbone"], sort=False)["test_acc_mean"].rank(ascending=False, method="min")
+    return summary
 
 
-def _pm(mean: float, std: float) -> str:
+def mean_ranks(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone × fusion × method: its rank on each dataset and the mean over the datasets it ran on."""
+    if "rank" not in summary:
+        return pd.DataFrame()
+    ranked = summary.dropna(subset=["rank"])
+    table = ranked.pivot_table(index=["backbone", "fusion", "method"], columns="dataset", values="rank", sort=False)
+    table["mean rank"] = table.mean(axis=1)
+    table["datasets"] = table.drop(columns="mean rank").notna().sum(axis=1)
+    return table.reset_index().sort_values(["backbone", "mean rank"], kind="stable")
+
+
+def agreement(cfg: dict, runs: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
+    """The MLB paper's analysis: test samples grouped by which unimodal models (same dataset, backbone, fold and
+    seed) classify them correctly, and the multimodal model's accuracy inside each group, pooled over runs."""
+    ok = runs[runs["status"] == "ok"]
+    uni = {(r.dataset, r.backbone, r.fold, r.seed, r.modality): records[r.run_dir] for r in ok.itertuples() if r.modality}
+    counts: dict[tuple, list[int]] = {}
+    for r in ok[(ok["modality"] == "") & (ok["fusion"] != NO_FUSION)].itertuples():
+        modalities = dataset_modalities(cfg, r.dataset)
+        mine = records[r.run_dir]["diagnostics"]["test_correct"]
+        partners = [uni.get((r.dataset, r.backbone, r.fold, r.seed, m)) for m in modalities]
+        if any(p is None or p["diagnostics"]["test_correct"]["ids"] != mine["ids"] for p in partners):
+            continue
+        strings = [p["diagnostics"]["test_correct"]["best"] for p in partners]
+        for i, correct in enumerate(mine["best"]):
+            group = _group_name(tuple(s[i] == "1" for s in strings), modalities)
+            tally = counts.setdefault((r.dataset, r.backbone, r.fusion, r.method, group), [0, 0])
+            tally[0] += 1
+            tally[1] += correct == "1"
+    rows = []
+    for (dataset, backbone, fusion, method, group), (n, right) in counts.items():
+        total = sum(v[0] for k, v in counts.items() if k[:4] == (dataset, backbone, fusion, method))
+        rows.append({"dataset": dataset, "backbone": backbone, "fusion": fusion, "method": method, "group": group,
+                     "samples": n, "share": n / total, "multimodal_acc": right / n})
+    return pd.DataFrame(rows, columns=["dataset", "backbone", "fusion", "method", "group", "samples", "share", "multimodal_acc"])
+
+
+def group_names(modalities: list[str]) -> list[str]:
+    """Agreement groups in a fixed order: all unimodal models right, each subset, none right."""
+    import itertools
+
+    patterns = sorted(itertools.product([True, False], repeat=len(modalities)), key=lambda p: -sum(p))
+    return [_group_name(p, modalities) for p in patterns]
+
+
+def _group_name(pattern: tuple[bool, ...], modalities: list[str]) -> str:
+    right = [m for m, ok in zip(modalities, pattern) if ok]
+    if len(right) == len(modalities):
+        return "all unimodal right"
+    if not right:
+        return "all unimodal wrong"
+    return "only " + "+".join(right) + " right"
+
+
+# --- formatting ------------------------------------------------------------------------------------------------
+def pm(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
     if mean != mean:  # NaN
         return "–"
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}" if std == std else f"{scale * mean:.{digits}f}"
 
 
-def to_markdown(summary: pd.DataFrame, cfg: dict) -> str:
+def _num(value: float, fmt: str) -> str:
+    return "–" if value is None or value != value else format(value, fmt)
+
+
+def _cell(r: pd.Series, col: str, scale: float = 100.0, digits: int = 1) -> str:
+    return pm(r.get(f"{col}_mean", math.nan), r.get(f"{col}_std", math.nan), scale, digits)
+
+
+def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str) -> tuple[pd.DataFrame, list[str]]:
+    """The displayed main table of one dataset × backbone, and its footnotes (method notes and reasons)."""
+    rows, footnotes = [], []
+    for _, r in table.iterrows():
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        for note in filter(None, str(r.get("notes", "") or "").split("; ")):
+            if note not in footnotes:
+                footnotes.append(note)
+            status += f" [{footnotes.index(note) + 1}]"
+        acc = _cell(r, "test_acc") + (" *" if r.get("significant") is True else "")
+        delta = "–" if r.get("delta_vs_ref") != r.get("delta_vs_ref") or "delta_vs_ref" not in r else f"{100 * r['delta_vs_ref']:+.1f}"
+        row = {"rank": _num(r.get("rank"), ".0f"), "method": r["method"], "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
+               "runs": str(r["runs"]), "test acc": acc, f"Δ vs {reference}": delta, "p": _num(r.get("p_vs_ref"), ".3f"),
+               "macro-F1": _cell(r, "test_f1"), "mAP": _cell(r, "test_map"), "ECE": _cell(r, "test_ece")}
+        if r.get("test_video_acc_mean") == r.get("test_video_acc_mean") and "test_video_acc_mean" in r:
+            row["video acc"] = _cell(r, "test_video_acc")
+        row.update({f"acc {m}": _cell(r, f"test_acc_{m}") for m in modalities})
+        row.update({"val acc": _cell(r, "val_acc"), "status": status})
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("–"), footnotes
+
+
+def diagnostics_table(table: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
+    rows = []
+    for _, r in table[table["runs"] > 0].iterrows():
+        row = {"method": r["method"], "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"]}
+        row.update({f"probe {m}": _cell(r, f"probe_{m}") for m in modalities})
+        row.update({f"Shapley {m}": _cell(r, f"shapley_{m}") for m in modalities})
+        row.update({"OGR": _cell(r, "ogr", 1.0, 2), "best epoch": _cell(r, "best_epoch", 1.0, 1),
+                    "params (M)": _num(r.get("params_mean", math.nan) / 1e6, ".3f"),
+                    "MFLOPs/sample": _num(r.get("flops_mean", math.nan) / 1e6, ".2f"),
+                    "s/epoch": _num(r.get("sec_per_epoch_mean"), ".2f"), "peak mem (MB)": _num(r.get("peak_mem_mb_mean"), ".0f")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def agreement_table(agree: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
+    """One row per method × fusion: for each group, its share of the test set and the multimodal accuracy in it."""
+    rows = []
+    for (fusion, method), part in agree.groupby(["fusion", "method"], sort=False):
+        part = part.set_index("group")
+        row = {"method": method, "fusion": fusion}
+        for group in group_names(modalities):
+            if group in part.index:
+                row[group] = f"{100 * part.loc[group, 'share']:.1f}% · {100 * part.loc[group, 'multimodal_acc']:.1f}"
+            else:
+                row[group] = "–"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+COLUMN_GUIDE = [
+    ("rank", "position by mean test accuracy within the dataset × backbone (ties share the better rank)"),
+    ("test acc", "test accuracy of the best-validation checkpoint, mean ± std over seeds × folds; * = differs from the reference method at the configured level (paired t-test)"),
+    ("Δ vs ref, p", "mean paired difference in test accuracy from the reference method (same fusion, same seeds/folds), and the t-test's p-value"),
+    ("macro-F1, mAP, ECE", "unweighted mean F1 over classes; mean one-vs-rest average precision; expected calibration error (15 bins)"),
+    ("acc <modality>", "accuracy of that modality's share of the fused head (exact for concat/sum, a zero-masking Shapley estimate otherwise); for <modality>-only rows the unimodal model"),
+    ("probe <modality>", "test accuracy of a linear classifier fitted on the frozen encoder's training features (OGM-GE's under-optimisation measure)"),
+    ("Shapley <modality>", "Shapley value of the modality for test accuracy with other modalities' inputs zeroed; values add up to acc(all) − acc(none)"),
+    ("OGR", "overfitting-to-generalisation ratio from the initial model to the selected checkpoint (G-Blend eq. 3); lower is better"),
+    ("agreement", "test samples grouped by which unimodal models are right: share of the test set · multimodal accuracy inside (MLB's analysis)"),
+    ("cost", "parameters, forward FLOPs per sample (torch.utils.flop_counter), seconds per training epoch, peak memory (process RSS on CPU, allocated on CUDA)"),
+]
+
+
+def _markdown(df: pd.DataFrame) -> list[str]:
+    if df.empty:
+        return []
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return lines
+
+
+def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = None) -> str:
+    board = cfg.get("leaderboard", {})
+    reference, alpha = board.get("reference", "joint"), board.get("alpha", 0.05)
     lines = ["# Leaderboard", "",
-             "Test accuracy (%) of the best-validation checkpoint, mean ± std over runs (seeds × folds). `acc <modality>`: accuracy of",
-             "that modality's share of the fused head (its per-modality logits: an exact split of the head for concat and",
-             "sum, a zero-masking Shapley estimate for fusions that mix modalities first); for `<modality>-only` rows,",
-             "the unimodal model itself. Regenerate with `snakemake` (or `python -m benchmark aggregate`).", ""]
+             f"Test metrics (%) of each run's best-validation checkpoint, mean ± std over runs (seeds × folds); `*`: differs from "
+             f"`{reference}` with the same fusion at p < {alpha} (paired t-test over seeds × folds). Regenerate with `snakemake` "
+             "(or `python -m benchmark aggregate`); `results/report.html` has the plots.", ""]
+    lines += [f"- **{name}**: {text}" for name, text in COLUMN_GUIDE] + [""]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
         modalities = dataset_modalities(cfg, dataset)
         lines += [f"## {dataset} · {backbone}", ""]
         folds = sorted({fold for joined in table["fold_list"] for fold in joined.split(",") if fold})
         if len(folds) > 1:
             lines += [f"{len(folds)} folds ({', '.join(folds)}); runs = seeds × folds.", ""]
-        header = ["method", "fusion", "runs", "test acc", "macro-F1"] + [f"acc {m}" for m in modalities] + ["val acc", "status"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        footnotes: list[str] = []
-        for _, r in table.iterrows():
-            fusion = "—" if r["fusion"] == NO_FUSION else r["fusion"]
-            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
-            for note in filter(None, r["notes"].split("; ")):
-                if note not in footnotes:
-                    footnotes.append(note)
-                status += f" [{footnotes.index(note) + 1}]"
-            cells = [r["method"], fusion, str(r["runs"]), _pm(r.get("test_acc_mean", math.nan), r.get("test_acc_std", math.nan)),
-                     _pm(r.get("test_f1_mean", math.nan), r.get("test_f1_std", math.nan))]
-            cells += [_pm(r.get(f"test_acc_{m}_mean", math.nan), r.get(f"test_acc_{m}_std", math.nan)) for m in modalities]
-            cells += [_pm(r.get("val_acc_mean", math.nan), r.get("val_acc_std", math.nan)), status]
-            lines.append("| " + " | ".join(cells) + " |")
+        main, footnotes = leaderboard_table(table, modalities, reference)
+        lines += _markdown(main)
         if footnotes:
             lines += [""] + [f"[{i}] {note}" + ("" if i == len(footnotes) else "  ") for i, note in enumerate(footnotes, 1)]
+        diag = diagnostics_table(table, modalities)
+        if not diag.empty:
+            lines += ["", "Diagnostics (test split, best-validation checkpoint):", ""] + _markdown(diag)
+        if agree is not None and len(agree):
+            part = agree[(agree["dataset"] == dataset) & (agree["backbone"] == backbone)]
+            if len(part):
+                lines += ["", "Agreement with the unimodal models (share of test samples · multimodal accuracy %):", ""]
+                lines += _markdown(agreement_table(part, modalities))
         lines.append("")
+    ranks = mean_ranks(summary)
+    if len(ranks):
+        lines += ["## Mean rank across datasets", ""] + _markdown(ranks.round(2).astype(str).replace("nan", "–")) + [""]
     return "\n".join(lines)
 
 
-def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Bars per method × fusion with std error bars; unimodal runs as dashed reference lines."""
-    import matplotlib
+LATEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$", "–": "--", "—": "---",
+         "Δ": r"$\Delta$", "·": r"$\cdot$"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+def latex_escape(text: str) -> str:
+    return "".join(LATEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(summary: pd.DataFrame, cfg: dict) -> str:
+    """One booktabs table per dataset × backbone (the main table without its status column), for papers."""
+    reference = cfg.get("leaderboard", {}).get("reference", "joint")
+    parts = ["% Generated by `python -m benchmark aggregate` from the metrics files; needs \\usepackage{booktabs}."]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
-        fused = table[(table["fusion"] != NO_FUSION) & (table["runs"] > 0)]
-        methods = list(dict.fromkeys(fused["method"]))
-        fusions = list(dict.fromkeys(fused["fusion"]))
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(methods) + 2), 4.2))
-        width = 0.8 / max(1, len(fusions))
-        for j, fusion in enumerate(fusions):
-            part = fused[fused["fusion"] == fusion].set_index("method").reindex(methods)
-            xs = [i + (j - (len(fusions) - 1) / 2) * width for i in range(len(methods))]
-            ax.bar(xs, 100 * part["test_acc_mean"], width, yerr=100 * part["test_acc_std"].fillna(0), capsize=3, label=fusion)
-        for k, (_, r) in enumerate(table[(table["fusion"] == NO_FUSION) & (table["runs"] > 0)].iterrows()):
-            ax.axhline(100 * r["test_acc_mean"], color=f"C{len(fusions) + k}", linestyle="--", label=r["method"])
-        classes = table["num_classes"].max()
-        if classes == classes:  # not NaN
-            ax.axhline(100 / classes, color="grey", linestyle=":", label="chance")
-        ax.set_xticks(range(len(methods)), methods, rotation=20)
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset} · {backbone} (mean ± std over seeds and folds)")
-        ax.legend(fontsize=8, ncols=2)
-        fig.tight_layout()
-        path = out_dir / f"{dataset}__{backbone}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+        main, _ = leaderboard_table(table, dataset_modalities(cfg, dataset), reference)
+        main = main.drop(columns=["status"]).map(latex_escape)
+        main.columns = [latex_escape(c) for c in main.columns]
+        caption = latex_escape(f"{dataset} · {backbone}: test metrics (%) of the best-validation checkpoint, mean ± std over runs")
+        parts.append(main.to_latex(index=False, escape=False, caption=caption, label=f"tab:{dataset}-{backbone}".replace("_", "-")))
+    return "\n".join(parts)
 
 
 def aggregate(cfg: dict, out_dir: Path = Path("results"), root: Path = Path(".")) -> pd.DataFrame:
+    """Rebuild every table, plot and the report from the metrics files under ``root``."""
+    from benchmark.report import write_report
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(cfg, root)
-    summary = summarize(runs)
+    board = cfg.get("leaderboard", {})
+    runs, records = load_runs(cfg, root)
+    summary = summarize(runs, board.get("reference", "joint"), board.get("alpha", 0.05))
+    agree = agreement(cfg, runs, records)
     summary.to_csv(out_dir / "leaderboard.csv", index=False, float_format="%.6g")
-    (out_dir / "leaderboard.md").write_text(to_markdown(summary, cfg))
-    plot(summary, out_dir / "plots")
+    agree.to_csv(out_dir / "agreement.csv", index=False, float_format="%.6g")
+    (out_dir / "leaderboard.md").write_text(to_markdown(summary, cfg, agree))
+    (out_dir / "leaderboard.tex").write_text(to_latex(summary, cfg))
+    write_report(cfg, summary, runs, records, agree, out_dir)
     return summary

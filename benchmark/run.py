@@ -6,6 +6,8 @@ the selected (best-validation) model and the last-epoch model; nothing ever sele
 from __future__ import annotations
 
 import json
+import math
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +17,25 @@ import torch
 
 from benchmark.balancers.base import Balancer, RunContext
 from benchmark.config import component_class, settings_hash
-from benchmark.data.cache import BatchPreparer, CachedSplit, load_info, load_part
+from benchmark.data.cache import BatchPreparer, CachedSplit, load_info, load_part, make_loader
+from benchmark.diagnostics import correct_string, ids_digest, linear_probes, masked_shapley, model_cost, ogr, train_eval_subset
 from benchmark.grid import NO_FUSION, RunSpec, artifact_paths, processed_dir, run_settings
 from benchmark.models.model import MultimodalModel, build_model
 from benchmark.provenance import provenance
 from benchmark.train import configure_determinism, fit, predict, resolve_device
 
-METRICS_VERSION = 1
+METRICS_VERSION = 2
+
+
+def _json_safe(obj):
+    """NaN/inf become null, so every metrics file is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -29,8 +43,28 @@ def write_json(path: Path, obj: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=1, sort_keys=False, default=str, allow_nan=False) + "\n")
     tmp.replace(path)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak GPU memory allocated by tensors on CUDA; peak resident memory of the process on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def diagnose(model: MultimodalModel, data: "RunData", test: CachedSplit, train_eval: CachedSplit, evaluation: dict,
+             batch_size: int) -> dict:
+    """Imbalance diagnostics of the selected (best-validation) model; see ``benchmark.diagnostics``."""
+    out: dict = {}
+    probe = evaluation["linear_probe"]
+    if probe["enabled"]:
+        out["linear_probe"] = linear_probes(model, train_eval, {"val": data.val, "test": test}, data.prep, batch_size,
+                                            probe["weight_decay"], probe["steps"])
+    if evaluation["shapley"]:
+        out["shapley"] = {split: masked_shapley(model, part, data.prep, batch_size) for split, part in (("val", data.val), ("test", test))}
+    return out
 
 
 @dataclass
@@ -93,17 +127,32 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=settings["train"]["epochs"], device=device,
                      seed=spec.seed, artifacts=artifacts)
     train = balancer.training_split(data.train, spec.seed)
-    result = fit(model, balancer, ctx, train, data.prep, settings["train"], val=data.val, log=log)
+    evaluation = settings["evaluation"]
+    train_eval = train_eval_subset(train, evaluation["train_eval_max"], spec.seed)
+    bins = evaluation["ece_bins"]
+    result = fit(model, balancer, ctx, train, data.prep, settings["train"], val=data.val, log=log, train_eval=train_eval, ece_bins=bins)
     notes += getattr(balancer, "run_notes", [])
 
     test = data.test(settings["modalities"])
     bs = settings["train"]["eval_batch_size"]
     last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    reported = {}
-    for name, state in (("best", result.best_state), ("last", last_state)):
+    reported, test_predictions = {}, {}
+    for name, state in (("last", last_state), ("best", result.best_state)):  # best last: diagnostics use it
         model.load_state_dict(state)
-        reported[name] = {"val": predict(model, data.val, data.prep, bs).metrics(),
-                          "test": predict(model, test, data.prep, bs).metrics()}
+        test_predictions[name] = predict(model, test, data.prep, bs)
+        reported[name] = {"val": predict(model, data.val, data.prep, bs).metrics(bins), "test": test_predictions[name].metrics(bins)}
+    reported = {"best": reported["best"], "last": reported["last"]}
+    diagnostics = diagnose(model, data, test, train_eval, evaluation, bs)
+    best_row = result.history[result.best_epoch]
+    diagnostics["ogr"] = {
+        "rule": "G-Blend eq. 3 between the initial model and the selected checkpoint; per epoch in the history",
+        "from_initial_to_best": ogr((result.initial["train_eval_loss"], best_row["train_eval_loss"]),
+                                    (result.initial["val_loss"], best_row["val_loss"])),
+        "initial": result.initial, "train_eval_samples": len(train_eval)}
+    diagnostics["test_correct"] = {"ids": ids_digest(test.ids()),
+                                   **{name: correct_string(p.logits, p.labels) for name, p in test_predictions.items()}}
+    sample, _ = data.prep(next(iter(make_loader(test, 1, shuffle=False))))
+    cost = model_cost(model, sample)
     metrics = {
         "version": METRICS_VERSION,
         "status": "ok",
@@ -116,10 +165,13 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
         "selection": {"criterion": "validation accuracy (earliest best epoch)", "best_epoch": result.best_epoch,
                       "epochs": settings["train"]["epochs"], "trained_on": len(train)},
         "metrics": reported,
+        "diagnostics": diagnostics,
+        "cost": cost,
         "history": result.history,
         "settings": settings,
         "provenance": provenance(device),
-        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "total_seconds": time.perf_counter() - started},
+        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "total_seconds": time.perf_counter() - started,
+                   "peak_memory_bytes": peak_memory_bytes(device), "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS"},
     }
     b = reported["best"]
     log(f"done: best epoch {result.best_epoch}, val acc {b['val']['accuracy']:.4f}, test acc {b['test']['accuracy']:.4f}")

@@ -14,7 +14,8 @@ import torch
 
 from benchmark.balancers.base import Balancer, RunContext
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
-from benchmark.metrics import accuracy, classification_metrics
+from benchmark.diagnostics import ogr
+from benchmark.metrics import accuracy, classification_metrics, cross_entropy
 from benchmark.models.model import MultimodalModel
 
 
@@ -54,13 +55,16 @@ class Predictions:
     logits: torch.Tensor
     modality: dict[str, torch.Tensor] = field(default_factory=dict)
     unimodal: dict[str, torch.Tensor] = field(default_factory=dict)
+    clip_ids: list[str] | None = None
 
-    def metrics(self) -> dict[str, float]:
-        out = classification_metrics(self.logits, self.labels)
+    def metrics(self, ece_bins: int = 15) -> dict[str, float]:
+        out = classification_metrics(self.logits, self.labels, ece_bins, self.clip_ids)
         for m, logits in self.modality.items():
             out[f"acc_{m}"] = accuracy(logits, self.labels)
+            out[f"loss_{m}"] = cross_entropy(logits, self.labels)
         for m, logits in self.unimodal.items():
             out[f"acc_head_{m}"] = accuracy(logits, self.labels)
+            out[f"loss_head_{m}"] = cross_entropy(logits, self.labels)
         return out
 
 
@@ -80,7 +84,7 @@ def predict(model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batc
         for m, v in (out.unimodal or {}).items():
             unimodal.setdefault(m, []).append(v.float().cpu())
     cat = lambda parts: {m: torch.cat(v) for m, v in parts.items()}  # noqa: E731
-    return Predictions(torch.cat(labels), torch.cat(logits), cat(modality), cat(unimodal))
+    return Predictions(torch.cat(labels), torch.cat(logits), cat(modality), cat(unimodal), data.ids())
 
 
 @dataclass
@@ -89,6 +93,8 @@ class FitResult:
     seconds_per_epoch: list[float]
     best_epoch: int | None = None
     best_state: dict | None = None
+    #: losses of the model before the first step (the first checkpoint of the OGR curve)
+    initial: dict = field(default_factory=dict)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:
@@ -96,9 +102,11 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 
 def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: CachedSplit, prep: BatchPreparer,
-        settings: dict, val: CachedSplit | None = None, log: Callable[[str], None] = print) -> FitResult:
+        settings: dict, val: CachedSplit | None = None, log: Callable[[str], None] = print,
+        train_eval: CachedSplit | None = None, ece_bins: int = 15) -> FitResult:
     """Train ``model`` (already configured by the balancer) for settings['epochs'] epochs on ``train``; with
-    ``val``, keep the best-validation-accuracy weights."""
+    ``val``, keep the best-validation-accuracy weights. With ``train_eval`` (a fixed part of the training split)
+    and ``val``, every checkpoint's training and validation losses give the OGR between consecutive epochs."""
     model.to(ctx.device)
     ctx.train, ctx.prep, ctx.settings, ctx.log = train, prep, settings, log
     balancer.setup(model, ctx)
@@ -107,6 +115,12 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
     loader = make_loader(train, settings["batch_size"], shuffle=True, seed=ctx.seed, pin_memory=ctx.device.type == "cuda")
     result = FitResult(history=[], seconds_per_epoch=[])
     best_acc = -1.0
+    bs = settings["eval_batch_size"]
+    track_ogr = train_eval is not None and val is not None
+    if track_ogr:
+        result.initial = {"train_eval_loss": predict(model, train_eval, prep, bs).metrics(ece_bins)["loss"],
+                          "val_loss": predict(model, val, prep, bs).metrics(ece_bins)["loss"]}
+    previous = result.initial
     for epoch in range(settings["epochs"]):
         start = time.perf_counter()
         ctx.epoch = epoch
@@ -130,9 +144,13 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
         scheduler.step()
         row = {"epoch": epoch, "lr": lr, "train_loss": (loss_sum / seen).item(), "train_acc": (correct / seen).item()}
         if val is not None:
-            row.update({f"val_{k}": v for k, v in predict(model, val, prep, settings["eval_batch_size"]).metrics().items()})
+            row.update({f"val_{k}": v for k, v in predict(model, val, prep, bs).metrics(ece_bins).items()})
             if row["val_accuracy"] > best_acc:
                 best_acc, result.best_epoch, result.best_state = row["val_accuracy"], epoch, _cpu_state(model)
+        if track_ogr:
+            row["train_eval_loss"] = predict(model, train_eval, prep, bs).metrics(ece_bins)["loss"]
+            row["ogr"] = ogr((previous["train_eval_loss"], row["train_eval_loss"]), (previous["val_loss"], row["val_loss"]))
+            previous = row
         balancer.on_epoch_end(epoch, row)
         row.update(balancer.epoch_summary())
         result.seconds_per_epoch.append(time.perf_counter() - start)

@@ -79,7 +79,9 @@ def _identity(batch: dict) -> dict:
 
 
 def make_loader(data: CachedSplit, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    # a loader's own generator even without shuffling: starting an iterator then draws from it, not from the global
+    # RNG, so evaluating during training never changes the training run's random stream
+    generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                        collate_fn=_identity, num_workers=0, pin_memory=pin_memory)
 

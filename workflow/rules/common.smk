@@ -84,7 +84,8 @@ def dataset_hash(dataset: str, raw_only: bool = False) -> str:
 
 def leaderboard_outputs() -> list[str]:
     pairs = dict.fromkeys((s.dataset, s.backbone) for s in RUNS + [s for s, _ in NOT_APPLICABLE])
-    return ["results/leaderboard.csv", "results/leaderboard.md"] + [f"results/plots/{d}__{b}.png" for d, b in pairs]
+    tables = [f"results/{name}" for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.tex", "agreement.csv", "report.html")]
+    return tables + [f"results/plots/{d}__{b}.png" for d, b in pairs]
 
 
 def training_resources(rule_resources: dict) -> dict:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System packages some tests need that pip cannot provide: a headless Chromium (the HTML report is opened in a
+# real browser). Installs with apt-get when run as root on Debian/Ubuntu (CI does); otherwise says what is missing.
+# The default run (`bash run.sh`) needs none of this.
+set -euo pipefail
+missing=()
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[system-deps] apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+else
+    echo "[system-deps] missing ${missing[*]} (needs root to install); the tests that need it will skip outside CI" >&2
+fi
