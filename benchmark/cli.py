@@ -80,7 +80,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     spec = RunSpec.from_method(args.dataset, args.backbone, args.fusion, args.method, args.seed, args.fold)
     component_class(cfg, "balancers", spec.balancer)
-    train_run(cfg, spec, Path(args.out_dir or spec.run_dir))
+    out_dir = Path(args.out_dir or spec.run_dir)
+    try:
+        train_run(cfg, spec, out_dir)
+    except Exception:
+        # the scheduler may replace train.log when it retries the job; this file keeps why each attempt died
+        import datetime
+        import traceback
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "failed-attempts.log", "a") as f:
+            f.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')}\n{traceback.format_exc()}")
+        raise
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:

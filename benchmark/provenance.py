@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("torch", "torchvision", "torchaudio", "numpy", "snakemake", "ffmpeg-python", "imageio-ffmpeg", "pandas")
+PACKAGES = ("torch", "torchvision", "torchaudio", "numpy", "snakemake", "snakemake-executor-plugin-slurm", "ffmpeg-python",
+            "imageio-ffmpeg", "pandas", "scipy")
 
 
 def git_commit() -> str:
@@ -41,3 +43,12 @@ def device_description(device: torch.device) -> str:
 
 def provenance(device: torch.device) -> dict:
     return {"git_commit": git_commit(), "packages": package_versions(), "device": device_description(device)}
+
+
+def execution_host() -> dict:
+    """Where this execution ran: host name and, under Slurm, the job (and array task) id."""
+    out = {"host": platform.node()}
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        if os.environ.get(key):
+            out[key.lower()] = os.environ[key]
+    return out

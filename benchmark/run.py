@@ -21,7 +21,7 @@ from benchmark.data.cache import BatchPreparer, CachedSplit, load_info, load_par
 from benchmark.diagnostics import correct_string, ids_digest, linear_probes, masked_shapley, model_cost, ogr, train_eval_subset
 from benchmark.grid import NO_FUSION, RunSpec, artifact_paths, processed_dir, run_settings
 from benchmark.models.model import MultimodalModel, build_model
-from benchmark.provenance import provenance
+from benchmark.provenance import execution_host, provenance
 from benchmark.train import configure_determinism, fit, predict, resolve_device
 
 METRICS_VERSION = 2
@@ -105,10 +105,12 @@ def build_run_model(cfg: dict, settings: dict, info: dict, balancer_cls: type[Ba
 
 
 def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
-                artifacts: dict[str, Path] | None = None) -> tuple[dict, dict]:
+                artifacts: dict[str, Path] | None = None, checkpoint: Path | None = None) -> tuple[dict, dict | None]:
     """Train and evaluate one run in memory: (the metrics record, the best-validation state dict).
 
-    ``artifacts`` overrides where the method's DAG inputs are read from (default: their grid paths).
+    ``artifacts`` overrides where the method's DAG inputs are read from (default: their grid paths). With
+    ``checkpoint``, training saves its state there after every epoch and resumes from it (see ``fit``). A run whose
+    loss diverges returns a record with status 'failed' and the reason (and no evaluation).
     """
     started = time.perf_counter()
     settings = run_settings(cfg, spec)
@@ -130,8 +132,30 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     evaluation = settings["evaluation"]
     train_eval = train_eval_subset(train, evaluation["train_eval_max"], spec.seed)
     bins = evaluation["ece_bins"]
-    result = fit(model, balancer, ctx, train, data.prep, settings["train"], val=data.val, log=log, train_eval=train_eval, ece_bins=bins)
+    result = fit(model, balancer, ctx, train, data.prep, settings["train"], val=data.val, log=log, train_eval=train_eval,
+                 ece_bins=bins, checkpoint=checkpoint, settings_hash=settings_hash(settings))
     notes += getattr(balancer, "run_notes", [])
+    record = {
+        "version": METRICS_VERSION,
+        "status": "ok",
+        "run": {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "balancer": spec.balancer,
+                "method": spec.method, "seed": spec.seed, "modalities": settings["modalities"],
+                "num_classes": len(data.info["classes"])},
+        "method_paper": balancer_cls.paper,
+        "notes": notes,
+        "config_hash": settings_hash(settings),
+    }
+    tail = {"settings": settings, "provenance": provenance(device)}
+
+    def execution() -> dict:
+        """Everything that differs between two executions of the same run (excluded from determinism checks)."""
+        return {"seconds_per_epoch": result.seconds_per_epoch, "total_seconds": time.perf_counter() - started,
+                "peak_memory_bytes": peak_memory_bytes(device), "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
+                "resumed_after_epoch": result.resumed_after, **execution_host()}
+
+    if result.failure is not None:
+        log(f"failed: {result.failure}")
+        return {**record, "status": "failed", "reason": result.failure, "history": result.history, **tail, "timing": execution()}, None
 
     test = data.test(settings["modalities"])
     bs = settings["train"]["eval_batch_size"]
@@ -154,24 +178,15 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     sample, _ = data.prep(next(iter(make_loader(test, 1, shuffle=False))))
     cost = model_cost(model, sample)
     metrics = {
-        "version": METRICS_VERSION,
-        "status": "ok",
-        "run": {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "balancer": spec.balancer,
-                "method": spec.method, "seed": spec.seed, "modalities": settings["modalities"],
-                "num_classes": len(data.info["classes"])},
-        "method_paper": balancer_cls.paper,
-        "notes": notes,
-        "config_hash": settings_hash(settings),
+        **record,
         "selection": {"criterion": "validation accuracy (earliest best epoch)", "best_epoch": result.best_epoch,
                       "epochs": settings["train"]["epochs"], "trained_on": len(train)},
         "metrics": reported,
         "diagnostics": diagnostics,
         "cost": cost,
         "history": result.history,
-        "settings": settings,
-        "provenance": provenance(device),
-        "timing": {"seconds_per_epoch": result.seconds_per_epoch, "total_seconds": time.perf_counter() - started,
-                   "peak_memory_bytes": peak_memory_bytes(device), "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS"},
+        **tail,
+        "timing": execution(),
     }
     b = reported["best"]
     log(f"done: best epoch {result.best_epoch}, val acc {b['val']['accuracy']:.4f}, test acc {b['test']['accuracy']:.4f}")
@@ -179,12 +194,19 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
 
 
 def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """One run of the grid: train, evaluate, write ``model.pt`` (best-validation weights) and ``metrics.json``."""
+    """One run of the grid: train (resuming from ``out_dir/checkpoint.pt`` if a previous attempt left one), evaluate,
+    write ``model.pt`` (best-validation weights; none for a failed run) and ``metrics.json``, drop the checkpoint."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, best_state = execute_run(cfg, spec, log)
-    torch.save({"state_dict": best_state, "epoch": metrics["selection"]["best_epoch"], "config_hash": metrics["config_hash"]},
-               out_dir / "model.pt.tmp")
+    checkpoint = out_dir / "checkpoint.pt"
+    metrics, best_state = execute_run(cfg, spec, log, checkpoint=checkpoint)
+    model = {"state_dict": best_state, "config_hash": metrics["config_hash"], "status": metrics["status"]}
+    if metrics["status"] == "ok":
+        model["epoch"] = metrics["selection"]["best_epoch"]
+    else:
+        model["reason"] = metrics["reason"]
+    torch.save(model, out_dir / "model.pt.tmp")
     (out_dir / "model.pt.tmp").replace(out_dir / "model.pt")
     write_json(out_dir / "metrics.json", metrics)
+    checkpoint.unlink(missing_ok=True)
     return metrics

@@ -5,14 +5,17 @@ The test split is not touched here at all; ``benchmark.run`` evaluates it once p
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from benchmark.balancers.base import Balancer, RunContext
+from benchmark.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
 from benchmark.diagnostics import ogr
 from benchmark.metrics import accuracy, classification_metrics, cross_entropy
@@ -95,6 +98,10 @@ class FitResult:
     best_state: dict | None = None
     #: losses of the model before the first step (the first checkpoint of the OGR curve)
     initial: dict = field(default_factory=dict)
+    #: why training stopped early (a non-finite loss); None when it ran its schedule
+    failure: str | None = None
+    #: the epoch training resumed after, when it started from a checkpoint
+    resumed_after: int | None = None
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:
@@ -103,10 +110,15 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: CachedSplit, prep: BatchPreparer,
         settings: dict, val: CachedSplit | None = None, log: Callable[[str], None] = print,
-        train_eval: CachedSplit | None = None, ece_bins: int = 15) -> FitResult:
+        train_eval: CachedSplit | None = None, ece_bins: int = 15, checkpoint: Path | None = None,
+        settings_hash: str = "") -> FitResult:
     """Train ``model`` (already configured by the balancer) for settings['epochs'] epochs on ``train``; with
     ``val``, keep the best-validation-accuracy weights. With ``train_eval`` (a fixed part of the training split)
-    and ``val``, every checkpoint's training and validation losses give the OGR between consecutive epochs."""
+    and ``val``, every checkpoint's training and validation losses give the OGR between consecutive epochs.
+
+    With ``checkpoint``, the state after every epoch is saved there and a run with the same ``settings_hash``
+    resumes from it: the result is the same as without the interruption. A non-finite training loss ends training
+    after that epoch with ``failure`` set."""
     model.to(ctx.device)
     ctx.train, ctx.prep, ctx.settings, ctx.log = train, prep, settings, log
     balancer.setup(model, ctx)
@@ -117,11 +129,23 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
     best_acc = -1.0
     bs = settings["eval_batch_size"]
     track_ogr = train_eval is not None and val is not None
-    if track_ogr:
+    first_epoch = 0
+    saved = load_checkpoint(checkpoint, settings_hash, log)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        balancer.load_state_dict(saved["balancer"], ctx.device)
+        restore_rng(saved["rng"], loader.generator)
+        result = saved["result"]
+        best_acc, first_epoch = saved["best_acc"], saved["epoch"] + 1
+        result.resumed_after = saved["epoch"]
+        log(f"resumed from {checkpoint} after epoch {saved['epoch'] + 1}/{settings['epochs']}")
+    elif track_ogr:
         result.initial = {"train_eval_loss": predict(model, train_eval, prep, bs).metrics(ece_bins)["loss"],
                           "val_loss": predict(model, val, prep, bs).metrics(ece_bins)["loss"]}
-    previous = result.initial
-    for epoch in range(settings["epochs"]):
+    previous = result.history[-1] if result.history else result.initial
+    for epoch in range(first_epoch, settings["epochs"]):
         start = time.perf_counter()
         ctx.epoch = epoch
         balancer.on_epoch_start(epoch)
@@ -143,6 +167,12 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         row = {"epoch": epoch, "lr": lr, "train_loss": (loss_sum / seen).item(), "train_acc": (correct / seen).item()}
+        if not math.isfinite(row["train_loss"]):  # checked once per epoch: no host sync inside the step
+            result.failure = f"training loss became {row['train_loss']} in epoch {epoch + 1} (diverged); training stopped"
+            result.history.append(row)
+            result.seconds_per_epoch.append(time.perf_counter() - start)
+            log(f"[{epoch + 1}/{settings['epochs']}] {result.failure}")
+            break
         if val is not None:
             row.update({f"val_{k}": v for k, v in predict(model, val, prep, bs).metrics(ece_bins).items()})
             if row["val_accuracy"] > best_acc:
@@ -157,4 +187,9 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
         result.history.append(row)
         log(f"[{epoch + 1}/{settings['epochs']}] " + " ".join(f"{k}={v:.4g}" for k, v in row.items())
             + f" ({result.seconds_per_epoch[-1]:.1f}s)")
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "settings_hash": settings_hash, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": rng_state(loader.generator),
+                "result": result, "best_acc": best_acc})
     return result

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # System packages some tests need that pip cannot provide: a headless Chromium (the HTML report is opened in a
-# real browser). Installs with apt-get when run as root on Debian/Ubuntu (CI does); otherwise says what is missing.
+# real browser) and Slurm with munge (the cluster profile runs against a real single-node Slurm,
+# scripts/local-slurm.sh). Installs with apt-get when run as root on Debian/Ubuntu (CI does); otherwise says
+# what is missing.
 # The default run (`bash run.sh`) needs none of this.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || missing+=(chromium)
+for pair in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
+    command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+done
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

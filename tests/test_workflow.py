@@ -159,3 +159,22 @@ def test_folds_of_a_real_dataset_through_the_dag(tmp_path):
     for fold in ("fold1", "fold2", "fold3"):
         m = json.loads((tmp_path / f"results/runs/cremad/{fold}/small_cnn/concat/joint/seed0/metrics.json").read_text())
         assert m["settings"]["fold"] == fold
+
+
+@pytest.mark.slow
+def test_a_crashing_job_leaves_a_log_and_only_it_is_retried(tmp_path):
+    shutil.copy(REPO / "tests/failing_methods.py", tmp_path / "failing_methods.py")
+    cfg = tiny_config(balancers=["joint", "oom"])
+    cfg["balancers"]["oom"] = {"class": "failing_methods:OutOfMemory"}
+    (tmp_path / "crash.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, configfile=tmp_path / "crash.yaml")
+    assert res.returncode != 0  # the workflow reports the failure ...
+    runs = tmp_path / "results/runs/synthetic-av/main/small_cnn/concat"
+    assert (runs / "joint/seed0/metrics.json").exists()  # ... but the other jobs ran (keep-going)
+    assert not (runs / "oom/seed0/metrics.json").exists()
+    assert "CUDA out of memory (simulated)" in (runs / "oom/seed0/train.log").read_text()
+    assert "CUDA out of memory (simulated)" in (runs / "oom/seed0/failed-attempts.log").read_text()
+    again = snakemake(tmp_path, "-n", configfile=tmp_path / "crash.yaml")
+    counts = job_counts(again.stdout)
+    assert counts["train"] == 1 and "method=oom" in again.stdout and "method=joint" not in again.stdout
+    assert not {"download", "preprocess", "split"} & set(counts)

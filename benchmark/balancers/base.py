@@ -14,6 +14,7 @@ its hyperparameters are the keyword-only arguments of ``__init__``, which must c
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
@@ -108,6 +109,19 @@ class Balancer:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
+    # --- checkpointing -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The method's running state for a checkpoint (running means, current weights, prototypes, coefficients,
+        notes): every attribute holding plain data — numbers, strings, tensors that are not parameters, and lists,
+        tuples and dicts of them. References into the model or the data (parameter groups, modules, split views)
+        are not state: ``setup`` and ``training_split`` rebuild them on resume."""
+        return {k: _detached(v) for k, v in vars(self).items() if k not in ("model", "ctx") and _is_plain(v)}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Restore what ``state_dict`` saved (after ``setup``), with tensors moved to ``device``."""
+        for key, value in state.items():
+            setattr(self, key, _to_device(value, device))
+
     # --- coefficient logging ----------------------------------------------------------------------------
     def track(self, **values: torch.Tensor | dict[str, torch.Tensor]) -> None:
         """Record per-step values (scalars, or one per modality); averaged per epoch in the history."""
@@ -122,6 +136,38 @@ class Balancer:
         summary = {k: torch.stack(v).mean().item() for k, v in tracked.items() if v}
         self._tracked = {}
         return summary
+
+
+def _is_plain(value) -> bool:
+    if isinstance(value, (torch.nn.Parameter, torch.nn.Module)):
+        return False
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def _detached(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return copy.copy(value)
+
+
+def _to_device(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
 
 BALANCERS: Registry[Balancer] = Registry("balancer", base=Balancer)

@@ -20,7 +20,10 @@ class Pretrain(Joint):
         super().setup(model, ctx)
         for m in model.modalities:
             path = ctx.artifacts[f"unimodal_checkpoint/{m}"]
-            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("status", "ok") != "ok" or saved["state_dict"] is None:
+                raise ValueError(f"{path}: the unimodal {m} run failed ({saved.get('reason', 'no weights')}), so there is nothing to start from")
+            state = saved["state_dict"]
             prefix = f"encoders.{m}."
             encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             if not encoder_state:

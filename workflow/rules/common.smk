@@ -28,6 +28,8 @@ validate(config, schema="../schemas/config.schema.yaml")
 RUNS, NOT_APPLICABLE = grid.grid_runs(config)
 PY = sys.executable  # the interpreter running Snakemake (the project's venv) also runs every step
 RES = config["resources"]
+# a training job's CPUs: per GPU when the site says so (Slurm --cpus-per-gpu), else resources.train.threads
+TRAIN_THREADS = RES["train"]["cpus_per_gpu"] * RES["train"]["gpus"] if RES["train"].get("cpus_per_gpu") and RES["train"]["gpus"] else RES["train"]["threads"]
 
 
 def _resolved_config_file() -> str:
@@ -91,6 +93,8 @@ def leaderboard_outputs() -> list[str]:
 def training_resources(rule_resources: dict) -> dict:
     """Scheduler resources for GPU steps; partition/account only when the site sets them."""
     out = {"gpu": rule_resources["gpus"], "mem_mb": rule_resources["mem_mb"], "runtime": rule_resources["runtime"]}
+    if rule_resources.get("cpus_per_gpu") and rule_resources["gpus"]:
+        out["cpus_per_gpu"] = rule_resources["cpus_per_gpu"]
     if rule_resources.get("partition"):
         out["slurm_partition"] = rule_resources["partition"]
     if rule_resources.get("account"):

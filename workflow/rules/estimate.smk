@@ -10,7 +10,7 @@ rule estimate:
         "results/logs/estimate/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}.log",
     params:
         settings=lambda w: grid.run_hash(config, grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), fold=w.fold)),
-    threads: RES["train"]["threads"]
+    threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
     shell:

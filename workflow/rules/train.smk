@@ -1,5 +1,6 @@
 # Stage 4: one job per dataset x fold x backbone x fusion x method x seed. Its params hold the run's config hash,
-# so changing a setting retrains exactly the runs it affects.
+# so changing a setting retrains exactly the runs it affects. A job resumes from its run directory's checkpoint.pt
+# (left by a killed, preempted or retried attempt); the log is appended to, so it keeps every attempt.
 
 
 def method_inputs(w) -> list[str]:
@@ -19,10 +20,10 @@ rule train:
         "results/runs/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}/train.log",
     params:
         settings=lambda w: grid.run_hash(config, spec_of(w)),
-    threads: RES["train"]["threads"]
+    threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
     shell:
         "{PY} -m benchmark train --config {CONFIG_FILE} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
         " --fusion {wildcards.fusion} --method {wildcards.method} --seed {wildcards.seed} --threads {threads}"
-        " --out-dir $(dirname {output.metrics}) > {log} 2>&1"
+        " --out-dir $(dirname {output.metrics}) >> {log} 2>&1"
