@@ -143,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--out-dir", help="default: results/runs/<dataset>/<fold>/<backbone>/<fusion>/<method>/seed<seed>")
         else:
             sp.add_argument("--out", help="default: results/gblend/<dataset>/<fold>/<backbone>/<fusion>/seed<seed>.json")
+    sub.add_parser("perf", help="the performance benchmark (python -m benchmark perf --help)", add_help=False)
     sp = add("aggregate", cmd_aggregate, "build the leaderboard and plots from the metrics files")
     sp.add_argument("--out-dir", default="results")
     return p
@@ -153,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.data.sources import SourceError
     from benchmark.data.splits import SplitError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["perf"]:  # the performance benchmark has its own options
+        from benchmark.perf import main as perf_main
+
+        return perf_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         args.fn(args)

@@ -175,7 +175,7 @@ def train_settings(cfg: dict, backbone: str) -> dict:
     base = {k: v for k, v in cfg["train"].items() if k != "per_backbone"}
     override = cfg["train"].get("per_backbone", {}).get(backbone)
     if not override:
-        return base
+        return _without_default_speed_options(base)
     if "per_backbone" in override:
         raise ConfigError(f"train.per_backbone.{backbone}.per_backbone", "overrides cannot be nested")
     merged = _deep_merge(base, override)
@@ -184,7 +184,16 @@ def train_settings(cfg: dict, backbone: str) -> dict:
                        "train": copy.deepcopy(merged)})
     except ConfigError as err:
         raise ConfigError(err.key.replace("train.", f"train.per_backbone.{backbone}.", 1), err.message) from None
-    return merged
+    return _without_default_speed_options(merged)
+
+
+#: speed options and their 'off' values; off, they are left out of a run's settings, so that runs made before the
+#: options existed keep their settings hash (switched on, they are recorded and hashed like any setting)
+SPEED_OPTIONS_OFF = {"precision": "fp32", "channels_last": False}
+
+
+def _without_default_speed_options(train: dict) -> dict:
+    return {k: v for k, v in train.items() if not (k in SPEED_OPTIONS_OFF and v == SPEED_OPTIONS_OFF[k])}
 
 
 def _check_backbone_name(name: str) -> None:

@@ -120,6 +120,9 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
     resumes from it: the result is the same as without the interruption. A non-finite training loss ends training
     after that epoch with ``failure`` set."""
     model.to(ctx.device)
+    if settings.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+    bf16 = settings.get("precision") == "bf16"
     ctx.train, ctx.prep, ctx.settings, ctx.log = train, prep, settings, log
     balancer.setup(model, ctx)
     optimizer = make_optimizer(model, settings["optimizer"])
@@ -155,8 +158,9 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
         seen = 0
         for batch in loader:
             inputs, y = prep(batch, train=True)
-            out = balancer.forward(model, inputs)
-            loss = balancer.loss(out, y)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = balancer.forward(model, inputs)
+                loss = balancer.loss(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             balancer.after_backward(out, y)

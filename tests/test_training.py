@@ -105,3 +105,14 @@ def test_gblend_estimate_uses_a_held_out_part_of_train_and_feeds_training(tiny_c
     m = train_run(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "concat", "gblend", 0), tmp_path / "run", log=quiet)
     assert m["status"] == "ok"
     torch.testing.assert_close(torch.tensor(sum(est["weights"].values())), torch.tensor(1.0))
+
+
+def test_bf16_and_channels_last_train_on_cpu_and_are_recorded_only_when_on(tiny_cfg, tmp_path):
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm_ge", 0)
+    assert "precision" not in run_settings(tiny_cfg, spec)["train"]  # off: left out, so existing runs keep their hash
+    cfg = json.loads(json.dumps(tiny_cfg))
+    cfg["train"].update(precision="bf16", channels_last=True)
+    m = train_run(validate_config(cfg), spec, tmp_path, log=quiet)
+    assert m["status"] == "ok" and m["settings"]["train"]["precision"] == "bf16" and m["settings"]["train"]["channels_last"] is True
+    assert m["config_hash"] != train_run(tiny_cfg, spec, tmp_path / "fp32", log=quiet)["config_hash"]
+    assert all(h["train_loss"] == h["train_loss"] for h in m["history"])  # finite

@@ -63,6 +63,8 @@ class Balancer:
     per_modality: ClassVar[bool] = False
     #: DAG artefacts the method consumes, e.g. ('gblend_weights',)
     needs: ClassVar[tuple[str, ...]] = ()
+    #: ``on_epoch_end`` reads the epoch's validation metrics (the loop always computes them; benchmarks must too)
+    reads_validation: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._tracked: dict[str, list[torch.Tensor]] = {}

@@ -22,6 +22,8 @@ class MSLR(Balancer):
     window the gradients of modality m's encoder and its slice of the fused head are multiplied by k_m, which is
     a modality-specific learning rate for SGD."""
 
+    reads_validation = True
+
     paper = "Yao & Mihalcea 2022 (MSLR)"
 
     def __init__(self, *, window: int = 5, initial: dict[str, float] | None = None, start_epoch: int = 0, end_epoch: int = 50) -> None:

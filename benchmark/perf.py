@@ -1,0 +1,289 @@
+"""The project's performance benchmark: ``python -m benchmark perf`` (add ``--tiny`` for a seconds-long check).
+
+On whatever device is present it measures, in a scratch workspace (nothing of the user's is touched):
+* training throughput (samples/s) of each balancer on the same backbone, fusion and data, and its ratio to joint
+  (the median of 5 timed epochs after a warm-up epoch; epoch-level work a method does, e.g. PMR's prototypes, is
+  included; validation passes are not, except for methods that read them, e.g. MSLR);
+* the G-Blend estimation step's time, separately;
+* the fraction of a training step spent waiting for data: the loop over the DataLoader against the same steps
+  on batches already on the device — on the built-in dataset and on a real-size fixture (257×188 spectrogram,
+  3 frames of 224×224);
+* preprocessing throughput (clips/s) with 1 worker and with all;
+* the time of ``snakemake -n`` over a large grid (5 datasets × 15 balancers × 6 fusions × 2 backbones × 3 seeds).
+It prints one table (with each target and whether it is met) and writes the same numbers to a JSON file.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmark.balancers.base import RunContext
+from benchmark.config import component_class, dataset_settings, load_config, validate_config
+from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
+from benchmark.grid import RunSpec, run_settings
+from benchmark.models.model import fingerprint
+from benchmark.provenance import device_description
+from benchmark.train import configure_determinism, fit, make_optimizer, resolve_device
+
+REPO = Path(__file__).resolve().parents[1]
+BALANCERS = ["joint", "ogm", "ogm_ge", "multi_loss", "mlb", "gblend", "gblend_online", "aux_loss", "dropout", "mslr", "agm",
+             "pmr", "mmcosine", "modality_dropout"]
+#: the issue's overhead targets: balancer -> the largest allowed throughput ratio joint/method
+OVERHEAD_TARGETS = {"ogm": 1.05, "ogm_ge": 1.05, "multi_loss": 1.15, "mlb": 1.15, "gblend": 1.15, "agm": 3.5}
+DATA_WAIT_TARGET = 0.05
+DRY_RUN_TARGET_S = 60.0
+LARGE_GRID = {"datasets": ["synthetic-av", "synthetic-avm", "cremad", "ave", "ucf101_av"],
+              "balancers": ["joint", "unimodal", "ogm", "ogm_ge", "multi_loss", "mlb", "gblend", "gblend_online", "aux_loss",
+                            "dropout", "pretrain", "mslr", "agm", "pmr", "mmcosine"],
+              "fusions": ["concat", "sum", "mid_mlp", "film", "gated", "transformer"],
+              "backbones": ["small_cnn", "resnet18"], "seeds": [0, 1, 2]}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prepare_workspace(cfg: dict, workdir: Path, log) -> dict:
+    """Generate and preprocess the built-in dataset in ``workdir`` with 1 and with all workers (timed)."""
+    from benchmark.data.datasets import DATASETS
+    from benchmark.data.preprocess import preprocess
+    from benchmark.data.splits import write_splits
+
+    settings = dataset_settings(cfg, "synthetic-av")
+    ds = DATASETS.get("synthetic-av")(settings)
+    raw = workdir / "data/raw/synthetic-av"
+    ds.download(raw, workers=os.cpu_count() or 1)
+    out = {}
+    for workers in sorted({1, os.cpu_count() or 1}):
+        target = workdir / f"data/processed/synthetic-av-w{workers}"
+        start = time.perf_counter()
+        preprocess(ds, raw, target, settings["preprocess"], workers=workers, log=lambda s: None)
+        seconds = time.perf_counter() - start
+        out[workers] = settings["generate"]["num_clips"] / seconds
+        log(f"preprocess with {workers} worker(s): {out[workers]:.1f} clips/s")
+    final = workdir / "data/processed/synthetic-av"
+    (workdir / f"data/processed/synthetic-av-w{max(out)}").rename(final)
+    write_splits(ds, raw, final, log=lambda s: None)
+    return out
+
+
+def _artifacts(cfg: dict, spec: RunSpec, model, workdir: Path) -> dict[str, Path]:
+    """Stand-ins for DAG inputs a method reads (G-Blend's weights: equal, for the same initial model)."""
+    balancer_cls = component_class(cfg, "balancers", spec.balancer)
+    if "gblend_weights" not in balancer_cls.needs:
+        return {}
+    heads = list(model.modalities) + ["fused"]
+    path = workdir / f"gblend-{spec.backbone}-{spec.fusion}.json"
+    path.write_text(json.dumps({"init_fingerprint": fingerprint(model), "weights": {h: 1 / len(heads) for h in heads}}))
+    return {"gblend_weights": path}
+
+
+def training_throughput(cfg: dict, spec: RunSpec, workdir: Path, epochs: int) -> float:
+    """Samples/s of the training loop (forward, the method's loss and hooks, backward, step) over the last epoch."""
+    from benchmark.run import RunData, build_run_model
+
+    settings = run_settings(cfg, spec)
+    configure_determinism(settings["train"]["deterministic"])
+    device = resolve_device(settings["train"]["device"])
+    data = RunData.load(spec, settings, device)
+    balancer_cls = component_class(cfg, "balancers", spec.balancer)
+    balancer = balancer_cls(**settings["balancer"]["params"])
+    model = balancer.configure_model(build_run_model(cfg, settings, data.info, balancer_cls))
+    ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=epochs, device=device, seed=spec.seed,
+                     artifacts=_artifacts(cfg, spec, model, workdir))
+    train = balancer.training_split(data.train, spec.seed)
+    val = data.val if balancer_cls.reads_validation else None  # e.g. MSLR: its epoch includes a validation pass
+    result = fit(model, balancer, ctx, train, data.prep, {**settings["train"], "epochs": epochs}, val=val, log=lambda s: None)
+    timed = sorted(result.seconds_per_epoch[1:])  # the first epoch warms up; the median of the rest resists noise
+    return len(train) / timed[len(timed) // 2]
+
+
+def data_wait_fraction(model, data: CachedSplit, prep: BatchPreparer, batch_size: int, device: torch.device, steps: int) -> dict:
+    """Time of ``steps`` joint training steps fed by the DataLoader vs the same steps on batches already on the device."""
+    batches = []
+    for i, batch in enumerate(make_loader(data, batch_size, shuffle=True, pin_memory=device.type == "cuda")):
+        if i >= steps:
+            break
+        batches.append(prep(batch))
+    model.to(device).train()
+    opt = make_optimizer(model, {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0})
+
+    def step(inputs, y):
+        loss = torch.nn.functional.cross_entropy(model(inputs).logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(*batches[0])  # warm-up (allocations, kernels)
+    _sync(device)
+    start = time.perf_counter()
+    for inputs, y in batches:
+        step(inputs, y)
+    _sync(device)
+    pure = time.perf_counter() - start
+    start = time.perf_counter()
+    for i, batch in enumerate(make_loader(data, batch_size, shuffle=True, pin_memory=device.type == "cuda")):
+        if i >= len(batches):
+            break
+        step(*prep(batch, train=True))
+    _sync(device)
+    full = time.perf_counter() - start
+    return {"steps": len(batches), "pure_s": pure, "with_loader_s": full, "fraction": max(0.0, (full - pure) / full)}
+
+
+def real_size_fixture(workdir: Path, clips: int) -> CachedSplit:
+    """A tensor cache shaped like CREMA-D under the OGM-GE preset: 257×188 float16 spectrograms, 3 uint8 frames of 224²."""
+    g = torch.Generator().manual_seed(0)
+    path = workdir / "real-size.pt"
+    torch.save({"clip_id": [f"c{i}" for i in range(clips)], "label": torch.arange(clips) % 6,
+                "audio": torch.randn(clips, 1, 257, 188, generator=g).half(),
+                "visual": torch.randint(0, 256, (clips, 3, 3, 224, 224), dtype=torch.uint8, generator=g)}, path)
+    return CachedSplit(path)
+
+
+def real_size_data_wait(cfg: dict, workdir: Path, clips: int, steps: int, device: torch.device) -> dict:
+    from benchmark.models.model import build_model
+
+    data = real_size_fixture(workdir, clips)
+    info = {"audio": {"source": "audio", "shape": [1, 257, 188]}, "visual": {"source": "video", "shape": [3, 3, 224, 224]}}
+    prep = BatchPreparer(info, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, device)
+    model = build_model(modality_info=info, num_classes=6, backbone_cls=component_class(cfg, "backbones", "resnet18"),
+                        backbone_params={"weights": None}, fusion_cls=component_class(cfg, "fusions", "concat"), fusion_params={},
+                        unimodal_heads=False, seed=0)
+    return data_wait_fraction(model, data, prep, cfg["train"]["batch_size"], device, steps)
+
+
+def large_grid_dry_run(cfg: dict, workdir: Path, grid: dict) -> dict:
+    big = copy.deepcopy(cfg)
+    big["grid"] = grid
+    for name in grid["datasets"]:  # real datasets read a local folder; the dry run never opens it
+        big["datasets"].setdefault(name, {})
+        if "source" in DATASET_SOURCES.get(name, ()):
+            big["datasets"][name]["source"] = {"path": str(workdir / f"raw-{name}")}
+    validate_config(copy.deepcopy(big))
+    path = workdir / "large-grid.yaml"
+    path.write_text(yaml.safe_dump(big))
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "-s", str(REPO / "Snakefile"), "-d", str(workdir / "dry"),
+           "--configfile", str(path)]
+    start = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if res.returncode != 0:
+        raise RuntimeError(f"dry run failed: {res.stderr[-2000:]}")
+    stats = res.stdout.split("Job stats:")[1].split("total")[0]  # Snakemake prints the table twice
+    jobs = sum(int(line.split()[-1]) for line in stats.splitlines() if line.startswith("train "))
+    return {"seconds": seconds, "train_jobs": jobs}
+
+
+DATASET_SOURCES = {"cremad": ("source",), "ave": ("source",), "ucf101_av": ("source",), "kinetics_sounds": ("source",),
+                   "vggsound": ("source",)}
+
+
+def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:
+    device = resolve_device(cfg["train"]["device"])
+    cfg = copy.deepcopy(cfg)
+    if tiny:  # seconds, for the test suite: few small clips, small model, one timed epoch, a small grid
+        cfg["datasets"]["synthetic-av"]["generate"].update(num_clips=48, size=32, fps=4)
+        cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=16, fps=2)
+        cfg["backbones"]["small_cnn"]["width"] = 4
+    cfg = validate_config(cfg)
+    report: dict = {"device": device_description(device), "host": platform.node(), "tiny": tiny, "torch": torch.__version__}
+    report["preprocess_clips_per_s"] = prepare_workspace(cfg, workdir, log)
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        balancers = ["joint", "ogm_ge", "mlb", "gblend"] if tiny else BALANCERS
+        report["training"] = {}
+        report["reads_validation"] = [b for b in balancers if component_class(cfg, "balancers", b).reads_validation]
+        for name in balancers:
+            spec = RunSpec("synthetic-av", "small_cnn", "concat", name, 0)
+            report["training"][name] = training_throughput(cfg, spec, workdir, epochs=2 if tiny else 6)
+            log(f"train {name}: {report['training'][name]:.1f} samples/s")
+        from benchmark.estimate import estimate_gblend
+
+        start = time.perf_counter()
+        estimate_gblend(cfg, "synthetic-av", "small_cnn", "concat", 0, workdir / "gblend-estimate.json", log=lambda s: None)
+        report["gblend_estimate_s"] = time.perf_counter() - start
+        spec = RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0)
+        from benchmark.run import RunData, build_run_model
+
+        settings = run_settings(cfg, spec)
+        data = RunData.load(spec, settings, device)
+        model = build_run_model(cfg, settings, data.info, component_class(cfg, "balancers", "joint"))
+        repeats = [data_wait_fraction(model, data.train, data.prep, settings["train"]["batch_size"], device, steps=4 if tiny else 11)
+                   for _ in range(1 if tiny else 5)]
+        report["data_wait_builtin"] = sorted(repeats, key=lambda r: r["fraction"])[len(repeats) // 2]  # the median of repeats
+        report["data_wait_builtin"]["repeats"] = len(repeats)
+        log(f"data wait, built-in: {report['data_wait_builtin']['fraction']:.1%}")
+        report["data_wait_real_size"] = real_size_data_wait(cfg, workdir, clips=8 if tiny else 96, steps=1 if tiny else 5, device=device)
+        log(f"data wait, real-size: {report['data_wait_real_size']['fraction']:.1%}")
+    finally:
+        os.chdir(cwd)
+    grid = {"datasets": ["synthetic-av"], "balancers": ["joint", "ogm"], "fusions": ["concat"], "backbones": ["small_cnn"],
+            "seeds": [0]} if tiny else LARGE_GRID
+    report["dry_run"] = {**large_grid_dry_run(cfg, workdir, grid), "grid": grid}
+    log(f"dry run: {report['dry_run']['seconds']:.1f} s for {report['dry_run']['train_jobs']} training jobs")
+    return report
+
+
+def table(report: dict) -> str:
+    """The report as one Markdown table: measure, value, target, met."""
+    rows = []
+    joint = report["training"]["joint"]
+    for name, rate in report["training"].items():
+        ratio = joint / rate
+        target = OVERHEAD_TARGETS.get(name)
+        label = f"train {name}" + (" (incl. its validation pass)" if name in report.get("reads_validation", []) else "")
+        rows.append((f"{label} (samples/s; ×joint time)", f"{rate:.1f} ({ratio:.2f}×)",
+                     f"≤ {target}×" if target else "–", ("yes" if ratio <= target else "no") if target else "–"))
+    rows.append(("G-Blend estimate step (s)", f"{report['gblend_estimate_s']:.1f}", "–", "–"))
+    for key, label in (("data_wait_builtin", "built-in"), ("data_wait_real_size", "real-size 257×188 + 3×224²")):
+        w = report[key]
+        rows.append((f"data wait, {label} ({w['steps']} steps)", f"{w['fraction']:.1%}", f"< {DATA_WAIT_TARGET:.0%}",
+                     "yes" if w["fraction"] < DATA_WAIT_TARGET else "no"))
+    for workers, rate in report["preprocess_clips_per_s"].items():
+        rows.append((f"preprocess, {workers} worker(s) (clips/s)", f"{rate:.1f}", "–", "–"))
+    d = report["dry_run"]
+    rows.append((f"snakemake -n, {d['train_jobs']} training jobs (s)", f"{d['seconds']:.1f}", f"< {DRY_RUN_TARGET_S:.0f}",
+                 "yes" if d["seconds"] < DRY_RUN_TARGET_S else "no"))
+    lines = [f"device: {report['device']}" + (" (tiny mode)" if report["tiny"] else ""), "",
+             "| measure | value | target | met |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark perf", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long run (for tests): small data, few balancers, small grid")
+    p.add_argument("--out", default="results/perf.json", help="where to write the numbers (JSON)")
+    p.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, removed afterwards)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        report = run_benchmark(cfg, args.tiny, Path(args.workdir).resolve(), log=lambda s: print(s, file=sys.stderr))
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
+            report = run_benchmark(cfg, args.tiny, Path(tmp), log=lambda s: print(s, file=sys.stderr))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(table(report))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
