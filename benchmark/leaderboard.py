@@ -220,11 +220,10 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
                 footnotes.append(note)
             status += f" [{footnotes.index(note) + 1}]"
         acc = _cell(r, "test_acc") + (" *" if r.get("significant") is True else "")
-        delta = "–" if r.get("delta_vs_ref") != r.get("delta_vs_ref") or "delta_vs_ref" not in r else f"{100 * r['delta_vs_ref']:+.1f}"
         row = {"rank": _num(r.get("rank"), ".0f"), "method": r["method"], "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
-               "runs": str(r["runs"]), "test acc": acc, f"Δ vs {reference}": delta, "p": _num(r.get("p_vs_ref"), ".3f"),
+               "runs": str(r["runs"]), "test acc": acc, f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"), "p": _num(r.get("p_vs_ref"), ".3f"),
                "macro-F1": _cell(r, "test_f1"), "mAP": _cell(r, "test_map"), "ECE": _cell(r, "test_ece")}
-        if r.get("test_video_acc_mean") == r.get("test_video_acc_mean") and "test_video_acc_mean" in r:
+        if pd.notna(r.get("test_video_acc_mean", math.nan)):
             row["video acc"] = _cell(r, "test_video_acc")
         row.update({f"acc {m}": _cell(r, f"test_acc_{m}") for m in modalities})
         row.update({"val acc": _cell(r, "val_acc"), "status": status})

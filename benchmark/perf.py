@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmark.balancers.base import RunContext
 from benchmark.config import component_class, dataset_settings, load_config, validate_config
+from benchmark.data.datasets import DATASETS
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
 from benchmark.grid import RunSpec, run_settings
 from benchmark.models.model import fingerprint
 from benchmark.provenance import device_description
-from benchmark.train import configure_determinism, fit, make_optimizer, resolve_device
+from benchmark.train import fit, make_optimizer, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 BALANCERS = ["joint", "ogm", "ogm_ge", "multi_loss", "mlb", "gblend", "gblend_online", "aux_loss", "dropout", "mslr", "agm",
@@ -57,7 +57,6 @@ def _sync(device: torch.device) -> None:
 
 def prepare_workspace(cfg: dict, workdir: Path, log) -> dict:
     """Generate and preprocess the built-in dataset in ``workdir`` with 1 and with all workers (timed)."""
-    from benchmark.data.datasets import DATASETS
     from benchmark.data.preprocess import preprocess
     from benchmark.data.splits import write_splits
 
@@ -91,23 +90,17 @@ def _artifacts(cfg: dict, spec: RunSpec, model, workdir: Path) -> dict[str, Path
 
 
 def training_throughput(cfg: dict, spec: RunSpec, workdir: Path, epochs: int) -> float:
-    """Samples/s of the training loop (forward, the method's loss and hooks, backward, step) over the last epoch."""
-    from benchmark.run import RunData, build_run_model
+    """Samples/s of the training loop (forward, the method's loss and hooks, backward, step) over the timed epochs."""
+    from benchmark.run import prepare_run
 
-    settings = run_settings(cfg, spec)
-    configure_determinism(settings["train"]["deterministic"])
-    device = resolve_device(settings["train"]["device"])
-    data = RunData.load(spec, settings, device)
-    balancer_cls = component_class(cfg, "balancers", spec.balancer)
-    balancer = balancer_cls(**settings["balancer"]["params"])
-    model = balancer.configure_model(build_run_model(cfg, settings, data.info, balancer_cls))
-    ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=epochs, device=device, seed=spec.seed,
-                     artifacts=_artifacts(cfg, spec, model, workdir))
-    train = balancer.training_split(data.train, spec.seed)
-    val = data.val if balancer_cls.reads_validation else None  # e.g. MSLR: its epoch includes a validation pass
-    result = fit(model, balancer, ctx, train, data.prep, {**settings["train"], "epochs": epochs}, val=val, log=lambda s: None)
+    run = prepare_run(cfg, spec, artifacts={})
+    run.ctx.artifacts = _artifacts(cfg, spec, run.model, workdir)  # read by the method's setup, inside fit
+    run.ctx.num_epochs = epochs
+    val = run.data.val if run.balancer_cls.reads_validation else None  # e.g. MSLR: its epoch includes a validation pass
+    result = fit(run.model, run.balancer, run.ctx, run.train, run.data.prep, {**run.settings["train"], "epochs": epochs},
+                 val=val, log=lambda s: None)
     timed = sorted(result.seconds_per_epoch[1:])  # the first epoch warms up; the median of the rest resists noise
-    return len(train) / timed[len(timed) // 2]
+    return len(run.train) / timed[len(timed) // 2]
 
 
 def data_wait_fraction(model, data: CachedSplit, prep: BatchPreparer, batch_size: int, device: torch.device, steps: int) -> dict:
@@ -170,7 +163,7 @@ def large_grid_dry_run(cfg: dict, workdir: Path, grid: dict) -> dict:
     big["grid"] = grid
     for name in grid["datasets"]:  # real datasets read a local folder; the dry run never opens it
         big["datasets"].setdefault(name, {})
-        if "source" in DATASET_SOURCES.get(name, ()):
+        if "source" in DATASETS.get(name).config_sections:
             big["datasets"][name]["source"] = {"path": str(workdir / f"raw-{name}")}
     validate_config(copy.deepcopy(big))
     path = workdir / "large-grid.yaml"
@@ -185,10 +178,6 @@ def large_grid_dry_run(cfg: dict, workdir: Path, grid: dict) -> dict:
     stats = res.stdout.split("Job stats:")[1].split("total")[0]  # Snakemake prints the table twice
     jobs = sum(int(line.split()[-1]) for line in stats.splitlines() if line.startswith("train "))
     return {"seconds": seconds, "train_jobs": jobs}
-
-
-DATASET_SOURCES = {"cremad": ("source",), "ave": ("source",), "ucf101_av": ("source",), "kinetics_sounds": ("source",),
-                   "vggsound": ("source",)}
 
 
 def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:

@@ -104,6 +104,36 @@ def build_run_model(cfg: dict, settings: dict, info: dict, balancer_cls: type[Ba
     )
 
 
+@dataclass
+class PreparedRun:
+    """Everything a run trains with, before training: shared by ``execute_run`` and the performance benchmark."""
+
+    settings: dict
+    device: torch.device
+    balancer_cls: type[Balancer]
+    balancer: Balancer
+    model: MultimodalModel
+    data: RunData
+    ctx: RunContext
+    train: CachedSplit  # the part of the training split the method trains on
+
+
+def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = None) -> PreparedRun:
+    """Resolve the run's settings and device, load its data, build its method and (configured) model."""
+    settings = run_settings(cfg, spec)
+    configure_determinism(settings["train"]["deterministic"])
+    device = resolve_device(settings["train"]["device"])
+    balancer_cls = component_class(cfg, "balancers", spec.balancer)
+    data = RunData.load(spec, settings, device)
+    balancer = balancer_cls(**settings["balancer"]["params"])
+    model = balancer.configure_model(build_run_model(cfg, settings, data.info, balancer_cls))
+    if artifacts is None:
+        artifacts = artifact_paths(spec, balancer_cls.needs, settings["modalities"])
+    ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=settings["train"]["epochs"], device=device,
+                     seed=spec.seed, artifacts=artifacts)
+    return PreparedRun(settings, device, balancer_cls, balancer, model, data, ctx, balancer.training_split(data.train, spec.seed))
+
+
 def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
                 artifacts: dict[str, Path] | None = None, checkpoint: Path | None = None) -> tuple[dict, dict | None]:
     """Train and evaluate one run in memory: (the metrics record, the best-validation state dict).
@@ -113,22 +143,13 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     loss diverges returns a record with status 'failed' and the reason (and no evaluation).
     """
     started = time.perf_counter()
-    settings = run_settings(cfg, spec)
-    configure_determinism(settings["train"]["deterministic"])
-    device = resolve_device(settings["train"]["device"])
-    balancer_cls = component_class(cfg, "balancers", spec.balancer)
+    prepared = prepare_run(cfg, spec, artifacts)
+    settings, device, balancer_cls, balancer, model, data, ctx, train = (
+        prepared.settings, prepared.device, prepared.balancer_cls, prepared.balancer, prepared.model, prepared.data,
+        prepared.ctx, prepared.train)
     fusion_cls = None if spec.fusion == NO_FUSION else component_class(cfg, "fusions", spec.fusion)
     notes = list(balancer_cls.notes(fusion_cls, len(settings["modalities"])))
     log(f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, config {settings_hash(settings)}")
-
-    data = RunData.load(spec, settings, device)
-    balancer = balancer_cls(**settings["balancer"]["params"])
-    model = balancer.configure_model(build_run_model(cfg, settings, data.info, balancer_cls))
-    if artifacts is None:
-        artifacts = artifact_paths(spec, balancer_cls.needs, settings["modalities"])
-    ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=settings["train"]["epochs"], device=device,
-                     seed=spec.seed, artifacts=artifacts)
-    train = balancer.training_split(data.train, spec.seed)
     evaluation = settings["evaluation"]
     train_eval = train_eval_subset(train, evaluation["train_eval_max"], spec.seed)
     bins = evaluation["ece_bins"]
