@@ -40,26 +40,39 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'manifest.csv'}")
 
 
+def cmd_balance(args: argparse.Namespace) -> None:
+    from benchmark.data.balance import balance_manifest
+    from benchmark.grid import raw_dir
+
+    cfg = load_config(args.config)
+    params = dataset_settings(cfg, args.dataset).get("balance")
+    if not params:
+        raise SystemExit(f"dataset '{args.dataset}' has no 'balance' section in the config")
+    balance_manifest(Path(args.raw or raw_dir(args.dataset)), params["min_class_volume"], params["target_class_volume"],
+                     params.get("seed", 0))
+
+
 def cmd_preprocess(args: argparse.Namespace) -> None:
     from benchmark.data.preprocess import preprocess
-    from benchmark.grid import processed_dir, raw_dir
+    from benchmark.grid import manifest_name, processed_dir, raw_dir
 
     cfg = load_config(args.config)
     cls = component_class(cfg, "datasets", args.dataset)
     settings = dataset_settings(cfg, args.dataset)
     info = preprocess(cls(settings), Path(args.raw or raw_dir(args.dataset)), Path(args.out or processed_dir(args.dataset)),
-                      settings["preprocess"], workers=args.workers)
+                      settings["preprocess"], workers=args.workers, manifest=manifest_name(cfg, args.dataset))
     print(f"cached {info['clips']} clips ({info['rejected']} rejected)")
 
 
 def cmd_split(args: argparse.Namespace) -> None:
     from benchmark.data.splits import write_splits
-    from benchmark.grid import processed_dir, raw_dir
+    from benchmark.grid import manifest_name, processed_dir, raw_dir
 
     cfg = load_config(args.config)
     cls = component_class(cfg, "datasets", args.dataset)
     write_splits(cls(dataset_settings(cfg, args.dataset)), Path(args.raw or raw_dir(args.dataset)),
-                 Path(args.processed or processed_dir(args.dataset)), folds=[args.fold] if args.fold else None)
+                 Path(args.processed or processed_dir(args.dataset)), folds=[args.fold] if args.fold else None,
+                 manifest=manifest_name(cfg, args.dataset))
 
 
 def cmd_estimate(args: argparse.Namespace) -> None:
@@ -68,8 +81,8 @@ def cmd_estimate(args: argparse.Namespace) -> None:
 
     _threads(args.threads)
     cfg = load_config(args.config)
-    out = Path(args.out or gblend_weights_path(args.dataset, args.backbone, args.fusion, args.seed, args.fold))
-    estimate_gblend(cfg, args.dataset, args.backbone, args.fusion, args.seed, out, fold=args.fold)
+    out = Path(args.out or gblend_weights_path(args.dataset, args.backbone, args.fusion, args.seed, args.fold, args.modalities))
+    estimate_gblend(cfg, args.dataset, args.backbone, args.fusion, args.seed, out, fold=args.fold, modality=args.modalities)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -124,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", help="output folder (default: data/raw/<dataset> or data/processed/<dataset>)")
         if name == "preprocess":
             sp.add_argument("--raw", help="raw folder (default: data/raw/<dataset>)")
+    sp = add("balance", cmd_balance, "Algorithm 1 of the G-Blend supplement on a multi-label manifest (datasets.<name>.balance)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--raw", help="raw folder (default: data/raw/<dataset>)")
     sp = add("split", cmd_split, "write the train/val/test assignment of every fold (splits/<fold>.csv)")
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--raw", help="raw folder (default: data/raw/<dataset>)")
@@ -139,10 +155,11 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, required=True)
         sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
         if name == "train":
-            sp.add_argument("--method", required=True, help="balancer name, or '<balancer>-<modality>' (e.g. unimodal-audio)")
+            sp.add_argument("--method", required=True, help="balancer name, or '<balancer>-<modalities>' (e.g. unimodal-audio, joint-visual+flow)")
             sp.add_argument("--out-dir", help="default: results/runs/<dataset>/<fold>/<backbone>/<fusion>/<method>/seed<seed>")
         else:
             sp.add_argument("--out", help="default: results/gblend/<dataset>/<fold>/<backbone>/<fusion>/seed<seed>.json")
+            sp.add_argument("--modalities", help="a '+'-joined subset of the dataset's modalities (default: all)")
     sub.add_parser("perf", help="the performance benchmark (python -m benchmark perf --help)", add_help=False)
     sp = add("aggregate", cmd_aggregate, "build the leaderboard and plots from the metrics files")
     sp.add_argument("--out-dir", default="results")

@@ -308,7 +308,7 @@ def dataset_settings(cfg: dict, dataset: str) -> dict:
     """Everything that determines a dataset's cached tensors."""
     cls = component_class(cfg, "datasets", dataset)
     entry = cfg.get("datasets", {}).get(dataset) or {}
-    sections = set(getattr(cls, "config_sections", ())) | {"preprocess", "class"}
+    sections = set(getattr(cls, "config_sections", ())) | {"preprocess", "class", *OPTIONAL_DATASET_KEYS}
     for key in entry:
         if key not in sections:
             raise ConfigError(f"datasets.{dataset}.{key}", f"unknown section for dataset '{dataset}'; allowed: {', '.join(sorted(sections))}")
@@ -316,7 +316,16 @@ def dataset_settings(cfg: dict, dataset: str) -> dict:
     for section in getattr(cls, "config_sections", ()):
         out[section] = component_params(cfg, "datasets", dataset, section=section)
     out["preprocess"] = _fill_preprocess(entry.get("preprocess") or {})
+    for key in OPTIONAL_DATASET_KEYS:  # only when set, so that datasets without them keep their settings hash
+        if entry.get(key):
+            out[key] = copy.deepcopy(entry[key])
+    if out.get("balance") and not getattr(cls, "multi_label", False):
+        raise ConfigError(f"datasets.{dataset}.balance", f"Algorithm 1 balances multi-label data; dataset '{dataset}' has one label per clip")
     return out
+
+
+#: keys every dataset entry may have: its modality sources and the multi-label balancing step (Algorithm 1)
+OPTIONAL_DATASET_KEYS = ("modalities", "balance")
 
 
 @functools.lru_cache(maxsize=1)

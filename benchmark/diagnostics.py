@@ -15,10 +15,10 @@ import hashlib
 import math
 
 import torch
-from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
+from benchmark.metrics import hits, task_loss
 from benchmark.models.model import MultimodalModel
 from benchmark.models.shapley import coalitions, shapley_shares
 
@@ -31,16 +31,16 @@ def coalition_name(coalition: frozenset[str], modalities: list[str]) -> str:
 def encoder_features(model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int) -> dict[str, torch.Tensor]:
     """Frozen per-modality features φ_m of every sample of ``data`` (eval mode), on the CPU."""
     model.eval()
-    parts: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
+    parts: dict[str, list[torch.Tensor]] = {}
     for batch in make_loader(data, batch_size, shuffle=False):
         inputs, _ = prep(batch)
         for m, f in model.encode(inputs).items():
-            parts[m].append(f.float().flatten(1).cpu())
+            parts.setdefault(m, []).append(f.float().flatten(1).cpu())
     return {m: torch.cat(v) for m, v in parts.items()}
 
 
 def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, steps: int) -> torch.nn.Linear:
-    """Multinomial logistic regression on standardised features by L-BFGS from zero weights (a convex problem, so
+    """Multinomial logistic regression (per-class logistic regressions for multi-hot ``y``) on standardised features by L-BFGS from zero weights (a convex problem, so
     the result does not depend on a seed); the standardisation is folded into the returned layer."""
     x = x.double()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
@@ -51,7 +51,7 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(z @ w.T + b, y) + weight_decay * (w * w).sum()
+        loss = task_loss(z @ w.T + b, y) + weight_decay * (w * w).sum()
         loss.backward()
         return loss
 
@@ -66,15 +66,17 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_
 
 def linear_probes(model: MultimodalModel, train: CachedSplit, evaluate: dict[str, CachedSplit], prep: BatchPreparer,
                   batch_size: int, weight_decay: float, steps: int) -> dict[str, dict[str, float]]:
-    """{split: {modality: accuracy}} of a linear probe per frozen encoder, fitted on ``train``."""
+    """{split: {modality: accuracy}} of a linear probe per frozen encoder, fitted on ``train`` (keys are the
+    model's feature streams: one per modality, or 'fused' after mid-fusion)."""
     feats = encoder_features(model, train, prep, batch_size)
     y = train.targets()
+    y = y.double() if y.dim() == 2 else y
     probes = {m: fit_linear_probe(f, y, model.num_classes, weight_decay, steps) for m, f in feats.items()}
     out = {}
     for split, data in evaluate.items():
         eval_feats, eval_y = encoder_features(model, data, prep, batch_size), data.targets()
         with torch.no_grad():
-            out[split] = {m: (probes[m](eval_feats[m].double()).argmax(1) == eval_y).double().mean().item() for m in probes}
+            out[split] = {m: hits(probes[m](eval_feats[m].double()), eval_y).double().mean().item() for m in probes}
     return out
 
 
@@ -87,7 +89,7 @@ def masked_accuracies(model: MultimodalModel, data: CachedSplit, prep: BatchPrep
         inputs, y = prep(batch)
         for c in correct:
             masked = {m: x if m in c else torch.zeros_like(x) for m, x in inputs.items()}
-            correct[c] += int((model(masked).logits.argmax(1) == y).sum())
+            correct[c] += int(hits(model(masked).logits, y).sum())
     return {c: n / max(1, len(data)) for c, n in correct.items()}
 
 
@@ -124,7 +126,7 @@ def model_cost(model: MultimodalModel, sample: dict[str, torch.Tensor]) -> dict:
 
 def correct_string(logits: torch.Tensor, y: torch.Tensor) -> str:
     """'1' where the prediction is right, '0' where wrong, in the split's order."""
-    return "".join("1" if c else "0" for c in (logits.argmax(1) == y).tolist())
+    return "".join("1" if c else "0" for c in hits(logits, y).tolist())
 
 
 def ids_digest(ids: list[str]) -> str:

@@ -22,8 +22,9 @@ from benchmark.train import configure_determinism, resolve_device
 
 
 def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: int, out_path: Path,
-                    log: Callable[[str], None] = print, fold: str = DEFAULT_FOLD) -> dict:
-    spec = RunSpec(dataset, backbone, fusion, "gblend", seed, fold=fold)
+                    log: Callable[[str], None] = print, fold: str = DEFAULT_FOLD, modality: str | None = None) -> dict:
+    """Weights for the G-Blend runs of one dataset/fold/backbone/fusion/seed (and modality subset, '+'-joined)."""
+    spec = RunSpec(dataset, backbone, fusion, "gblend", seed, modality, fold)
     settings = run_settings(cfg, spec)
     params = settings["balancer"]["params"]
     epochs = params["estimate_epochs"] or settings["train"]["epochs"]
@@ -31,7 +32,7 @@ def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: i
     device = resolve_device(settings["train"]["device"])
 
     data = RunData.load(spec, settings, device)
-    V_idx, T_idx, Tp_idx = carve_holdout(data.train.targets(), params["holdout_fraction"], seed)
+    V_idx, T_idx, Tp_idx = carve_holdout(data.train.targets(), params["holdout_fraction"], seed, data.train.ids())
     parts = {"V": data.train.subset(V_idx), "T": data.train.subset(T_idx), "T'": data.train.subset(Tp_idx)}
     train_subset = parts["T'"]
     log(f"[estimate] held-out V: {len(parts['V'])} clips of the training split; T: {len(parts['T'])}; "
@@ -44,6 +45,7 @@ def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: i
     result = {
         "algorithm": "G-Blend GB_Estimate at N=0 (Wang et al. 2020, Alg. 1), offline (Alg. 2)",
         "dataset": dataset, "fold": fold, "backbone": backbone, "fusion": fusion, "seed": seed,
+        **({"modalities": settings["modalities"]} if modality else {}),
         "metric": params["metric"], "epochs": epochs, "holdout_fraction": params["holdout_fraction"],
         **est,
         "init_fingerprint": init,

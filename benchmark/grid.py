@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.config import (
+    ConfigError,
     component_class,
     component_params,
     dataset_settings,
@@ -30,7 +31,9 @@ class RunSpec:
     fusion: str
     balancer: str
     seed: int
-    modality: str | None = None  # set for per-modality methods (unimodal baselines)
+    #: one modality for per-modality methods (unimodal baselines), or a '+'-joined subset of the dataset's modalities
+    #: (a grid block's ``modalities``); None: all of them
+    modality: str | None = None
     fold: str = DEFAULT_FOLD  # which of the dataset's train/val/test assignments (splits/<fold>.csv)
 
     @property
@@ -56,8 +59,9 @@ def processed_dir(dataset: str) -> Path:
     return Path("data/processed") / dataset
 
 
-def gblend_weights_path(dataset: str, backbone: str, fusion: str, seed: int, fold: str = DEFAULT_FOLD) -> Path:
-    return Path("results/gblend") / dataset / fold / backbone / fusion / f"seed{seed}.json"
+def gblend_weights_path(dataset: str, backbone: str, fusion: str, seed: int, fold: str = DEFAULT_FOLD, modality: str | None = None) -> Path:
+    """The estimate step's weights; runs on a subset of the modalities have their own (``seed<s>-<a>+<b>.json``)."""
+    return Path("results/gblend") / dataset / fold / backbone / fusion / (f"seed{seed}-{modality}.json" if modality else f"seed{seed}.json")
 
 
 def unimodal_checkpoint(spec: RunSpec, modality: str) -> Path:
@@ -77,7 +81,7 @@ def artifact_paths(spec: RunSpec, needs: tuple[str, ...], modalities: list[str])
     out: dict[str, Path] = {}
     for need in needs:
         if need == "gblend_weights":
-            out[need] = gblend_weights_path(spec.dataset, spec.backbone, spec.fusion, spec.seed, spec.fold)
+            out[need] = gblend_weights_path(spec.dataset, spec.backbone, spec.fusion, spec.seed, spec.fold, spec.modality)
         elif need == "unimodal_checkpoints":
             out.update({f"unimodal_checkpoint/{m}": unimodal_checkpoint(spec, m) for m in modalities})
         else:
@@ -86,11 +90,44 @@ def artifact_paths(spec: RunSpec, needs: tuple[str, ...], modalities: list[str])
 
 
 def dataset_modalities(cfg: dict, dataset: str) -> list[str]:
-    return list(component_class(cfg, "datasets", dataset).modalities)
+    return list(dataset_instance(cfg, dataset).modalities)
+
+
+def dataset_instance(cfg: dict, dataset: str):
+    """The dataset adapter with its settings (its modalities may come from the config)."""
+    return component_class(cfg, "datasets", dataset)(dataset_settings(cfg, dataset))
+
+
+def manifest_name(cfg: dict, dataset: str) -> str:
+    """The manifest preprocessing reads: the downloaded one, or the Algorithm 1 subset when ``balance`` is set."""
+    return "manifest.balanced.csv" if dataset_settings(cfg, dataset).get("balance") else "manifest.csv"
 
 
 def dataset_folds(cfg: dict, dataset: str) -> list[str]:
-    return component_class(cfg, "datasets", dataset)(dataset_settings(cfg, dataset)).folds()
+    return dataset_instance(cfg, dataset).folds()
+
+
+def modality_subsets(cfg: dict, block: dict, where: str, dataset: str) -> list[str | None]:
+    """The ``RunSpec.modality`` values of a block's multimodal runs: None (all modalities) unless the block lists
+    subsets in ``modalities``; each subset is written in the dataset's modality order."""
+    if not block.get("modalities"):
+        return [None]
+    available = dataset_modalities(cfg, dataset)
+    out: list[str | None] = []
+    for i, subset in enumerate(block["modalities"]):
+        unknown = [m for m in subset if m not in available]
+        if unknown:
+            raise ConfigError(f"{where}.modalities[{i}]", f"dataset '{dataset}' has no modality {unknown[0]!r}; it has {', '.join(available)}")
+        ordered = [m for m in available if m in subset]
+        out.append(None if ordered == available else "+".join(ordered))
+    return list(dict.fromkeys(out))
+
+
+def fusion_backbone_reason(fusion_cls: type, backbone_cls: type) -> str | None:
+    """Why a fusion cannot run on a backbone (fusions inside the encoders need a backbone made of blocks)."""
+    if getattr(fusion_cls, "needs_blocks", False) and not backbone_cls.has_blocks():
+        return f"fusion '{fusion_cls.name}' works between encoder blocks, and backbone '{backbone_cls.name}' has no block structure"
+    return None
 
 
 def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
@@ -98,20 +135,26 @@ def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
     reason why."""
     runs: dict[RunSpec, None] = {}
     skipped: dict[RunSpec, str] = {}
-    for g in cfg["grid"] if isinstance(cfg["grid"], list) else [cfg["grid"]]:
+    blocks = cfg["grid"] if isinstance(cfg["grid"], list) else [cfg["grid"]]
+    for b, g in enumerate(blocks):
         for dataset in g["datasets"]:
             modalities = dataset_modalities(cfg, dataset)
+            multi_label = getattr(component_class(cfg, "datasets", dataset), "multi_label", False)
+            subsets = modality_subsets(cfg, g, f"grid[{b}]" if len(blocks) > 1 else "grid", dataset)
             for fold in dataset_folds(cfg, dataset):
                 for backbone in g["backbones"]:
+                    backbone_cls = component_class(cfg, "backbones", backbone)
                     for balancer in g["balancers"]:
                         cls = component_class(cfg, "balancers", balancer)
                         for seed in g["seeds"]:
                             if cls.per_modality:
                                 runs.update((RunSpec(dataset, backbone, NO_FUSION, balancer, seed, m, fold), None) for m in modalities)
                                 continue
-                            for fusion in g["fusions"]:
-                                spec = RunSpec(dataset, backbone, fusion, balancer, seed, fold=fold)
-                                reason = cls.unsupported(component_class(cfg, "fusions", fusion), len(modalities))
+                            for fusion, subset in ((f, s) for f in g["fusions"] for s in subsets):
+                                spec = RunSpec(dataset, backbone, fusion, balancer, seed, subset, fold)
+                                fusion_cls = component_class(cfg, "fusions", fusion)
+                                n = len(subset.split("+")) if subset else len(modalities)
+                                reason = fusion_backbone_reason(fusion_cls, backbone_cls) or cls.not_applicable(fusion_cls, n, multi_label)
                                 if reason:
                                     skipped[spec] = reason
                                 else:
@@ -123,9 +166,10 @@ def run_settings(cfg: dict, spec: RunSpec) -> dict:
     """Everything that determines the run's numbers (recorded in its metrics file, hashed as its id)."""
     balancer_cls = component_class(cfg, "balancers", spec.balancer)
     all_modalities = dataset_modalities(cfg, spec.dataset)
-    modalities = [spec.modality] if spec.modality else all_modalities
-    if spec.modality and spec.modality not in all_modalities:
-        raise ValueError(f"dataset '{spec.dataset}' has no modality '{spec.modality}'; it has {', '.join(all_modalities)}")
+    modalities = spec.modality.split("+") if spec.modality else all_modalities
+    unknown = [m for m in modalities if m not in all_modalities]
+    if unknown:
+        raise ValueError(f"dataset '{spec.dataset}' has no modality '{unknown[0]}'; it has {', '.join(all_modalities)}")
     fusion = "concat" if spec.fusion == NO_FUSION else spec.fusion  # one modality: a linear classifier
     return {
         "dataset": dataset_settings(cfg, spec.dataset),

@@ -24,6 +24,8 @@ KEYS = ["dataset", "backbone", "fusion", "method"]
 def display_method(spec_or_method: RunSpec | str) -> str:
     method = spec_or_method.method if isinstance(spec_or_method, RunSpec) else spec_or_method
     balancer, _, modality = method.partition("-")
+    if "+" in modality:  # a subset of the dataset's modalities
+        return f"{balancer} [{modality}]"
     return f"{modality}-only" if modality else balancer
 
 
@@ -36,9 +38,13 @@ def metric_columns(m: dict, spec: RunSpec, modalities: list[str]) -> dict:
     """The flat numbers of one finished run (test metrics of the best-validation checkpoint unless named)."""
     best, last = m["metrics"]["best"], m["metrics"]["last"]
     test = best["test"]
+    multi_label = m["run"].get("multi_label", False)
     row = {"best_epoch": m["selection"]["best_epoch"], "val_acc": best["val"]["accuracy"], "test_acc": test["accuracy"],
-           "test_f1": test["macro_f1"], "test_map": test.get("mAP"), "test_ece": test.get("ece"),
-           "test_video_acc": test.get("video_accuracy"), "test_acc_last": last["test"]["accuracy"]}
+           "test_score": test["mAP"] if multi_label else test["accuracy"],
+           "test_f1": test.get("macro_f1"), "test_map": test.get("mAP"), "test_mauc": test.get("mAUC"), "test_ece": test.get("ece"),
+           "test_top5": test.get("top5"), "test_video_acc": test.get("video_accuracy"), "test_video_top5": test.get("video_top5"),
+           "test_video_map": test.get("video_mAP"), "test_video_mauc": test.get("video_mAUC"),
+           "test_acc_last": last["test"]["accuracy"]}
     diagnostics = m.get("diagnostics", {})
     probes = diagnostics.get("linear_probe", {}).get("test", {})
     shapley = diagnostics.get("shapley", {}).get("test", {}).get("shapley", {})
@@ -76,6 +82,7 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str
         m = json.loads(path.read_text())
         records[str(spec.run_dir)] = m
         row.update(status=m["status"], reason=m.get("reason", ""), num_classes=m["run"].get("num_classes"),
+                   multi_label=bool(m["run"].get("multi_label", False)),
                    notes="; ".join(m.get("notes", [])), config_hash=m["config_hash"], git_commit=m["provenance"]["git_commit"])
         if m["status"] == "ok":
             row.update(metric_columns(m, spec, dataset_modalities(cfg, spec.dataset)))
@@ -87,14 +94,14 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str
 
 
 def paired_test(runs: pd.DataFrame, key: tuple, reference: str) -> dict:
-    """Paired t-test (two-sided) of a row's test accuracy against the reference method's on the same dataset,
-    backbone and fusion, over the (seed, fold) pairs both have."""
+    """Paired t-test (two-sided) of a row's primary test metric (accuracy; mAP for multi-label data) against the
+    reference method's on the same dataset, backbone, fusion and modalities, over the (seed, fold) pairs both have."""
     from scipy.stats import ttest_rel
 
     dataset, backbone, fusion, method = key
     ok = runs[(runs["status"] == "ok") & (runs["dataset"] == dataset) & (runs["backbone"] == backbone) & (runs["fusion"] == fusion)]
-    mine = ok[ok["method"] == method].set_index(["seed", "fold"])["test_acc"]
-    ref = ok[ok["method"] == reference].set_index(["seed", "fold"])["test_acc"]
+    mine = ok[ok["method"] == method].set_index(["seed", "fold"])["test_score"]
+    ref = ok[ok["method"] == reference].set_index(["seed", "fold"])["test_score"]
     both = mine.index.intersection(ref.index)
     out = {"n_pairs": len(both), "delta_vs_ref": math.nan, "p_vs_ref": math.nan}
     if len(both):
@@ -120,6 +127,7 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
         row["folds"] = ok["fold"].nunique() if len(ok) else 0
         row["fold_list"] = ",".join(sorted(set(group["fold"])))
         row["num_classes"] = group["num_classes"].max() if "num_classes" in group else math.nan
+        row["multi_label"] = bool(group["multi_label"].fillna(False).any()) if "multi_label" in group else False
         row["runs"] = len(ok)
         statuses = sorted(set(group["status"]) - {"ok"})
         row["status"] = "ok" if not statuses else ("ok, " if len(ok) else "") + ", ".join(statuses)
@@ -131,13 +139,15 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
             values = ok[col].dropna() if col in ok else pd.Series(dtype=float)
             row[f"{col}_mean"] = values.mean() if len(values) else math.nan
             row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-        if row["method"] != reference and row["fusion"] != NO_FUSION and len(ok):
-            row.update(paired_test(runs, key, reference))
+        modality = group["modality"].iloc[0]
+        ref = display_method(f"{reference}-{modality}") if "+" in modality else reference  # same modalities
+        if row["method"] != ref and row["fusion"] != NO_FUSION and len(ok):
+            row.update(paired_test(runs, key, ref))
             row["significant"] = bool(row["p_vs_ref"] < alpha)
         out.append(row)
     summary = pd.DataFrame(out)
-    if "test_acc_mean" in summary:
-        summary["rank"] = summary.groupby(["dataset", "backbone"], sort=False)["test_acc_mean"].rank(ascending=False, method="min")
+    if "test_score_mean" in summary:
+        summary["rank"] = summary.groupby(["dataset", "backbone"], sort=False)["test_score_mean"].rank(ascending=False, method="min")
     return summary
 
 
@@ -213,18 +223,31 @@ def _cell(r: pd.Series, col: str, scale: float = 100.0, digits: int = 1) -> str:
 def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str) -> tuple[pd.DataFrame, list[str]]:
     """The displayed main table of one dataset × backbone, and its footnotes (method notes and reasons)."""
     rows, footnotes = [], []
+    multi_label = bool(table["multi_label"].any()) if "multi_label" in table else False
+    # optional columns: shown when some row of this table has them (top-5 needs more than 5 classes; video-level
+    # metrics need videos of several clips)
+    present = {c for c in ("test_top5", "test_video_acc", "test_video_top5", "test_video_map", "test_video_mauc")
+               if f"{c}_mean" in table and table[f"{c}_mean"].notna().any()}
+    has_top5 = "test_top5" in present
     for _, r in table.iterrows():
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
         for note in filter(None, str(r.get("notes", "") or "").split("; ")):
             if note not in footnotes:
                 footnotes.append(note)
             status += f" [{footnotes.index(note) + 1}]"
-        acc = _cell(r, "test_acc") + (" *" if r.get("significant") is True else "")
+        star = " *" if r.get("significant") is True else ""
         row = {"rank": _num(r.get("rank"), ".0f"), "method": r["method"], "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
-               "runs": str(r["runs"]), "test acc": acc, f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"), "p": _num(r.get("p_vs_ref"), ".3f"),
-               "macro-F1": _cell(r, "test_f1"), "mAP": _cell(r, "test_map"), "ECE": _cell(r, "test_ece")}
-        if pd.notna(r.get("test_video_acc_mean", math.nan)):
-            row["video acc"] = _cell(r, "test_video_acc")
+               "runs": str(r["runs"])}
+        if multi_label:  # the G-Blend paper's mini-AudioSet metrics first
+            row.update({"test mAP": _cell(r, "test_map") + star, f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
+                        "p": _num(r.get("p_vs_ref"), ".3f"), "mAUC": _cell(r, "test_mauc"), "top-1": _cell(r, "test_acc")})
+        else:
+            row.update({"test acc": _cell(r, "test_acc") + star, f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
+                        "p": _num(r.get("p_vs_ref"), ".3f"), "macro-F1": _cell(r, "test_f1"), "mAP": _cell(r, "test_map"), "ECE": _cell(r, "test_ece")})
+        for col, name in (("test_top5", "top-5"), ("test_video_acc", "video top-1" if has_top5 else "video acc"),
+                          ("test_video_top5", "video top-5"), ("test_video_map", "video mAP"), ("test_video_mauc", "video mAUC")):
+            if col in present:
+                row[name] = _cell(r, col)
         row.update({f"acc {m}": _cell(r, f"test_acc_{m}") for m in modalities})
         row.update({"val acc": _cell(r, "val_acc"), "status": status})
         rows.append(row)
@@ -261,10 +284,12 @@ def agreement_table(agree: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
 
 
 COLUMN_GUIDE = [
-    ("rank", "position by mean test accuracy within the dataset × backbone (ties share the better rank)"),
+    ("rank", "position by mean test accuracy (test mAP for multi-label data) within the dataset × backbone (ties share the better rank)"),
     ("test acc", "test accuracy of the best-validation checkpoint, mean ± std over seeds × folds; * = differs from the reference method at the configured level (paired t-test)"),
-    ("Δ vs ref, p", "mean paired difference in test accuracy from the reference method (same fusion, same seeds/folds), and the t-test's p-value"),
+    ("Δ vs ref, p", "mean paired difference in test accuracy (mAP for multi-label data) from the reference method (same fusion, modalities, seeds/folds), and the t-test's p-value"),
     ("macro-F1, mAP, ECE", "unweighted mean F1 over classes; mean one-vs-rest average precision; expected calibration error (15 bins)"),
+    ("multi-label: test mAP, mAUC, top-1", "per-class sigmoid scores: mean average precision and mean ROC AUC over classes (G-Blend's mini-AudioSet metrics); top-1 = the highest-scored class is one of the labels"),
+    ("top-5; video top-1/top-5", "top-5 accuracy (more than 5 classes); clip level, and per video from the clip-averaged probabilities of its K clips (preprocess.clips_per_video)"),
     ("acc <modality>", "accuracy of that modality's share of the fused head (exact for concat/sum, a zero-masking Shapley estimate otherwise); for <modality>-only rows the unimodal model"),
     ("probe <modality>", "test accuracy of a linear classifier fitted on the frozen encoder's training features (OGM-GE's under-optimisation measure)"),
     ("Shapley <modality>", "Shapley value of the modality for test accuracy with other modalities' inputs zeroed; values add up to acc(all) − acc(none)"),

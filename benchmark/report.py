@@ -46,14 +46,15 @@ def accuracy_bars(table: pd.DataFrame, title: str, path: Path) -> Path:
     for j, fusion in enumerate(fusions):
         part = fused[fused["fusion"] == fusion].set_index("method").reindex(methods)
         xs = [i + (j - (len(fusions) - 1) / 2) * width for i in range(len(methods))]
-        ax.bar(xs, 100 * part["test_acc_mean"], width, yerr=100 * part["test_acc_std"].fillna(0), capsize=3, label=fusion)
+        ax.bar(xs, 100 * part["test_score_mean"], width, yerr=100 * part["test_score_std"].fillna(0), capsize=3, label=fusion)
     for k, (_, r) in enumerate(table[(table["fusion"] == NO_FUSION) & (table["runs"] > 0)].iterrows()):
-        ax.axhline(100 * r["test_acc_mean"], color=f"C{len(fusions) + k}", linestyle="--", label=r["method"])
+        ax.axhline(100 * r["test_score_mean"], color=f"C{len(fusions) + k}", linestyle="--", label=r["method"])
     classes = table["num_classes"].max()
-    if classes == classes:  # not NaN
+    multi_label = bool(table["multi_label"].any()) if "multi_label" in table else False
+    if classes == classes and not multi_label:  # not NaN; multi-label mAP has no single chance level
         ax.axhline(100 / classes, color="grey", linestyle=":", label="chance")
     ax.set_xticks(range(len(methods)), methods, rotation=20)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test mAP (%)" if multi_label else "test accuracy (%)")
     ax.set_title(f"{title} (mean ± std over seeds and folds)")
     ax.legend(fontsize=8, ncols=2)
     return _save(fig, path)

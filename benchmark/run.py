@@ -22,7 +22,7 @@ from benchmark.diagnostics import correct_string, ids_digest, linear_probes, mas
 from benchmark.grid import NO_FUSION, RunSpec, artifact_paths, processed_dir, run_settings
 from benchmark.models.model import MultimodalModel, build_model
 from benchmark.provenance import execution_host, provenance
-from benchmark.train import configure_determinism, fit, predict, resolve_device
+from benchmark.train import configure_determinism, fit, predict, resolve_device, selection_metric
 
 METRICS_VERSION = 2
 
@@ -161,7 +161,7 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
         "status": "ok",
         "run": {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "balancer": spec.balancer,
                 "method": spec.method, "seed": spec.seed, "modalities": settings["modalities"],
-                "num_classes": len(data.info["classes"])},
+                "num_classes": len(data.info["classes"]), "multi_label": bool(data.info.get("multi_label", False))},
         "method_paper": balancer_cls.paper,
         "notes": notes,
         "config_hash": settings_hash(settings),
@@ -200,8 +200,9 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     cost = model_cost(model, sample)
     metrics = {
         **record,
-        "selection": {"criterion": "validation accuracy (earliest best epoch)", "best_epoch": result.best_epoch,
-                      "epochs": settings["train"]["epochs"], "trained_on": len(train)},
+        "selection": {"criterion": f"validation {selection_metric(train.multi_label)} (earliest best epoch)",
+                      "best_epoch": result.best_epoch, "epochs": settings["train"]["epochs"],
+                      "epochs_trained": len(result.history), "trained_on": len(train)},
         "metrics": reported,
         "diagnostics": diagnostics,
         "cost": cost,

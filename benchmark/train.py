@@ -1,6 +1,7 @@
 """The one training loop. Methods plug in through the Balancer hooks; nothing here knows a method's name.
 
-Model selection uses the validation split only: the best-validation-accuracy epoch (earliest on ties).
+Model selection uses the validation split only: the best-validation epoch (earliest on ties) by accuracy, or by
+mAP for multi-label data (``selection_metric``).
 The test split is not touched here at all; ``benchmark.run`` evaluates it once per reported checkpoint.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from benchmark.balancers.base import Balancer, RunContext
 from benchmark.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
 from benchmark.diagnostics import ogr
-from benchmark.metrics import accuracy, classification_metrics, cross_entropy
+from benchmark.metrics import accuracy, classification_metrics, cross_entropy, hits
 from benchmark.models.model import MultimodalModel
 
 
@@ -48,6 +49,11 @@ def make_optimizer(model: torch.nn.Module, opt: dict) -> torch.optim.Optimizer:
     if opt["name"] == "adamw":
         return torch.optim.AdamW(params, lr=opt["lr"], weight_decay=opt["weight_decay"])
     raise ValueError(f"unknown optimizer '{opt['name']}' (sgd | adam | adamw)")
+
+
+def selection_metric(multi_label: bool) -> str:
+    """The validation metric that picks the checkpoint: accuracy, or mAP for multi-label data (the paper's metric)."""
+    return "mAP" if multi_label else "accuracy"
 
 
 @dataclass
@@ -129,7 +135,8 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings["lr_step"]["step_size"], settings["lr_step"]["gamma"])
     loader = make_loader(train, settings["batch_size"], shuffle=True, seed=ctx.seed, pin_memory=ctx.device.type == "cuda")
     result = FitResult(history=[], seconds_per_epoch=[])
-    best_acc = -1.0
+    best_acc = -1.0  # the best validation score by ``criterion`` so far
+    criterion = f"val_{selection_metric(train.multi_label)}"
     bs = settings["eval_batch_size"]
     track_ogr = train_eval is not None and val is not None
     first_epoch = 0
@@ -166,7 +173,7 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
             balancer.after_backward(out, y)
             optimizer.step()
             loss_sum += loss.detach() * len(y)
-            correct += (out.logits.detach().argmax(1) == y).sum()
+            correct += hits(out.logits.detach(), y).sum()
             seen += len(y)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -179,8 +186,8 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
             break
         if val is not None:
             row.update({f"val_{k}": v for k, v in predict(model, val, prep, bs).metrics(ece_bins).items()})
-            if row["val_accuracy"] > best_acc:
-                best_acc, result.best_epoch, result.best_state = row["val_accuracy"], epoch, _cpu_state(model)
+            if row[criterion] > best_acc:
+                best_acc, result.best_epoch, result.best_state = row[criterion], epoch, _cpu_state(model)
         if track_ogr:
             row["train_eval_loss"] = predict(model, train_eval, prep, bs).metrics(ece_bins)["loss"]
             row["ogr"] = ogr((previous["train_eval_loss"], row["train_eval_loss"]), (previous["val_loss"], row["val_loss"]))
@@ -196,4 +203,7 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
                 "settings_hash": settings_hash, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": rng_state(loader.generator),
                 "result": result, "best_acc": best_acc})
+        if balancer.finished(epoch):
+            log(f"[{epoch + 1}/{settings['epochs']}] the method ends training here")
+            break
     return result

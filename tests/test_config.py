@@ -124,7 +124,7 @@ def test_snakemake_stops_on_a_bad_config_before_building_jobs(tmp_path, cfg):
 def test_cli_list_and_check():
     out = subprocess.run([sys.executable, "-m", "benchmark", "list", "balancers"], capture_output=True, text=True, check=True).stdout.split()
     assert out == sorted(["joint", "unimodal", "ogm", "ogm_ge", "multi_loss", "mlb", "gblend", "gblend_online", "aux_loss",
-                          "mslr", "agm", "pmr", "mmcosine", "modality_dropout", "dropout", "pretrain"])
+                          "mslr", "agm", "pmr", "mmcosine", "modality_dropout", "dropout", "pretrain", "early_stop"])
     expected = {"fusions": ["concat", "sum", "mid_mlp", "film", "gated", "transformer", "lmf"],
                 "backbones": ["resnet18", "small_cnn", "conformer", "r2plus1d_18"], "datasets": ["synthetic-av"]}
     for axis, names in expected.items():

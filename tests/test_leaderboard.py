@@ -123,7 +123,7 @@ def test_model_cost_counts_parameters_and_flops_by_hand():
 # --- statistics ------------------------------------------------------------------------------------------------------
 def _runs(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame([{"dataset": d, "backbone": "b", "fusion": f, "method": m, "balancer": m, "fold": "main", "seed": s,
-                          "status": "ok", "test_acc": a, "num_classes": 2} for d, f, m, s, a in rows])
+                          "status": "ok", "test_acc": a, "test_score": a, "modality": "", "num_classes": 2} for d, f, m, s, a in rows])
 
 
 def test_paired_t_test_against_joint_by_hand():
@@ -205,7 +205,7 @@ def aggregated(tmp_path_factory, tiny_workspace):
 def test_aggregate_writes_every_table_with_diagnostics(aggregated):
     cfg, summary, out, runs = aggregated
     md = (out / "leaderboard.md").read_text()
-    for text in ("| rank | method | fusion | runs | test acc | Δ vs joint | p | macro-F1 | mAP | ECE | acc audio | acc visual |",
+    for text in ("| rank | method | fusion | runs | test acc | Δ vs joint | p | macro-F1 | mAP | ECE | top-5 | acc audio | acc visual |",
                  "| method | fusion | probe audio | probe visual | Shapley audio | Shapley visual | OGR |",
                  "all unimodal right", "only audio right", "## Mean rank across datasets", "n/a: "):
         assert text in md, text

@@ -49,6 +49,7 @@ class AGM(Balancer):
     mean of the other modalities' scores."""
 
     paper = "Li et al. 2023 (AGM), Shapley shares and gradient coefficients"
+    single_label_only = "its scores are −log softmax of the one true class"
 
     def __init__(self, *, alpha: float = 1.0, start_epoch: int = 0, end_epoch: int = 50) -> None:
         super().__init__()

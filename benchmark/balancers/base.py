@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
 import torch
-from torch.nn import functional as F
-
+from benchmark.metrics import task_loss
 from benchmark.models.model import ModelOutput, MultimodalModel
 from benchmark.registry import Registry
 
@@ -65,6 +64,12 @@ class Balancer:
     needs: ClassVar[tuple[str, ...]] = ()
     #: ``on_epoch_end`` reads the epoch's validation metrics (the loop always computes them; benchmarks must too)
     reads_validation: ClassVar[bool] = False
+    #: why the method needs one label per clip (e.g. it compares softmax scores of the true class); empty when its
+    #: losses work with multi-label targets (per-class sigmoid). Multi-label runs of such a method are n/a.
+    single_label_only: ClassVar[str] = ""
+    #: the method reads per-modality features, logits or heads, so it cannot run on a fusion that merges the
+    #: streams inside the encoders (mid-fusion by concatenation)
+    needs_modality_features: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._tracked: dict[str, list[torch.Tensor]] = {}
@@ -76,6 +81,16 @@ class Balancer:
     def unsupported(cls, fusion_cls: type, num_modalities: int) -> str | None:
         """Why this method cannot run with ``fusion_cls`` on this many modalities (None: it can)."""
         return None
+
+    @classmethod
+    def not_applicable(cls, fusion_cls: type, num_modalities: int, multi_label: bool) -> str | None:
+        """``unsupported`` plus the checks every method shares (multi-label targets, merged streams)."""
+        if multi_label and cls.single_label_only:
+            return f"needs single-label data: {cls.single_label_only}"
+        if cls.needs_modality_features and not getattr(fusion_cls, "per_modality_features", True):
+            return (f"reads per-modality features or logits, which fusion '{fusion_cls.name}' does not have "
+                    "(its streams merge inside the encoders)")
+        return cls.unsupported(fusion_cls, num_modalities)
 
     @classmethod
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
@@ -110,6 +125,10 @@ class Balancer:
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
+
+    def finished(self, epoch: int) -> bool:
+        """True to end training after ``epoch`` (0-based) although the schedule has more (early stopping)."""
+        return False
 
     # --- checkpointing -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -176,13 +195,14 @@ BALANCERS: Registry[Balancer] = Registry("balancer", base=Balancer)
 
 
 def fused_ce(out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(out.logits, y)
+    """The task loss of the fused head: cross-entropy, or per-class binary cross-entropy for multi-label targets."""
+    return task_loss(out.logits, y)
 
 
 def unimodal_ce(out: ModelOutput, y: torch.Tensor) -> dict[str, torch.Tensor]:
     if out.unimodal is None:
         raise RuntimeError("this method needs unimodal heads; its class must set unimodal_heads = True")
-    return {m: F.cross_entropy(logits, y) for m, logits in out.unimodal.items()}
+    return {m: task_loss(logits, y) for m, logits in out.unimodal.items()}
 
 
 def true_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from benchmark.metrics import video_of
 from benchmark.balancers.base import BALANCERS, Balancer, RunContext, fused_ce, unimodal_ce
 from benchmark.models.fusions import ConcatFusion
 from benchmark.models.model import ModelOutput, MultimodalModel, fingerprint
@@ -41,16 +42,26 @@ def blend_weights(G: dict[str, float], O: dict[str, float], eps: float = 1e-8) -
     return {h: v / total for h, v in raw.items()}, []
 
 
-def carve_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:
-    """(V, T, T'): a stratified held-out part V of the training split, the rest T, and T' ⊂ T with |T'| = |V|."""
+def carve_holdout(labels: torch.Tensor, fraction: float, seed: int, clip_ids: list[str] | None = None) -> tuple[list[int], list[int], list[int]]:
+    """(V, T, T'): a stratified held-out part V of the training split, the rest T, and T' ⊂ T with |T'| = |V|.
+
+    Strata are the labels (the label set of a multi-label sample). With ``clip_ids``, the clips of one video
+    (``<video>#<k>``) move together, so V never shares a video with T."""
     rng = np.random.default_rng(seed)
+    videos = [video_of(c) for c in clip_ids] if clip_ids is not None else list(range(len(labels)))
+    members: dict = {}
+    for i, v in enumerate(videos):
+        members.setdefault(v, []).append(i)
+    rows = labels.tolist()
+    key = {v: tuple(rows[idx[0]]) if labels.dim() == 2 else rows[idx[0]] for v, idx in members.items()}
+    units = list(members)
     held, rest = [], []
-    for c in torch.unique(labels).tolist():
-        idx = np.flatnonzero(labels.numpy() == c)
+    for c in sorted(set(key.values())):
+        idx = np.array([u for u, unit in enumerate(units) if key[unit] == c])
         rng.shuffle(idx)
         k = max(1, int(round(fraction * len(idx))))
-        held += idx[:k].tolist()
-        rest += idx[k:].tolist()
+        held += [i for u in idx[:k].tolist() for i in members[units[u]]]
+        rest += [i for u in idx[k:].tolist() for i in members[units[u]]]
     held, rest = sorted(held), sorted(rest)
     subset = sorted(rng.choice(rest, size=min(len(held), len(rest)), replace=False).tolist())
     return held, rest, subset
@@ -178,7 +189,7 @@ class GBlendOnline(WeightedHeads):
         return starts
 
     def training_split(self, train, seed: int = 0):
-        held, rest, subset = carve_holdout(train.targets(), self.holdout_fraction, seed)
+        held, rest, subset = carve_holdout(train.targets(), self.holdout_fraction, seed, train.ids())
         self.held_out = {"V": train.subset(held), "T'": train.subset(subset)}
         return train.subset(rest)
 

@@ -12,6 +12,7 @@ class Joint(Balancer):
     """Joint training: cross-entropy on the fused output only (the 'naive' late fusion, G-Blend eq. 2)."""
 
     paper = "Wang et al. 2020 (G-Blend), eq. 2: naive joint training"
+    needs_modality_features = False
 
     def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
         return fused_ce(out, y)

@@ -42,6 +42,7 @@ class MMCosine(Joint):
     weights and no bias, summed; cross-entropy on the sum. Training and evaluation both use the cosine head."""
 
     paper = "Xu et al. 2023 (MMCosine), multi-modal cosine loss"
+    single_label_only = "its loss is a softmax cross-entropy over cosine logits"
 
     def __init__(self, *, scale: float = 10.0) -> None:
         super().__init__()

@@ -50,6 +50,7 @@ class MLB(MultiLoss):
     its unimodal head and its slice of the fused head is multiplied by k_m (eq. 2). No noise, no schedule."""
 
     paper = "Kontras et al. 2024 (MLB), eqs. 2-7"
+    single_label_only = "its coefficients compare softmax scores of the one true class (eq. 5)"
 
     def __init__(self, *, alpha: float = 0.5, beta_max: float = 10.0) -> None:
         super().__init__()

@@ -50,6 +50,7 @@ class OGM(Balancer):
     """
 
     paper = "Peng et al. 2022 (OGM-GE), eqs. 8-11"
+    single_label_only = "its discrepancy ratio compares softmax scores of the one true class (eq. 10)"
     generalization_enhancement = False
 
     def __init__(self, *, alpha: float = 0.8, start_epoch: int = 0, end_epoch: int = 50, modulate: str = "conv") -> None:

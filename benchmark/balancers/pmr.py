@@ -30,6 +30,7 @@ class PMR(Balancer):
     Extension: with M > 2 modalities every modality m gets weight min(s_best/s_m − 1, 1)."""
 
     paper = "Fan et al. 2023 (PMR)"
+    single_label_only = "its prototypes and scores assume one class per sample"
 
     def __init__(self, *, alpha: float = 1.0, momentum: float = 0.0, mu: float = 0.0) -> None:
         super().__init__()

@@ -1,6 +1,8 @@
 """Baselines that regularise instead of balancing: auxiliary losses, dropout, modality dropout."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -55,6 +57,7 @@ class ModalityDropout(Joint):
     joint cross-entropy. p has no default in the seed papers; 0.25 here."""
 
     paper = "Neverova et al. 2016 (ModDrop); compared in the G-Blend and MLB settings"
+    needs_modality_features = True  # feature-level dropping indexes the modalities' features
 
     def __init__(self, *, p: float = 0.25, level: str = "input") -> None:
         super().__init__()
@@ -79,3 +82,32 @@ class ModalityDropout(Joint):
             return model(dropped)
         features = model.encode(inputs)
         return model.decode({m: f * keep[:, model.modalities.index(m), None] for m, f in features.items()})
+
+
+@BALANCERS.register("early_stop")
+class EarlyStop(Joint):
+    """Early-stopping baseline (G-Blend paper, Fig. 1; supplement §7.3, which tried 25%, 50% and 75% of the training
+    iterations and found 75% best): joint cross-entropy, but training ends after ⌈fraction · epochs⌉ epochs of the
+    unchanged schedule (learning-rate steps stay where the full schedule puts them). The harness stops at epoch
+    boundaries, so the fraction of iterations is rounded up to whole epochs; the run's notes give the epochs trained.
+    The checkpoint is still the best-validation epoch among those trained."""
+
+    paper = "Wang et al. 2020 (G-Blend), Fig. 1 and supplement §7.3 (early-stopping baseline)"
+
+    def __init__(self, *, fraction: float = 0.75) -> None:
+        super().__init__()
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], not {fraction}")
+        self.fraction = fraction
+
+    def stop_epoch(self, num_epochs: int) -> int:
+        """How many epochs are trained: ⌈fraction · num_epochs⌉ (at least one)."""
+        return max(1, math.ceil(self.fraction * num_epochs - 1e-9))
+
+    def setup(self, model, ctx) -> None:
+        super().setup(model, ctx)
+        n = self.stop_epoch(ctx.num_epochs)
+        self.run_notes = [f"early stopping: trained {n} of {ctx.num_epochs} epochs (fraction {self.fraction}, rounded up to whole epochs)"]
+
+    def finished(self, epoch: int) -> bool:
+        return epoch + 1 >= self.stop_epoch(self.ctx.num_epochs)

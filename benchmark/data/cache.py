@@ -28,6 +28,11 @@ class CachedSplit(torch.utils.data.Dataset):
         self.indices = torch.arange(len(self.labels)) if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
 
     @property
+    def multi_label(self) -> bool:
+        """Multi-hot label rows [N, C] (multi-label data) instead of class indices [N]."""
+        return self.labels.dim() == 2
+
+    @property
     def modalities(self) -> list[str]:
         return list(self.inputs)
 
@@ -112,11 +117,13 @@ def augment_frames(x: torch.Tensor, hflip: bool, crop_scale: Sequence[float] | N
 
 class BatchPreparer:
     """Moves a batch to the device: spectrograms to float32, frames (and frame differences) to float32 normalised
-    with the dataset's visual mean and std; training batches of frames are augmented as configured."""
+    with the dataset's visual mean and std, optical flow from its uint8 code to [-1, 1] (±bound pixels); training
+    batches of frames are augmented as configured (flow is not: a flip would have to negate its x component)."""
 
     def __init__(self, modality_info: dict[str, dict], visual: dict, device: torch.device) -> None:
         self.device = device
         self.frames = {m for m, info in modality_info.items() if info["source"] in ("video", "video_diff")}
+        self.flow = {m for m, info in modality_info.items() if info["source"] == "video_flow"}
         self.mean = torch.tensor(visual["mean"], device=device).view(1, 1, 3, 1, 1) * 255.0
         self.std = torch.tensor(visual["std"], device=device).view(1, 1, 3, 1, 1) * 255.0
         augment = visual.get("augment") or {}
@@ -134,6 +141,9 @@ class BatchPreparer:
                 if train and (self.hflip or self.crop_scale):
                     x = augment_frames(x, self.hflip, self.crop_scale)
                 inputs[m] = x
+            elif m in self.flow:
+                inputs[m] = x.float() / 127.5 - 1.0
             else:
                 inputs[m] = x.float()
-        return inputs, batch["label"].to(self.device, non_blocking=nb)
+        y = batch["label"].to(self.device, non_blocking=nb)
+        return inputs, (y.float() if y.dim() == 2 else y)  # multi-hot uint8 rows become BCE targets

@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from benchmark.data.datasets import SPLITS, Dataset, read_manifest
+from benchmark.data.datasets import SPLITS, Dataset, read_manifest, split_labels
 from benchmark.data.media import MediaError, decode_audio, decode_frames
+from benchmark.metrics import CLIP_SEPARATOR
 
 
 class PreprocessError(RuntimeError):
@@ -83,8 +84,11 @@ def frame_indices(n_available: int, k: int, sampling: str, seed: int, clip_id: s
     return np.clip(idx, 0, n_available - 1)
 
 
-#: where a modality comes from: the audio track, the frames, or the difference of consecutive frames
-SOURCES = ("audio", "video", "video_diff")
+#: where a modality comes from: the audio track, the frames, the difference of consecutive frames, or dense
+#: optical flow between consecutive frames
+SOURCES = ("audio", "video", "video_diff", "video_flow")
+#: optical flow is clipped to ±bound pixels (at the decoded frame size) before it is stored as uint8
+DEFAULT_FLOW_BOUND = 20.0
 
 
 def motion(frames: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -95,38 +99,109 @@ def motion(frames: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return ((diff + 255) // 2).astype(np.uint8)
 
 
+def optical_flow(frames: np.ndarray, idx: np.ndarray, bound: float) -> np.ndarray:
+    """Dense optical flow from frame[i] to frame[i+1] at the sampled positions (OpenCV's Farnebäck method on
+    grey-scale frames; the last frame has none: zero), as [T, H, W, 2] (x, y displacement in pixels) clipped to
+    ±bound and stored as uint8 with 0 at 127.5: (flow + bound) · 255 / (2·bound), as two-stream networks store flow."""
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism comes from the clip workers; one thread also keeps the result reproducible
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    out = np.empty((len(idx), *frames.shape[1:3], 2), dtype=np.uint8)
+    for k, i in enumerate(idx.tolist()):
+        if i + 1 < len(frames):
+            flow = cv2.calcOpticalFlowFarneback(grey[i], grey[i + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        else:
+            flow = np.zeros((*frames.shape[1:3], 2), dtype=np.float32)
+        out[k] = np.round((np.clip(flow, -bound, bound) + bound) * (255.0 / (2 * bound))).astype(np.uint8)
+    return out
+
+
+def window_starts(duration: float, window: float, k: int) -> list[float]:
+    """Start times (s) of k windows of ``window`` seconds spread uniformly over a ``duration``-second video
+    (the first at 0, the last ending at the video's end; all at 0 when the video is shorter than a window)."""
+    span = max(0.0, duration - window)
+    return [span * i / (k - 1) if k > 1 else 0.0 for i in range(k)]
+
+
 class ClipDecoder:
+    """Decodes one manifest row into the cached tensors of its clip(s): one clip per video (the whole video, or
+    its start/end segment), or ``clips_per_video`` = K uniformly spaced windows of the audio duration, stored as
+    clips ``<video>#<k>`` (the G-Blend paper's K-clip video-level evaluation)."""
+
     def __init__(self, dataset: Dataset, raw_dir: Path, pre: dict, classes: list[str]) -> None:
         self.raw_dir = Path(raw_dir)
         self.modalities = dataset.modalities
+        self.multi_label = dataset.multi_label
         self.pre = pre
+        self.classes = classes
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.spectrogram = spectrogram_fn(pre["audio"])
+        self.clips_per_video = int(pre.get("clips_per_video", 1))
+        for modality, source in self.modalities.items():
+            if source not in SOURCES:
+                raise ValueError(f"modality '{modality}': unknown source '{source}' ({' | '.join(SOURCES)})")
 
-    def __call__(self, row: dict) -> dict:
-        if row["label"] not in self.class_index:
-            raise MediaError("label not in class list", repr(row["label"]))
+    def label(self, row: dict) -> int | torch.Tensor:
+        """The class index, or for multi-label data the multi-hot row (uint8 [C])."""
+        if not self.multi_label:
+            if row["label"] not in self.class_index:
+                raise MediaError("label not in class list", repr(row["label"]))
+            return self.class_index[row["label"]]
+        names = split_labels(row["label"])
+        if not names:
+            raise MediaError("no label", repr(row["label"]))
+        unknown = [n for n in names if n not in self.class_index]
+        if unknown:
+            raise MediaError("label not in class list", repr(unknown[0]))
+        target = torch.zeros(len(self.classes), dtype=torch.uint8)
+        target[[self.class_index[n] for n in names]] = 1
+        return target
+
+    def __call__(self, row: dict) -> list[tuple[str, dict]]:
+        """[(clip id, {label, modality: tensor})] for the clip(s) of one manifest row."""
+        label = self.label(row)
         if row.get("split") and row["split"] not in SPLITS:
             raise MediaError("unknown split", repr(row["split"]))
         path = self.raw_dir / row["path"]
         segment = {k: float(row[k]) for k in ("start", "end") if row.get(k) not in (None, "")}
-        out = {"label": self.class_index[row["label"]]}
-        frames = idx = None  # decoded once per clip, shared by the frame-based modalities
+        a, v = self.pre["audio"], self.pre["visual"]
+        n_samples = int(round(a["sample_rate"] * a["duration"]))
+        wave = frames = None  # decoded once per video, shared by its clips and modalities
+        if "audio" in self.modalities.values():
+            audio_path = self.raw_dir / row["audio_path"] if row.get("audio_path") else path
+            wave = decode_audio(audio_path, a["sample_rate"], **segment)
+        if set(self.modalities.values()) - {"audio"}:
+            frames = decode_frames(path, v["fps"], v["size"], **segment)
+        if self.clips_per_video == 1:
+            return [(row["clip_id"], self.clip(row["clip_id"], label, wave, frames, n_samples))]
+        # K windows of the audio duration over the video (its length from the decoded stream)
+        length = len(wave) / a["sample_rate"] if wave is not None else len(frames) / v["fps"]
+        out = []
+        for k, start in enumerate(window_starts(length, a["duration"], self.clips_per_video)):
+            clip_id = f"{row['clip_id']}{CLIP_SEPARATOR}{k}"
+            w = None if wave is None else wave[int(round(start * a["sample_rate"])):][:n_samples]
+            f = None
+            if frames is not None:
+                lo = min(int(start * v["fps"]), len(frames) - 1)
+                f = frames[lo:max(lo + 1, int(round((start + a["duration"]) * v["fps"])))]
+            out.append((clip_id, self.clip(clip_id, label, w, f, n_samples)))
+        return out
+
+    def clip(self, clip_id: str, label, wave: np.ndarray | None, frames: np.ndarray | None, n_samples: int) -> dict:
+        a, v = self.pre["audio"], self.pre["visual"]
+        out = {"label": label}
+        idx = None if frames is None else frame_indices(len(frames), v["num_frames"], v["sampling"], v["seed"], clip_id)
         for modality, source in self.modalities.items():
             if source == "audio":
-                a = self.pre["audio"]
-                audio_path = self.raw_dir / row["audio_path"] if row.get("audio_path") else path
-                wave = fixed_length(decode_audio(audio_path, a["sample_rate"], **segment),
-                                    int(round(a["sample_rate"] * a["duration"])), a["pad_mode"])
-                out[modality] = self.spectrogram(wave).to(torch.float16)
+                out[modality] = self.spectrogram(fixed_length(wave, n_samples, a["pad_mode"])).to(torch.float16)
                 continue
-            if source not in ("video", "video_diff"):
-                raise ValueError(f"modality '{modality}': unknown source '{source}' ({' | '.join(SOURCES)})")
-            if frames is None:
-                v = self.pre["visual"]
-                frames = decode_frames(path, v["fps"], v["size"], **segment)
-                idx = frame_indices(len(frames), v["num_frames"], v["sampling"], v["seed"], row["clip_id"])
-            picked = frames[idx] if source == "video" else motion(frames, idx)
+            if source == "video":
+                picked = frames[idx]
+            elif source == "video_diff":
+                picked = motion(frames, idx)
+            else:
+                picked = optical_flow(frames, idx, float((v.get("flow") or {}).get("bound", DEFAULT_FLOW_BOUND)))
             out[modality] = torch.from_numpy(np.ascontiguousarray(picked)).permute(0, 3, 1, 2).contiguous()
         return out
 
@@ -137,18 +212,19 @@ def _atomic_save(obj: object, path: Path) -> None:
     tmp.replace(path)
 
 
-def preprocess(dataset: Dataset, raw_dir: Path, out_dir: Path, pre: dict, workers: int = 1, log: Callable[[str], None] = print) -> dict:
-    """Decode every clip of the manifest and write ``<out_dir>/{train,val,test}.pt``, ``rejected.csv``, ``info.json``."""
+def preprocess(dataset: Dataset, raw_dir: Path, out_dir: Path, pre: dict, workers: int = 1, log: Callable[[str], None] = print,
+               manifest: str = "manifest.csv") -> dict:
+    """Decode every clip of ``raw_dir/manifest`` and write ``<out_dir>/clips.pt``, ``rejected.csv``, ``info.json``."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = read_manifest(raw_dir / "manifest.csv")
+    rows = read_manifest(raw_dir / manifest)
     if not rows:
-        raise PreprocessError(f"{raw_dir / 'manifest.csv'} lists no clips")
+        raise PreprocessError(f"{raw_dir / manifest} lists no clips")
     classes = dataset.classes(rows)
     decode = ClipDecoder(dataset, raw_dir, pre, classes)
     torch.set_num_threads(1)  # parallelism comes from the clip workers
 
-    def safe(row: dict) -> dict | MediaError:
+    def safe(row: dict) -> list[tuple[str, dict]] | MediaError:
         try:
             return decode(row)
         except MediaError as err:
@@ -178,15 +254,18 @@ def preprocess(dataset: Dataset, raw_dir: Path, out_dir: Path, pre: dict, worker
         )
     keep = [(row, res) for row, res in zip(rows, results) if not isinstance(res, MediaError)]
     if not keep:
-        raise PreprocessError(f"no usable clips in {raw_dir / 'manifest.csv'}")
-    tensors = {"clip_id": [row["clip_id"] for row, _ in keep],
-               "label": torch.tensor([res["label"] for _, res in keep], dtype=torch.long)}
+        raise PreprocessError(f"no usable clips in {raw_dir / manifest}")
+    clips = [clip for _, res in keep for clip in res]
+    labels = [out["label"] for _, out in clips]
+    tensors = {"clip_id": [clip_id for clip_id, _ in clips],
+               "label": torch.stack(labels) if dataset.multi_label else torch.tensor(labels, dtype=torch.long)}
     shapes = {}
     for modality in dataset.modalities:
-        tensors[modality] = torch.stack([res[modality] for _, res in keep])
+        tensors[modality] = torch.stack([out[modality] for _, out in clips])
         shapes[modality] = {"shape": list(tensors[modality].shape[1:]), "dtype": str(tensors[modality].dtype).replace("torch.", "")}
     _atomic_save(tensors, out_dir / "clips.pt")
-    info = {"dataset": dataset.name, "classes": classes, "clips": len(keep), "rejected": len(rejected),
+    info = {"dataset": dataset.name, "classes": classes, "multi_label": dataset.multi_label, "clips": len(clips),
+            "videos": len(keep), "clips_per_video": decode.clips_per_video, "rejected": len(rejected),
             "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()}}
     (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from benchmark.data.datasets import SPLITS, Dataset, read_manifest
+from benchmark.metrics import video_of
 
 
 class SplitError(RuntimeError):
@@ -57,10 +58,13 @@ def accepted_clips(processed_dir: Path) -> list[str]:
 
 
 def write_splits(dataset: Dataset, raw_dir: Path, processed_dir: Path, folds: list[str] | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, dict]:
-    """Assign every accepted clip in each fold (default: all the dataset's folds); returns per-fold counts."""
-    rows = {r["clip_id"]: r for r in read_manifest(Path(raw_dir) / "manifest.csv")}
-    accepted = [rows[c] for c in accepted_clips(processed_dir)]
+                 log: Callable[[str], None] = print, manifest: str = "manifest.csv") -> dict[str, dict]:
+    """Assign every accepted clip in each fold (default: all the dataset's folds); returns per-fold counts.
+
+    The dataset assigns videos (manifest rows); the clips cut from one video (``<video>#<k>``) share its part."""
+    rows = {r["clip_id"]: r for r in read_manifest(Path(raw_dir) / manifest)}
+    clips = accepted_clips(processed_dir)
+    accepted = [rows[v] for v in dict.fromkeys(video_of(c) for c in clips)]
     out_dir = Path(processed_dir) / "splits"
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {}
@@ -69,6 +73,8 @@ def write_splits(dataset: Dataset, raw_dir: Path, processed_dir: Path, folds: li
         if fold not in known:
             raise SplitError(f"dataset '{dataset.name}' has no fold '{fold}'; its folds: {', '.join(known)}")
         assignment = dataset.split(accepted, fold)
+        if len(clips) != len(accepted):  # several clips per video: each takes its video's part
+            assignment = {c: assignment[video_of(c)] for c in clips if video_of(c) in assignment}
         unknown = set(assignment.values()) - set(SPLITS)
         if unknown:
             raise SplitError(f"fold '{fold}': unknown split names {sorted(unknown)}; use {', '.join(SPLITS)}")
@@ -84,7 +90,7 @@ def write_splits(dataset: Dataset, raw_dir: Path, processed_dir: Path, folds: li
             writer.writerows(sorted(assignment.items()))
         tmp.replace(out_dir / f"{fold}.csv")
         summary[fold] = {s: counts[s] for s in SPLITS}
-        log(f"[split] {dataset.name} fold {fold}: {summary[fold]} (unassigned: {len(accepted) - len(assignment)})")
+        log(f"[split] {dataset.name} fold {fold}: {summary[fold]} (unassigned: {len(clips) - len(assignment)})")
     return summary
 
 

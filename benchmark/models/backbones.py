@@ -20,11 +20,17 @@ KINDS = ("spectrogram", "frames")
 
 
 class Backbone(nn.Module):
-    """Base class. Subclasses set ``out_dim`` and either ``trunk`` (image -> feature map) or ``forward``."""
+    """Base class. Subclasses set ``out_dim`` and either ``trunk`` (image -> feature map) or ``forward``.
+
+    A backbone whose trunk is a sequence of blocks sets ``block_ends`` (the trunk index after each block); fusions
+    that act between the streams inside the encoders (SE-gate, NL-gate, mid-concatenation) run it block by block
+    through ``maps``, ``blocks`` and ``pool``."""
 
     name: ClassVar[str]
     trunk: nn.Module
     out_dim: int
+    #: the trunk index where each block ends (e.g. ResNet-18: stem, layer1..layer4); empty: no block structure
+    block_ends: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, kind: str, shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -40,6 +46,33 @@ class Backbone(nn.Module):
             fmap = self.trunk(x.flatten(0, 1))
             return fmap.unflatten(0, (b, t)).mean(dim=(1, 3, 4))
         return self.trunk(x).mean(dim=(2, 3))
+
+    # --- block-wise use (for fusions between encoder blocks) -------------------------------------------------
+    @classmethod
+    def has_blocks(cls) -> bool:
+        return bool(cls.block_ends)
+
+    def blocks(self) -> list[nn.Module]:
+        """The trunk's blocks in order (views on the trunk: the same parameters)."""
+        if not self.block_ends:
+            raise TypeError(f"backbone '{self.name}' has no block structure")
+        starts = (0,) + self.block_ends[:-1]
+        return [self.trunk[a:b] for a, b in zip(starts, self.block_ends)]
+
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's input: frames [B, T, C, H, W] become images [B·T, C, H, W]; a spectrogram stays [B, 1, F, T]."""
+        return x.flatten(0, 1) if self.kind == "frames" else x
+
+    def pool(self, h: torch.Tensor, batch: int) -> torch.Tensor:
+        """Feature maps -> one vector per sample (the mean over time and space, as ``forward``)."""
+        if self.kind == "frames":
+            return h.unflatten(0, (batch, -1)).mean(dim=(1, 3, 4))
+        return h.mean(dim=(2, 3))
+
+    def block_channels(self, k: int) -> int:
+        """Channels of the feature map after the first k blocks."""
+        norms = [m for blk in self.blocks()[:k] for m in blk.modules() if isinstance(m, nn.BatchNorm2d)]
+        return norms[-1].num_features
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone", base=Backbone)
@@ -83,7 +116,10 @@ def _resnet18_trunk(in_channels: int, weights: str | None) -> nn.Sequential:
 
 @BACKBONES.register("resnet18")
 class ResNet18(Backbone):
-    """torchvision's ResNet-18 without its classifier; 1-channel stem for spectrograms (as OGM-GE)."""
+    """torchvision's ResNet-18 without its classifier; 1-channel stem for spectrograms (as OGM-GE). Five blocks for
+    mid-level fusion: the stem (conv, BN, ReLU, max-pool), then layer1..layer4 (the G-Blend supplement's five)."""
+
+    block_ends = (4, 5, 6, 7, 8)
 
     def __init__(self, kind: str, shape: tuple[int, ...], *, weights: str | None = None) -> None:
         super().__init__(kind, shape)
@@ -103,6 +139,8 @@ def _small_trunk(in_channels: int, width: int) -> tuple[nn.Sequential, int]:
 @BACKBONES.register("small_cnn")
 class SmallCNN(Backbone):
     """Four conv-BN-ReLU blocks (widths w, 2w, 4w, 4w): a ResNet-shaped encoder small enough for CPU runs."""
+
+    block_ends = (3, 6, 9, 12)
 
     def __init__(self, kind: str, shape: tuple[int, ...], *, width: int = 32, weights: str | None = None) -> None:
         super().__init__(kind, shape)

@@ -29,6 +29,10 @@ class Fusion(nn.Module):
     modality_logits_rule: ClassVar[str] = SHAPLEY_RULE
     #: True when the per-modality logits are an exact split of a linear head (the papers' setting)
     modality_logits_exact: ClassVar[bool] = False
+    #: the fusion acts between encoder blocks: ``bind(encoders)`` builds it and ``encode`` runs the encoders
+    needs_blocks: ClassVar[bool] = False
+    #: the features it fuses are one vector per modality (False: the streams merge inside the encoders)
+    per_modality_features: ClassVar[bool] = True
 
     def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
         super().__init__()
@@ -208,3 +212,7 @@ class LowRankFusion(Fusion):
             product = part if product is None else product * part
         fused = torch.einsum("or,brh->bh", self.rank_weights, product) + self.bias
         return self.head(torch.relu(fused))
+
+
+# fusions between encoder blocks (G-Blend's architecture baselines) register themselves on import
+from benchmark.models import stream_fusions  # noqa: E402,F401

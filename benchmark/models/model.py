@@ -15,7 +15,7 @@ from torch import nn
 from benchmark.models.backbones import Backbone
 from benchmark.models.fusions import Fusion
 
-SOURCE_KIND = {"audio": "spectrogram", "video": "frames", "video_diff": "frames"}
+SOURCE_KIND = {"audio": "spectrogram", "video": "frames", "video_diff": "frames", "video_flow": "frames"}
 
 
 @dataclass
@@ -40,7 +40,9 @@ class MultimodalModel(nn.Module):
         return self.decode(self.encode(inputs))
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-modality features φ_m."""
+        """Per-modality features φ_m (a fusion between encoder blocks runs the encoders itself)."""
+        if getattr(self.fusion, "needs_blocks", False):
+            return self.fusion.encode(self.encoders, inputs)
         return {m: self.encoders[m](inputs[m]) for m in self.modalities}
 
     def decode(self, features: dict[str, torch.Tensor]) -> ModelOutput:
@@ -70,6 +72,8 @@ def build_model(*, modality_info: dict[str, dict], num_classes: int, backbone_cl
             params["weights"] = params["weights"].get(m)
         encoders[m] = backbone_cls(kind, shape, **params)
     fusion = fusion_cls({m: e.out_dim for m, e in encoders.items()}, num_classes, **fusion_params)
+    if getattr(fusion, "needs_blocks", False):
+        fusion.bind(encoders)
     return MultimodalModel(encoders, fusion, num_classes, unimodal_heads=unimodal_heads)
 
 

@@ -60,7 +60,8 @@ wildcard_constraints:
     backbone=_alternatives(grid_names(config, "backbones")),
     fusion=_alternatives(grid_names(config, "fusions") + [grid.NO_FUSION]),
     # every method name, not only the grid's: runs may depend on others (pretrain on unimodal runs)
-    method="(" + _alternatives(set(grid_names(config, "balancers")) | set(config["balancers"]) | set(component_names("balancers"))) + ")(-[A-Za-z0-9_]+)?",
+    method="(" + _alternatives(set(grid_names(config, "balancers")) | set(config["balancers"]) | set(component_names("balancers"))) + r")(-[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*)?",
+    subset=r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)+",
     seed=r"\d+",
     fold=_alternatives({f for d in grid_names(config, "datasets") for f in grid.dataset_folds(config, d)}),
 

@@ -16,3 +16,21 @@ rule estimate:
     shell:
         "{PY} -m benchmark estimate --config {CONFIG_FILE} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
         " --fusion {wildcards.fusion} --seed {wildcards.seed} --threads {threads} --out {output.weights} > {log} 2>&1"
+
+
+# The same for runs on a subset of the modalities (a grid block's 'modalities'): weights per subset.
+rule estimate_subset:
+    input:
+        lambda w: processed_files(w.dataset, w.fold),
+    output:
+        weights="results/gblend/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}-{subset}.json",
+    log:
+        "results/logs/estimate/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}-{subset}.log",
+    params:
+        settings=lambda w: grid.run_hash(config, grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), w.subset, w.fold)),
+    threads: TRAIN_THREADS
+    resources:
+        **TRAIN_RESOURCES,
+    shell:
+        "{PY} -m benchmark estimate --config {CONFIG_FILE} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
+        " --fusion {wildcards.fusion} --seed {wildcards.seed} --modalities {wildcards.subset} --threads {threads} --out {output.weights} > {log} 2>&1"

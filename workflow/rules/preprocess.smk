@@ -1,9 +1,32 @@
 # Stage 2: decode every clip once into cached tensors (training never decodes media).
 
 
-rule preprocess:
+def preprocess_manifest(w) -> str:
+    """The downloaded manifest, or its Algorithm 1 subset for datasets with a 'balance' section."""
+    return f"data/raw/{w.dataset}/{grid.manifest_name(config, w.dataset)}"
+
+
+# Stage 1b (multi-label datasets with 'balance'): the G-Blend supplement's Algorithm 1 picks a balanced subset.
+localrules: balance
+
+
+rule balance:
     input:
         manifest="data/raw/{dataset}/manifest.csv",
+    output:
+        manifest="data/raw/{dataset}/manifest.balanced.csv",
+        report="data/raw/{dataset}/balance.json",
+    log:
+        "results/logs/balance/{dataset}.log",
+    params:
+        settings=lambda w: settings_hash(dataset_settings(config, w.dataset).get("balance")),
+    shell:
+        "{PY} -m benchmark balance --config {CONFIG_FILE} --dataset {wildcards.dataset} > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        manifest=preprocess_manifest,
     output:
         clips="data/processed/{dataset}/clips.pt",
         info="data/processed/{dataset}/info.json",
@@ -26,7 +49,7 @@ localrules: split
 
 rule split:
     input:
-        manifest="data/raw/{dataset}/manifest.csv",
+        manifest=preprocess_manifest,
         clips="data/processed/{dataset}/clips.pt",
     output:
         "data/processed/{dataset}/splits/{fold}.csv",
