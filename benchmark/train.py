@@ -48,7 +48,9 @@ def make_optimizer(model: torch.nn.Module, opt: dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=opt["lr"], weight_decay=opt["weight_decay"])
     if opt["name"] == "adamw":
         return torch.optim.AdamW(params, lr=opt["lr"], weight_decay=opt["weight_decay"])
-    raise ValueError(f"unknown optimizer '{opt['name']}' (sgd | adam | adamw)")
+    if opt["name"] == "adagrad":  # G-Blend's Table 3 compares SGD, AdaGrad and Adam
+        return torch.optim.Adagrad(params, lr=opt["lr"], weight_decay=opt["weight_decay"])
+    raise ValueError(f"unknown optimizer '{opt['name']}' (sgd | adam | adamw | adagrad)")
 
 
 def selection_metric(multi_label: bool) -> str:

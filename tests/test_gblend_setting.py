@@ -18,10 +18,10 @@ from benchmark.data.balance import balance_multilabel
 from benchmark.data.preprocess import optical_flow, window_starts
 from benchmark.grid import RunSpec, artifact_paths, grid_runs, run_settings
 from benchmark.metrics import accuracy, classification_metrics, mean_auc, multilabel_average_precision, roc_auc, task_loss
-from benchmark.models.backbones import ResNet18, SmallCNN
+from benchmark.models.backbones import BACKBONES, ResNet18, SmallCNN
 from benchmark.models.fusions import FUSIONS
 from benchmark.models.stream_fusions import temporal_vectors
-from tests.conftest import default_config, tiny_config
+from tests.conftest import REPO, default_config, tiny_config
 
 
 # --- multi-label metrics and loss ----------------------------------------------------------------------------------
@@ -364,3 +364,37 @@ def test_three_modality_multilabel_run_through_the_dag(tmp_path):
     assert set(weights["weights"]) == {"visual", "flow", "fused"}
     es = yaml.safe_load((tmp_path / "results/runs/synthetic-ml/main/small_cnn/concat/early_stop/seed0/metrics.json").read_text())
     assert len(es["history"]) == 1 and es["selection"]["epochs_trained"] == 1
+
+
+def test_multilabel_rows_with_no_or_unknown_labels_are_rejected_with_a_reason():
+    from benchmark.data.datasets import SyntheticMultiLabel
+    from benchmark.data.media import MediaError
+    from benchmark.data.preprocess import ClipDecoder
+
+    cfg = validate_config(default_config())
+    decoder = ClipDecoder(SyntheticMultiLabel(dataset_settings(cfg, "synthetic-ml")), REPO, dataset_settings(cfg, "synthetic-ml")["preprocess"],
+                          ["a", "b", "c"])
+    assert decoder.label({"label": "c;a"}).tolist() == [1, 0, 1]
+    for label, reason in (("", "no label"), (" ; ", "no label"), ("a;zz", "label not in class list")):
+        with pytest.raises(MediaError) as err:
+            decoder.label({"label": label})
+        assert err.value.reason == reason
+
+
+def test_adagrad_is_available_for_the_optimizer_comparison():
+    from benchmark.train import make_optimizer
+
+    opt = make_optimizer(torch.nn.Linear(2, 2), {"name": "adagrad", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0})
+    assert isinstance(opt, torch.optim.Adagrad) and opt.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18", "conformer", "r2plus1d_18"])
+def test_every_frame_backbone_takes_optical_flow(backbone):
+    from benchmark.models.model import build_model
+
+    info = {"flow": {"source": "video_flow", "shape": [2, 2, 16, 16]}}
+    params = {"conformer": {"dim": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "frame_width": 4}}.get(backbone, {})
+    model = build_model(modality_info=info, num_classes=3, backbone_cls=BACKBONES.get(backbone), backbone_params=params,
+                        fusion_cls=FUSIONS.get("concat"), fusion_params={}, unimodal_heads=False, seed=0)
+    logits = model({"flow": torch.randn(2, 2, 2, 16, 16)}).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
