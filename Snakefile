@@ -1,4 +1,4 @@
-# The benchmark DAG: download -> preprocess -> estimate (G-Blend) -> train -> aggregate.
+# The benchmark DAG: download -> preprocess -> [tune] -> estimate (G-Blend) -> train -> aggregate.
 # Every step is `python -m benchmark <step>`; see README.md. The grid lives in config.yaml.
 include: "workflow/rules/common.smk"
 
@@ -11,6 +11,7 @@ rule all:
 
 include: "workflow/rules/download.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/estimate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"

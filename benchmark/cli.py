@@ -107,6 +107,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise
 
 
+def _group_spec(args: argparse.Namespace):
+    from benchmark.grid import RunSpec
+
+    cfg = load_config(args.config)
+    if not cfg["tuning"]["enabled"]:
+        raise SystemExit("tuning.enabled is false in the config: there is nothing to tune")
+    return cfg, RunSpec.from_method(args.dataset, args.backbone, args.fusion, args.method, cfg["tuning"]["train_seed"], args.fold)
+
+
+def cmd_tune_trial(args: argparse.Namespace) -> None:
+    from benchmark.tuning import run_trial, trial_path
+
+    _threads(args.threads)
+    cfg, spec = _group_spec(args)
+    if not 0 <= args.trial < cfg["tuning"]["trials"]:
+        raise SystemExit(f"--trial must be in 0..{cfg['tuning']['trials'] - 1} (tuning.trials)")
+    run_trial(cfg, spec, args.trial, Path(args.out or trial_path(spec, args.trial)))
+
+
+def cmd_tune_select(args: argparse.Namespace) -> None:
+    from benchmark.tuning import best_path, select_best
+
+    cfg, spec = _group_spec(args)
+    select_best(cfg, spec, Path(args.out or best_path(spec)))
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from benchmark.leaderboard import aggregate
 
@@ -160,6 +186,18 @@ def parser() -> argparse.ArgumentParser:
         else:
             sp.add_argument("--out", help="default: results/gblend/<dataset>/<fold>/<backbone>/<fusion>/seed<seed>.json")
             sp.add_argument("--modalities", help="a '+'-joined subset of the dataset's modalities (default: all)")
+    for name, fn, help in (("tune-trial", cmd_tune_trial, "train one tuning trial of a dataset/fold/backbone/fusion/method, scored on validation"),
+                           ("tune-select", cmd_tune_select, "pick a group's best trial (best.json)")):
+        sp = add(name, fn, help)
+        sp.add_argument("--dataset", required=True)
+        sp.add_argument("--fold", default="main")
+        sp.add_argument("--backbone", required=True)
+        sp.add_argument("--fusion", required=True)
+        sp.add_argument("--method", required=True)
+        sp.add_argument("--out", help="default: results/tuning/<dataset>/<fold>/<backbone>/<fusion>/<method>/trial<k>.json (best.json)")
+        if name == "tune-trial":
+            sp.add_argument("--trial", type=int, required=True)
+            sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     sub.add_parser("perf", help="the performance benchmark (python -m benchmark perf --help)", add_help=False)
     sp = add("aggregate", cmd_aggregate, "build the leaderboard and plots from the metrics files")
     sp.add_argument("--out-dir", default="results")

@@ -78,6 +78,9 @@ def validate_config(cfg: Any) -> dict:
                 dataset_settings(cfg, name)
             else:
                 component_params(cfg, axis, name)
+    from benchmark.tuning import check_space
+
+    check_space(cfg)
     return cfg
 
 

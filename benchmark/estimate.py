@@ -22,10 +22,14 @@ from benchmark.train import configure_determinism, resolve_device
 
 
 def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: int, out_path: Path,
-                    log: Callable[[str], None] = print, fold: str = DEFAULT_FOLD, modality: str | None = None) -> dict:
-    """Weights for the G-Blend runs of one dataset/fold/backbone/fusion/seed (and modality subset, '+'-joined)."""
+                    log: Callable[[str], None] = print, fold: str = DEFAULT_FOLD, modality: str | None = None,
+                    params: dict | None = None) -> dict:
+    """Weights for the G-Blend runs of one dataset/fold/backbone/fusion/seed (and modality subset, '+'-joined), with
+    the tuned hyperparameters when tuning is on, or a tuning trial's ``params``."""
+    from benchmark.tuning import apply_params, resolved_settings
+
     spec = RunSpec(dataset, backbone, fusion, "gblend", seed, modality, fold)
-    settings = run_settings(cfg, spec)
+    settings = resolved_settings(cfg, spec) if params is None else apply_params(run_settings(cfg, spec), params)
     params = settings["balancer"]["params"]
     epochs = params["estimate_epochs"] or settings["train"]["epochs"]
     configure_determinism(settings["train"]["deterministic"])

@@ -188,7 +188,14 @@ def run_settings(cfg: dict, spec: RunSpec) -> dict:
 
 
 def run_hash(cfg: dict, spec: RunSpec) -> str:
-    return settings_hash(run_settings(cfg, spec))
+    """The DAG's rerun trigger of a run: its settings, and with tuning the tuning's definition (budget, seeds,
+    space); the tuned values themselves arrive through best.json, an input file of the run."""
+    from benchmark.tuning import enabled, tuning_identity
+
+    settings = run_settings(cfg, spec)
+    if enabled(cfg):
+        settings["tuning"] = tuning_identity(cfg, spec)
+    return settings_hash(settings)
 
 
 def _qualname(cls: type) -> str:

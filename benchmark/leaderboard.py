@@ -29,6 +29,21 @@ def display_method(spec_or_method: RunSpec | str) -> str:
     return f"{modality}-only" if modality else balancer
 
 
+def hyperparameter_text(params: dict) -> str:
+    """'lr 0.0123, alpha 0.43' from {'train.optimizer.lr': 0.0123, 'balancer.alpha': 0.43}."""
+    return ", ".join(f"{name.rsplit('.', 1)[-1]} {value:.3g}" if isinstance(value, float) else f"{name.rsplit('.', 1)[-1]} {value}"
+                     for name, value in params.items())
+
+
+def tuning_columns(m: dict) -> dict:
+    """The tuning a run's hyperparameters came from (none: the config's values, i.e. the papers' defaults)."""
+    tuning = m.get("settings", {}).get("tuning")
+    if not tuning:
+        return {"tuning": "paper defaults"}
+    return {"tuning": "tuned", "hyperparameters": hyperparameter_text(tuning["chosen"]),
+            "trials": tuning["trials"]}
+
+
 def _mean(values: list[float]) -> float:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else math.nan
@@ -86,6 +101,7 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str
                    notes="; ".join(m.get("notes", [])), config_hash=m["config_hash"], git_commit=m["provenance"]["git_commit"])
         if m["status"] == "ok":
             row.update(metric_columns(m, spec, dataset_modalities(cfg, spec.dataset)))
+        row.update(tuning_columns(m))
         rows.append(row)
     for spec, reason in skipped:
         rows.append({"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "method": display_method(spec),
@@ -135,6 +151,9 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
         row["reason"] = "; ".join(reasons)
         notes = sorted({n for joined in group.get("notes", pd.Series(dtype=str)).dropna() for n in joined.split("; ") if n})
         row["notes"] = "; ".join(notes)
+        for col in ("tuning", "hyperparameters", "trials"):  # one tuning per group: the same for all its runs
+            values = ok[col].dropna() if col in ok else pd.Series(dtype=object)
+            row[col] = values.iloc[0] if len(values) else None
         for col in metric_cols:
             values = ok[col].dropna() if col in ok else pd.Series(dtype=float)
             row[f"{col}_mean"] = values.mean() if len(values) else math.nan
@@ -229,6 +248,7 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
     present = {c for c in ("test_top5", "test_video_acc", "test_video_top5", "test_video_map", "test_video_mauc")
                if f"{c}_mean" in table and table[f"{c}_mean"].notna().any()}
     has_top5 = "test_top5" in present
+    tuned = "hyperparameters" in table and table["hyperparameters"].notna().any()
     for _, r in table.iterrows():
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
         for note in filter(None, str(r.get("notes", "") or "").split("; ")):
@@ -249,7 +269,10 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
             if col in present:
                 row[name] = _cell(r, col)
         row.update({f"acc {m}": _cell(r, f"test_acc_{m}") for m in modalities})
-        row.update({"val acc": _cell(r, "val_acc"), "status": status})
+        row["val acc"] = _cell(r, "val_acc")
+        if tuned:
+            row.update({"tuned hyperparameters": r.get("hyperparameters") or "–", "trials": _num(r.get("trials"), ".0f")})
+        row["status"] = status
         rows.append(row)
     return pd.DataFrame(rows).fillna("–"), footnotes
 
@@ -295,6 +318,7 @@ COLUMN_GUIDE = [
     ("Shapley <modality>", "Shapley value of the modality for test accuracy with other modalities' inputs zeroed; values add up to acc(all) − acc(none)"),
     ("OGR", "overfitting-to-generalisation ratio from the initial model to the selected checkpoint (G-Blend eq. 3); lower is better"),
     ("agreement", "test samples grouped by which unimodal models are right: share of the test set · multimodal accuracy inside (MLB's analysis)"),
+    ("tuned hyperparameters, trials", "with tuning on: the best trial's values (validation score) and the number of trials, the same for every method"),
     ("cost", "parameters, forward FLOPs per sample (torch.utils.flop_counter), seconds per training epoch, peak memory (process RSS on CPU, allocated on CUDA)"),
 ]
 
@@ -307,6 +331,21 @@ def _markdown(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def tuning_statement(summary: pd.DataFrame) -> str:
+    """Which mode produced the numbers: tuned (with the budget) or the config's values (paper defaults)."""
+    modes = sorted({m for m in summary.get("tuning", pd.Series(dtype=object)).dropna()})
+    if not modes:
+        return "Hyperparameters: no finished runs."
+    if modes == ["paper defaults"]:
+        return ("Hyperparameters: **paper defaults** — every run used the config's values (`tuning.enabled: false`); "
+                "no method was tuned.")
+    budgets = sorted({int(t) for t in summary["trials"].dropna()})
+    mixed = " Some rows were not tuned (paper defaults)." if "paper defaults" in modes else ""
+    return (f"Hyperparameters: **tuned on validation** ({' / '.join(map(str, budgets))} trials of random search per dataset × "
+            "fold × backbone × fusion × method, the same budget for every method; the test split is never read while "
+            f"tuning). Each row lists the chosen values.{mixed}")
+
+
 def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = None) -> str:
     board = cfg.get("leaderboard", {})
     reference, alpha = board.get("reference", "joint"), board.get("alpha", 0.05)
@@ -314,6 +353,7 @@ def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = N
              f"Test metrics (%) of each run's best-validation checkpoint, mean ± std over runs (seeds × folds); `*`: differs from "
              f"`{reference}` with the same fusion at p < {alpha} (paired t-test over seeds × folds). Regenerate with `snakemake` "
              "(or `python -m benchmark aggregate`); `results/report.html` has the plots.", ""]
+    lines += [tuning_statement(summary), ""]
     lines += [f"- **{name}**: {text}" for name, text in COLUMN_GUIDE] + [""]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
         modalities = dataset_modalities(cfg, dataset)

@@ -118,9 +118,12 @@ class PreparedRun:
     train: CachedSplit  # the part of the training split the method trains on
 
 
-def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = None) -> PreparedRun:
-    """Resolve the run's settings and device, load its data, build its method and (configured) model."""
-    settings = run_settings(cfg, spec)
+def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = None, params: dict | None = None) -> PreparedRun:
+    """Resolve the run's settings (the tuned ones when tuning is on; a tuning trial passes its ``params``) and
+    device, load its data, build its method and (configured) model."""
+    from benchmark.tuning import apply_params, resolved_settings
+
+    settings = resolved_settings(cfg, spec) if params is None else apply_params(run_settings(cfg, spec), params)
     configure_determinism(settings["train"]["deterministic"])
     device = resolve_device(settings["train"]["device"])
     balancer_cls = component_class(cfg, "balancers", spec.balancer)

@@ -62,10 +62,15 @@ class CachedSplit(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
 
 
+#: every (fold, part) this process has loaded, in order: tuning trials record it to show they never read 'test'
+LOADED_PARTS: list[tuple[str, str]] = []
+
+
 def load_part(processed_dir: str | Path, fold: str, part: str, modalities: Sequence[str] | None = None) -> CachedSplit:
     """The 'train', 'val' or 'test' clips of one fold, as listed in ``splits/<fold>.csv``."""
     from benchmark.data.splits import read_split
 
+    LOADED_PARTS.append((fold, part))
     data = CachedSplit(Path(processed_dir) / "clips.pt", modalities=modalities)
     index = {clip: i for i, clip in enumerate(data.clip_ids)}
     ids = read_split(processed_dir, fold, part)

@@ -14,7 +14,7 @@ from snakemake.utils import validate
 sys.path.insert(0, os.getcwd())
 
 from benchmark.config import ConfigError, component_class, dataset_settings, grid_names, registry, settings_hash, validate_config
-from benchmark import grid
+from benchmark import grid, tuning
 
 configfile: "config.yaml"
 
@@ -63,6 +63,7 @@ wildcard_constraints:
     method="(" + _alternatives(set(grid_names(config, "balancers")) | set(config["balancers"]) | set(component_names("balancers"))) + r")(-[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*)?",
     subset=r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)+",
     seed=r"\d+",
+    trial=r"\d+",
     fold=_alternatives({f for d in grid_names(config, "datasets") for f in grid.dataset_folds(config, d)}),
 
 
@@ -83,6 +84,11 @@ def dataset_hash(dataset: str, raw_only: bool = False) -> str:
     """Hash of a dataset's settings; raw_only: without preprocessing (what the download step depends on)."""
     s = dataset_settings(config, dataset)
     return settings_hash({k: v for k, v in s.items() if k != "preprocess"} if raw_only else s)
+
+
+def tuning_inputs(spec: grid.RunSpec) -> list[str]:
+    """With tuning on, a run (or G-Blend estimate) reads its group's best.json."""
+    return [str(tuning.best_path(spec))] if tuning.enabled(config) else []
 
 
 def leaderboard_outputs() -> list[str]:

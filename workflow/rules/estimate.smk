@@ -3,7 +3,7 @@
 
 rule estimate:
     input:
-        lambda w: processed_files(w.dataset, w.fold),
+        lambda w: processed_files(w.dataset, w.fold) + tuning_inputs(grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), fold=w.fold)),
     output:
         weights="results/gblend/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}.json",
     log:
@@ -21,7 +21,7 @@ rule estimate:
 # The same for runs on a subset of the modalities (a grid block's 'modalities'): weights per subset.
 rule estimate_subset:
     input:
-        lambda w: processed_files(w.dataset, w.fold),
+        lambda w: processed_files(w.dataset, w.fold) + tuning_inputs(grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), w.subset, w.fold)),
     output:
         weights="results/gblend/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}-{subset}.json",
     log:

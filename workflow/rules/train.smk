@@ -7,7 +7,8 @@ def method_inputs(w) -> list[str]:
     spec = spec_of(w)
     needs = component_class(config, "balancers", spec.balancer).needs
     modalities = grid.run_settings(config, spec)["modalities"]
-    return processed_files(w.dataset, w.fold) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
+    return (processed_files(w.dataset, w.fold) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
+            + tuning_inputs(spec))
 
 
 rule train:

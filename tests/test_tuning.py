@@ -1,0 +1,153 @@
+"""Fair tuning: seeded random search per group, search spaces checked against the components, trials that never read
+the test split, best-trial selection, tuned final runs, and a tiny tuning run through the DAG."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from benchmark import tuning
+from benchmark.config import ConfigError, validate_config
+from benchmark.grid import RunSpec, run_hash
+from tests.conftest import default_config, tiny_config
+
+SPACE = {"train": {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "scale": "log"}},
+         "balancers": {"ogm": {"alpha": {"low": 0.1, "high": 1.0}, "end_epoch": {"low": 2, "high": 9, "type": "int"}},
+                       "mlb": {"beta_max": {"choices": [2, 5, 10]}}}}
+
+
+def tuned_config(trials: int = 3, **grid) -> dict:
+    cfg = tiny_config(**grid)
+    cfg["tuning"] = {"enabled": True, "trials": trials, "seed": 0, "train_seed": 0, "space": copy.deepcopy(SPACE)}
+    return cfg
+
+
+def test_random_search_is_seeded_per_group_and_trial_and_stays_in_range():
+    cfg = validate_config(tuned_config(trials=50))
+    ogm = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
+    draws = [tuning.trial_params(cfg, ogm, k) for k in range(50)]
+    assert draws[3] == tuning.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 1), 3)  # seed-free group
+    assert set(draws[0]) == {"train.optimizer.lr", "balancer.alpha", "balancer.end_epoch"}
+    lrs = np.array([d["train.optimizer.lr"] for d in draws])
+    assert lrs.min() >= 1e-3 and lrs.max() <= 1e-1 and (np.log10(lrs) < -2).mean() > 0.3  # log scale: half below 0.01
+    assert all(0.1 <= d["balancer.alpha"] <= 1.0 and isinstance(d["balancer.end_epoch"], int) for d in draws)
+    assert len({d["balancer.alpha"] for d in draws}) == 50
+    joint = tuning.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), 3)
+    assert set(joint) == {"train.optimizer.lr"} and joint["train.optimizer.lr"] != draws[3]["train.optimizer.lr"]  # another group
+    mlb = [tuning.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "mlb", 0), k)["balancer.beta_max"] for k in range(50)]
+    assert set(mlb) == {2, 5, 10}
+    cfg["tuning"]["seed"] = 1
+    assert tuning.trial_params(cfg, ogm, 3) != draws[3]
+
+
+def test_search_space_errors_name_the_key():
+    for space, key in (({"balancers": {"ogm": {"alfa": {"low": 0.1, "high": 1}}}}, "tuning.space.balancers.ogm.alfa"),
+                       ({"train": {"optimizer.lrate": {"low": 0.1, "high": 1}}}, "tuning.space.train.optimizer.lrate"),
+                       ({"train": {"optimizer.lr": {"low": 1, "high": 0.1}}}, "tuning.space.train.optimizer.lr"),
+                       ({"fusions": {"gated": {"hidden": {"low": 0, "high": 64, "scale": "log"}}}}, "tuning.space.fusions.gated.hidden")):
+        cfg = tuned_config()
+        cfg["tuning"]["space"] = space
+        with pytest.raises(ConfigError) as err:
+            validate_config(cfg)
+        assert err.value.key == key, (key, str(err.value))
+
+
+def test_tuning_off_keeps_every_run_hash_and_on_changes_it():
+    cfg = validate_config(default_config())
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
+    without = copy.deepcopy(cfg)
+    del without["tuning"]
+    assert run_hash(cfg, spec) == run_hash(without, spec)
+    on = copy.deepcopy(cfg)
+    on["tuning"]["enabled"] = True
+    assert run_hash(on, spec) != run_hash(cfg, spec)
+    changed = copy.deepcopy(on)
+    changed["tuning"]["space"]["balancers"]["ogm"]["alpha"]["high"] = 0.9
+    assert run_hash(changed, spec) != run_hash(on, spec)  # a new space retunes the group
+    assert run_hash(changed, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0)) == run_hash(on, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0))
+
+
+def test_best_trial_is_the_highest_validation_score_earliest_on_ties(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = validate_config(tuned_config(trials=4))
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
+    scores = [("ok", 0.5), ("failed", None), ("ok", 0.75), ("ok", 0.75)]
+    for k, (status, score) in enumerate(scores):
+        path = tuning.trial_path(spec, k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"trial": k, "params": {"balancer.alpha": 0.1 * (k + 1)}, "status": status, "val_score": score,
+                                    "metric": "validation accuracy", "history": [{}] * (k + 1)}))
+    best = tuning.select_best(cfg, spec, tuning.best_path(spec), log=lambda s: None)
+    assert best["trial"] == 2 and best["params"] == {"balancer.alpha": pytest.approx(0.3)} and best["val_score"] == 0.75
+    assert best["budget"] == {"trials": 4, "epochs_trained": 10}
+    settings = tuning.resolved_settings(cfg, spec)
+    assert settings["balancer"]["params"]["alpha"] == pytest.approx(0.3) and settings["tuning"]["best_trial"] == 2
+    with pytest.raises(FileNotFoundError, match="tune stage"):
+        tuning.resolved_settings(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0))
+
+
+def test_trials_never_read_the_test_split(tiny_workspace, monkeypatch):
+    """A trial of every kind (plain, with an inline G-Blend estimate) runs while reading 'test' raises; a final run
+    under the same guard fails, which shows the guard works."""
+    from benchmark.data import splits
+    from benchmark.run import execute_run
+
+    monkeypatch.chdir(tiny_workspace)
+    real = splits.read_split
+
+    def guarded(processed_dir, fold, part):
+        if part == "test":
+            raise AssertionError("the test split was read")
+        return real(processed_dir, fold, part)
+
+    monkeypatch.setattr(splits, "read_split", guarded)
+    cfg = validate_config(tuned_config(trials=2, balancers=["ogm", "gblend"]))
+    cfg["balancers"]["gblend"]["estimate_epochs"] = 1
+    for method in ("ogm", "gblend"):
+        spec = RunSpec("synthetic-av", "small_cnn", "concat", method, 0)
+        record = tuning.run_trial(cfg, spec, 1, tiny_workspace / f"trial-{method}.json", log=lambda s: None)
+        assert record["status"] == "ok" and record["loaded_parts"] == ["train", "val"] and 0 <= record["val_score"] <= 1
+        assert record["params"] == tuning.trial_params(cfg, spec, 1)
+    assert json.loads((tiny_workspace / "trial1.gblend.json").read_text())["holdout_clip_ids"]  # estimated from train
+    plain = copy.deepcopy(cfg)
+    plain["tuning"]["enabled"] = False
+    with pytest.raises(AssertionError, match="test split was read"):
+        execute_run(plain, RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0), log=lambda s: None)
+
+
+@pytest.mark.slow
+def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_path):
+    from tests.test_workflow import job_counts, snakemake
+
+    cfg = tuned_config(trials=3, balancers=["joint", "ogm"])
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
+    dry = snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert job_counts(dry.stdout)["tune_trial"] == 6 and job_counts(dry.stdout)["tune_select"] == 2  # 2 methods × 3 trials
+    res = snakemake(tmp_path, configfile=tmp_path / "tune.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    group = tmp_path / "results/tuning/synthetic-av/main/small_cnn/concat"
+    for method in ("joint", "ogm"):
+        trials = [json.loads((group / method / f"trial{k}.json").read_text()) for k in range(3)]
+        assert all(t["loaded_parts"] == ["train", "val"] for t in trials)  # no trial job loaded the test split
+        best = json.loads((group / method / "best.json").read_text())
+        assert best["val_score"] == max(t["val_score"] for t in trials) and best["budget"]["trials"] == 3
+        metrics = json.loads((tmp_path / f"results/runs/synthetic-av/main/small_cnn/concat/{method}/seed0/metrics.json").read_text())
+        assert metrics["settings"]["tuning"]["chosen"] == best["params"]
+        assert math.isclose(metrics["settings"]["train"]["optimizer"]["lr"], best["params"]["train.optimizer.lr"])
+    board = pd.read_csv(tmp_path / "results/leaderboard.csv").set_index("method")
+    assert (board["trials"] == 3).all() and board.loc["ogm", "hyperparameters"].startswith("alpha ")
+    md = (tmp_path / "results/leaderboard.md").read_text()
+    assert "tuned on validation** (3 trials" in md and "| tuned hyperparameters | trials |" in md
+    # the switch: paper defaults retrain the final runs without tuning, and the leaderboard says so
+    cfg["tuning"]["enabled"] = False
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
+    off = snakemake(tmp_path, configfile=tmp_path / "tune.yaml")
+    assert off.returncode == 0, off.stderr[-3000:]
+    md = (tmp_path / "results/leaderboard.md").read_text()
+    assert "**paper defaults**" in md and "| tuned hyperparameters |" not in md
