@@ -26,6 +26,11 @@ def cmd_check(args: argparse.Namespace) -> None:
     runs, skipped = grid_runs(cfg)
     combos = dict.fromkeys((f"{s.dataset}/{s.backbone}/{s.fusion}/{s.method}", reason) for s, reason in skipped)
     print(f"{args.config}: valid; {len(runs)} training runs, {len(combos)} combinations not applicable")
+    if cfg["tuning"]["enabled"]:
+        from benchmark.tuning import group_dir
+
+        groups = {group_dir(s) for s in runs}
+        print(f"  tuning: {len(groups)} groups x {cfg['tuning']['trials']} trials = {len(groups) * cfg['tuning']['trials']} trial jobs")
     for combo, reason in combos:
         print(f"  n/a: {combo}: {reason}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.grid import NO_FUSION, dataset_modalities
-from benchmark.leaderboard import COLUMN_GUIDE, agreement_table, diagnostics_table, leaderboard_table, mean_ranks
+from benchmark.leaderboard import COLUMN_GUIDE, agreement_table, diagnostics_table, leaderboard_table, mean_ranks, tuning_statement
 
 #: history keys every run has; anything else a method tracked is a coefficient trace
 STANDARD_KEYS = ("epoch", "lr", "train_loss", "train_acc", "train_eval_loss", "ogr")
@@ -190,6 +190,7 @@ def write_report(cfg: dict, summary: pd.DataFrame, runs: pd.DataFrame, records: 
             f"<p>{len(records)} finished runs; code {html.escape(', '.join(commits) or 'n/a')}. Test metrics of each run's "
             "best-validation checkpoint, mean ± std over seeds × folds. Rebuilt from the metrics files by "
             "<code>python -m benchmark aggregate</code>.</p>",
+            f"<p>{html.escape(tuning_statement(summary)).replace('**', '')}</p>",
             "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(t)}</li>" for n, t in COLUMN_GUIDE) + "</ul>"]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
         modalities = dataset_modalities(cfg, dataset)
