@@ -151,3 +151,24 @@ def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_pa
     assert off.returncode == 0, off.stderr[-3000:]
     md = (tmp_path / "results/leaderboard.md").read_text()
     assert "**paper defaults**" in md and "| tuned hyperparameters |" not in md
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(tiny_workspace, monkeypatch, tmp_path):
+    monkeypatch.chdir(tiny_workspace)
+    cfg = tuned_config(trials=1, balancers=["crash_once"])
+    cfg["balancers"]["crash_once"] = {"class": "tests.failing_methods:CrashOnce"}
+    cfg["train"]["epochs"] = 3
+    cfg = validate_config(cfg)
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "crash_once", 0)
+    marker = tiny_workspace / "crashed-once-seed0"
+    marker.unlink(missing_ok=True)
+    logs: list[str] = []
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        tuning.run_trial(cfg, spec, 0, tmp_path / "a/trial0.json", log=logs.append)
+    assert (tmp_path / "a/trial0.checkpoint.pt").exists()
+    resumed = tuning.run_trial(cfg, spec, 0, tmp_path / "a/trial0.json", log=logs.append)
+    assert any("resumed" in line and "after epoch 1/3" in line for line in logs)
+    fresh = tuning.run_trial(cfg, spec, 0, tmp_path / "b/trial0.json", log=lambda s: None)  # the marker exists: no crash
+    assert resumed["history"] == fresh["history"] and resumed["val_score"] == fresh["val_score"]
+    assert not (tmp_path / "a/trial0.checkpoint.pt").exists()
+    marker.unlink()
