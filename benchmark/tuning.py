@@ -115,6 +115,16 @@ def resolved_settings(cfg: dict, spec: RunSpec) -> dict:
     return settings
 
 
+def expected_hash(cfg: dict, spec: RunSpec) -> str | None:
+    """The config hash a finished run (or G-Blend estimate) of ``spec`` must record to be current: its settings' hash,
+    with tuning the tuned settings' hash; None while tuning is on and the group has no best.json yet."""
+    from benchmark.config import settings_hash
+
+    if enabled(cfg) and not best_path(spec).exists():
+        return None
+    return settings_hash(resolved_settings(cfg, spec))
+
+
 def check_space(cfg: dict) -> None:
     """Every searched parameter exists (a key path of ``train``, or a parameter the component declares), and every
     range is valid; errors name the key path under ``tuning.space``."""

@@ -1,5 +1,6 @@
 # Shared by every rule: config validation (before any job is built), the grid, wildcard constraints.
 import hashlib
+import json
 import os
 import re
 import sys
@@ -64,6 +65,7 @@ wildcard_constraints:
     subset=r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)+",
     seed=r"\d+",
     trial=r"\d+",
+    hash=r"[0-9a-f]{16}",
     fold=_alternatives({f for d in grid_names(config, "datasets") for f in grid.dataset_folds(config, d)}),
 
 
@@ -84,6 +86,23 @@ def dataset_hash(dataset: str, raw_only: bool = False) -> str:
     """Hash of a dataset's settings; raw_only: without preprocessing (what the download step depends on)."""
     s = dataset_settings(config, dataset)
     return settings_hash({k: v for k, v in s.items() if k != "preprocess"} if raw_only else s)
+
+
+def stale_flag(spec: grid.RunSpec, recorded: str) -> list[str]:
+    """Snakemake reruns a job whose params changed only when it has run in this directory before (its metadata). A
+    result made elsewhere (a fresh clone of committed results, a copied folder) is checked here instead: when the
+    config hash it records is not the one the config now gives, the job gets a new input, a flag named by the hash,
+    so it reruns. Current results need no flag."""
+    path = Path(recorded)
+    if not path.exists():
+        return []
+    try:
+        recorded_hash = json.loads(path.read_text()).get("config_hash")
+    except (OSError, ValueError):
+        return []
+    if recorded_hash == tuning.expected_hash(config, spec):
+        return []
+    return [f"{recorded}.config-{grid.run_hash(config, spec)}.flag"]
 
 
 def tuning_inputs(spec: grid.RunSpec) -> list[str]:

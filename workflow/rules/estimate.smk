@@ -1,9 +1,15 @@
 # Stage 3: G-Blend weights (Alg. 1) per dataset x fold x backbone x fusion x seed, from a held-out part of train.
 
 
+def estimate_inputs(w, subset: str | None) -> list[str]:
+    spec = grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), subset, w.fold)
+    weights = str(grid.gblend_weights_path(w.dataset, w.backbone, w.fusion, int(w.seed), w.fold, subset))
+    return processed_files(w.dataset, w.fold) + tuning_inputs(spec) + stale_flag(spec, weights)
+
+
 rule estimate:
     input:
-        lambda w: processed_files(w.dataset, w.fold) + tuning_inputs(grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), fold=w.fold)),
+        lambda w: estimate_inputs(w, None),
     output:
         weights="results/gblend/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}.json",
     log:
@@ -21,7 +27,7 @@ rule estimate:
 # The same for runs on a subset of the modalities (a grid block's 'modalities'): weights per subset.
 rule estimate_subset:
     input:
-        lambda w: processed_files(w.dataset, w.fold) + tuning_inputs(grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), w.subset, w.fold)),
+        lambda w: estimate_inputs(w, w.subset),
     output:
         weights="results/gblend/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}-{subset}.json",
     log:
