@@ -125,6 +125,14 @@ def expected_hash(cfg: dict, spec: RunSpec) -> str | None:
     return settings_hash(resolved_settings(cfg, spec))
 
 
+def trial_hash(cfg: dict, spec: RunSpec, trial: int) -> str:
+    """The config hash of a trial's settings (the trial's draw applied), recorded in its file."""
+    from benchmark.config import settings_hash
+
+    spec = trial_spec(cfg, spec)
+    return settings_hash(apply_params(run_settings(cfg, spec), trial_params(cfg, spec, trial)))
+
+
 def check_space(cfg: dict) -> None:
     """Every searched parameter exists (a key path of ``train``, or a parameter the component declares), and every
     range is valid; errors name the key path under ``tuning.space``."""
@@ -163,6 +171,7 @@ def trial_spec(cfg: dict, spec: RunSpec) -> RunSpec:
 
 def run_trial(cfg: dict, spec: RunSpec, trial: int, out_path: Path, log: Callable[[str], None] = print) -> dict:
     """Train one trial and score it on validation; writes ``out_path`` (params, score, history, the parts loaded)."""
+    from benchmark.config import settings_hash
     from benchmark.data import cache
     from benchmark.estimate import estimate_gblend
     from benchmark.run import prepare_run, write_json
@@ -187,7 +196,8 @@ def run_trial(cfg: dict, spec: RunSpec, trial: int, out_path: Path, log: Callabl
                  settings_hash=json.dumps(params, sort_keys=True))
     scores = [row.get(f"val_{metric}") for row in result.history]
     score = None if result.failure or not scores else max(s for s in scores if s is not None)
-    record = {"trial": trial, "params": params, "status": "failed" if result.failure else "ok", "reason": result.failure,
+    record = {"trial": trial, "params": params, "config_hash": settings_hash(prepared.settings),
+              "status": "failed" if result.failure else "ok", "reason": result.failure,
               "metric": f"validation {metric}", "val_score": score, "best_epoch": result.best_epoch,
               "seed": spec.seed, "loaded_parts": sorted({part for _, part in cache.LOADED_PARTS}), "history": result.history}
     write_json(out_path, record)

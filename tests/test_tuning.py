@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -135,6 +136,8 @@ def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_pa
     for method in ("joint", "ogm"):
         trials = [json.loads((group / method / f"trial{k}.json").read_text()) for k in range(3)]
         assert all(t["loaded_parts"] == ["train", "val"] for t in trials)  # no trial job loaded the test split
+        assert [t["config_hash"] for t in trials] == [tuning.trial_hash(validate_config(cfg), RunSpec(
+            "synthetic-av", "small_cnn", "concat", method, 0), k) for k in range(3)]
         best = json.loads((group / method / "best.json").read_text())
         assert best["val_score"] == max(t["val_score"] for t in trials) and best["budget"]["trials"] == 3
         metrics = json.loads((tmp_path / f"results/runs/synthetic-av/main/small_cnn/concat/{method}/seed0/metrics.json").read_text())
@@ -151,6 +154,19 @@ def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_pa
     assert off.returncode == 0, off.stderr[-3000:]
     md = (tmp_path / "results/leaderboard.md").read_text()
     assert "**paper defaults**" in md and "| tuned hyperparameters |" not in md
+    # results made elsewhere (no Snakemake metadata here, as in a fresh clone of committed results) still rerun when
+    # the config changes what they record: a changed method parameter reruns that method, tuning reruns everything
+    shutil.rmtree(tmp_path / ".snakemake" / "metadata")
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml"))
+    cfg["balancers"]["ogm"]["start_epoch"] = 1  # not searched: it changes ogm's runs and trials
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
+    changed = snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml")
+    assert job_counts(changed.stdout).get("train") == 1 and "method=ogm" in changed.stdout
+    cfg["tuning"]["enabled"] = True
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
+    tuned = job_counts(snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml").stdout)
+    # every final run retrains with its best trial; ogm's 3 trials rerun (their settings changed), joint's are current
+    assert tuned.get("train") == 2 and tuned.get("tune_trial") == 3
 
 
 def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(tiny_workspace, monkeypatch, tmp_path):

@@ -65,7 +65,6 @@ wildcard_constraints:
     subset=r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)+",
     seed=r"\d+",
     trial=r"\d+",
-    hash=r"[0-9a-f]{16}",
     fold=_alternatives({f for d in grid_names(config, "datasets") for f in grid.dataset_folds(config, d)}),
 
 
@@ -88,11 +87,14 @@ def dataset_hash(dataset: str, raw_only: bool = False) -> str:
     return settings_hash({k: v for k, v in s.items() if k != "preprocess"} if raw_only else s)
 
 
-def stale_flag(spec: grid.RunSpec, recorded: str) -> list[str]:
-    """Snakemake reruns a job whose params changed only when it has run in this directory before (its metadata). A
-    result made elsewhere (a fresh clone of committed results, a copied folder) is checked here instead: when the
-    config hash it records is not the one the config now gives, the job gets a new input, a flag named by the hash,
-    so it reruns. Current results need no flag."""
+def stale_flag(recorded: str, expected, trigger) -> list[str]:
+    """Snakemake reruns a job whose params changed only when it ran in this directory before (its metadata), and it
+    does not remake a missing input of a job whose outputs exist. So a result made elsewhere (a fresh clone of
+    committed results, a copied folder) is checked here: when the config hash it records is not the one the config
+    now gives, a flag file named by the new hash is written next to it (once) and made an input of its job, which is
+    then newer than the result, so the job reruns. Current results get no flag. ``expected``: the hash the result must
+    record (None: not known yet, so stale) and ``trigger``, the job's params hash that names the flag, are functions,
+    called only for results that exist (a dry run of a large new grid reads nothing)."""
     path = Path(recorded)
     if not path.exists():
         return []
@@ -100,9 +102,13 @@ def stale_flag(spec: grid.RunSpec, recorded: str) -> list[str]:
         recorded_hash = json.loads(path.read_text()).get("config_hash")
     except (OSError, ValueError):
         return []
-    if recorded_hash == tuning.expected_hash(config, spec):
+    current = expected()
+    if current is not None and recorded_hash == current:
         return []
-    return [f"{recorded}.config-{grid.run_hash(config, spec)}.flag"]
+    flag = Path(f"{recorded}.config-{trigger()}.flag")
+    if not flag.exists():
+        flag.write_text(f"{recorded} records config {recorded_hash}; the config now gives another: rerun\n")
+    return [str(flag)]
 
 
 def tuning_inputs(spec: grid.RunSpec) -> list[str]:

@@ -4,7 +4,8 @@
 def estimate_inputs(w, subset: str | None) -> list[str]:
     spec = grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), subset, w.fold)
     weights = str(grid.gblend_weights_path(w.dataset, w.backbone, w.fusion, int(w.seed), w.fold, subset))
-    return processed_files(w.dataset, w.fold) + tuning_inputs(spec) + stale_flag(spec, weights)
+    return (processed_files(w.dataset, w.fold) + tuning_inputs(spec)
+            + stale_flag(weights, lambda: tuning.expected_hash(config, spec), lambda: grid.run_hash(config, spec)))
 
 
 rule estimate:

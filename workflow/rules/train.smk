@@ -8,7 +8,7 @@ def method_inputs(w) -> list[str]:
     needs = component_class(config, "balancers", spec.balancer).needs
     modalities = grid.run_settings(config, spec)["modalities"]
     return (processed_files(w.dataset, w.fold) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
-            + tuning_inputs(spec) + stale_flag(spec, run_file(spec, "metrics.json")))
+            + tuning_inputs(spec) + stale_flag(run_file(spec, "metrics.json"), lambda: tuning.expected_hash(config, spec), lambda: grid.run_hash(config, spec)))
 
 
 rule train:
@@ -29,16 +29,3 @@ rule train:
         " --fusion {wildcards.fusion} --method {wildcards.method} --seed {wildcards.seed} --threads {threads}"
         " --out-dir $(dirname {output.metrics}) >> {log} 2>&1"
 
-
-# A result whose recorded config hash is not the config's (see stale_flag in common.smk) gets this flag as a new
-# input, which makes its job rerun; the flag's name holds the hash, so a later change makes a new one.
-localrules: config_flag
-
-
-rule config_flag:
-    output:
-        "{path}.config-{hash}.flag",
-    log:
-        "{path}.config-{hash}.flag.log",
-    shell:
-        "echo 'rerun: the config hash is now {wildcards.hash}' > {output} 2> {log}"

@@ -13,7 +13,14 @@ def trial_inputs(w) -> list[str]:
     spec = group_spec(w)
     needs = tuple(n for n in component_class(config, "balancers", spec.balancer).needs if n != "gblend_weights")
     modalities = grid.run_settings(config, spec)["modalities"]
-    return processed_files(w.dataset, w.fold) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
+    trial = int(w.trial)
+    recorded = str(tuning.trial_path(spec, trial))
+    return (processed_files(w.dataset, w.fold) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
+            + stale_flag(recorded, lambda: tuning.trial_hash(config, spec, trial), lambda: trial_trigger(w)))
+
+
+def trial_trigger(w) -> str:
+    return settings_hash({"group": grid.run_hash(config, group_spec(w)), "trial": int(w.trial)})
 
 
 rule tune_trial:
@@ -24,7 +31,7 @@ rule tune_trial:
     log:
         "results/tuning/{dataset}/{fold}/{backbone}/{fusion}/{method}/trial{trial}.log",
     params:
-        settings=lambda w: settings_hash({"group": grid.run_hash(config, group_spec(w)), "trial": int(w.trial)}),
+        settings=trial_trigger,
     threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
