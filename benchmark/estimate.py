@@ -15,7 +15,7 @@ from typing import Callable
 
 from benchmark.balancers.gblend import carve_holdout, gb_estimate
 from benchmark.config import component_class, settings_hash
-from benchmark.grid import DEFAULT_FOLD, RunSpec, run_settings
+from benchmark.grid import DEFAULT_FOLD, RunSpec
 from benchmark.models.model import fingerprint
 from benchmark.run import RunData, build_run_model, write_json
 from benchmark.train import configure_determinism, resolve_device
@@ -26,10 +26,10 @@ def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: i
                     params: dict | None = None) -> dict:
     """Weights for the G-Blend runs of one dataset/fold/backbone/fusion/seed (and modality subset, '+'-joined), with
     the tuned hyperparameters when tuning is on, or a tuning trial's ``params``."""
-    from benchmark.tuning import apply_params, resolved_settings
+    from benchmark.tuning import settings_for
 
     spec = RunSpec(dataset, backbone, fusion, "gblend", seed, modality, fold)
-    settings = resolved_settings(cfg, spec) if params is None else apply_params(run_settings(cfg, spec), params)
+    settings = settings_for(cfg, spec, params)
     params = settings["balancer"]["params"]
     epochs = params["estimate_epochs"] or settings["train"]["epochs"]
     configure_determinism(settings["train"]["deterministic"])

@@ -96,23 +96,10 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = _average_ranks(scores.double())
+    from scipy.stats import rankdata
+
+    ranks = torch.from_numpy(rankdata(scores.double().numpy()))  # tied scores share their mean rank
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks with tied values sharing their mean rank."""
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty(len(x), dtype=torch.float64)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
 
 
 def mean_auc(logits: torch.Tensor, y: torch.Tensor) -> float:

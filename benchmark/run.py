@@ -19,7 +19,7 @@ from benchmark.balancers.base import Balancer, RunContext
 from benchmark.config import component_class, settings_hash
 from benchmark.data.cache import BatchPreparer, CachedSplit, load_info, load_part, make_loader
 from benchmark.diagnostics import correct_string, ids_digest, linear_probes, masked_shapley, model_cost, ogr, train_eval_subset
-from benchmark.grid import NO_FUSION, RunSpec, artifact_paths, processed_dir, run_settings
+from benchmark.grid import NO_FUSION, RunSpec, artifact_paths, processed_dir
 from benchmark.models.model import MultimodalModel, build_model
 from benchmark.provenance import execution_host, provenance
 from benchmark.train import configure_determinism, fit, predict, resolve_device, selection_metric
@@ -121,9 +121,9 @@ class PreparedRun:
 def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = None, params: dict | None = None) -> PreparedRun:
     """Resolve the run's settings (the tuned ones when tuning is on; a tuning trial passes its ``params``) and
     device, load its data, build its method and (configured) model."""
-    from benchmark.tuning import apply_params, resolved_settings
+    from benchmark.tuning import settings_for
 
-    settings = resolved_settings(cfg, spec) if params is None else apply_params(run_settings(cfg, spec), params)
+    settings = settings_for(cfg, spec, params)
     configure_determinism(settings["train"]["deterministic"])
     device = resolve_device(settings["train"]["device"])
     balancer_cls = component_class(cfg, "balancers", spec.balancer)

@@ -130,7 +130,12 @@ def trial_hash(cfg: dict, spec: RunSpec, trial: int) -> str:
     from benchmark.config import settings_hash
 
     spec = trial_spec(cfg, spec)
-    return settings_hash(apply_params(run_settings(cfg, spec), trial_params(cfg, spec, trial)))
+    return settings_hash(settings_for(cfg, spec, trial_params(cfg, spec, trial)))
+
+
+def settings_for(cfg: dict, spec: RunSpec, params: dict | None = None) -> dict:
+    """A run's settings: with a tuning trial's ``params`` applied, else the resolved (tuned or default) ones."""
+    return resolved_settings(cfg, spec) if params is None else apply_params(run_settings(cfg, spec), params)
 
 
 def check_space(cfg: dict) -> None:
@@ -191,17 +196,17 @@ def run_trial(cfg: dict, spec: RunSpec, trial: int, out_path: Path, log: Callabl
                         fold=spec.fold, modality=spec.modality, params=params)
     prepared = prepare_run(cfg, spec, artifacts, params=params)
     metric = selection_metric(prepared.train.multi_label)
+    checkpoint, config_hash = out_path.with_name(f"trial{trial}.checkpoint.pt"), settings_hash(prepared.settings)
     result = fit(prepared.model, prepared.balancer, prepared.ctx, prepared.train, prepared.data.prep, prepared.settings["train"],
-                 val=prepared.data.val, log=log, checkpoint=out_path.with_name(f"trial{trial}.checkpoint.pt"),
-                 settings_hash=json.dumps(params, sort_keys=True))
-    scores = [row.get(f"val_{metric}") for row in result.history]
-    score = None if result.failure or not scores else max(s for s in scores if s is not None)
-    record = {"trial": trial, "params": params, "config_hash": settings_hash(prepared.settings),
+                 val=prepared.data.val, log=log, checkpoint=checkpoint, settings_hash=config_hash)
+    ok = result.failure is None and result.best_epoch is not None
+    score = result.history[result.best_epoch][f"val_{metric}"] if ok else None  # the selected epoch's score
+    record = {"trial": trial, "params": params, "config_hash": config_hash,
               "status": "failed" if result.failure else "ok", "reason": result.failure,
               "metric": f"validation {metric}", "val_score": score, "best_epoch": result.best_epoch,
               "seed": spec.seed, "loaded_parts": sorted({part for _, part in cache.LOADED_PARTS}), "history": result.history}
     write_json(out_path, record)
-    out_path.with_name(f"trial{trial}.checkpoint.pt").unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     return record
 
 

@@ -65,9 +65,7 @@ class Backbone(nn.Module):
 
     def pool(self, h: torch.Tensor, batch: int) -> torch.Tensor:
         """Feature maps -> one vector per sample (the mean over time and space, as ``forward``)."""
-        if self.kind == "frames":
-            return h.unflatten(0, (batch, -1)).mean(dim=(1, 3, 4))
-        return h.mean(dim=(2, 3))
+        return pool_maps(h, batch, self.kind)
 
     def block_channels(self, k: int) -> int:
         """Channels of the feature map after the first k blocks."""
@@ -76,6 +74,14 @@ class Backbone(nn.Module):
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone", base=Backbone)
+
+
+def pool_maps(h: torch.Tensor, batch: int, kind: str) -> torch.Tensor:
+    """Feature maps of one input kind -> [B, C]: frames' maps [B·T, C, H, W] averaged over time and space, a
+    spectrogram's [B, C, F, T] over frequency and time."""
+    if kind == "frames":
+        return h.unflatten(0, (batch, -1)).mean(dim=(1, 3, 4))
+    return h.mean(dim=(2, 3))
 
 
 def load_local_weights(module: nn.Module, path: str | None) -> None:

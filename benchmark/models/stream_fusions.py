@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.models.backbones import Backbone
+from benchmark.models.backbones import Backbone, pool_maps
 from benchmark.models.fusions import FUSIONS, ConcatFusion, Fusion
 
 
@@ -125,8 +125,7 @@ class SEGateFusion(BlockFusion):
         self.gates = nn.ModuleDict(gates)
 
     def gate(self, maps: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
-        pooled = {m: (h.unflatten(0, (batch, -1)).mean(dim=(1, 3, 4)) if self.kinds[m] == "frames" else h.mean(dim=(2, 3)))
-                  for m, h in maps.items()}
+        pooled = {m: pool_maps(h, batch, self.kinds[m]) for m, h in maps.items()}
         out = {}
         for m, h in maps.items():
             w = self.gates[m](torch.cat([pooled[o] for o in self.modalities if o != m], dim=1))
