@@ -1,11 +1,37 @@
-"""``python -m benchmark <step>``: every DAG step, runnable by hand with the same arguments Snakemake uses."""
+"""``python -m benchmark <step>``: every DAG step, runnable by hand with the same arguments Snakemake uses.
+
+Every step reads the config the same way as the DAG: ``config.yaml`` (or the packaged default), then each
+``--config`` overlay in order, then each ``--set key.path=value``.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from benchmark.config import AXES, ConfigError, component_class, dataset_settings, load_config, registry
+from benchmark.components import AXES, registry
+from benchmark.config import ConfigError, component_class, dataset_settings
+from benchmark.config import load_config as _load_layers
+from benchmark.paths import processed_dir, raw_dir
+
+
+def load_config(args: argparse.Namespace) -> dict:
+    return _load_layers(args.config or [], args.set or [])
+
+
+class IdentityMismatch(ValueError):
+    """A job asked for a result folder whose identity is not the one the config gives."""
+
+
+def _resolve(args: argparse.Namespace, cfg: dict, step):
+    from benchmark.settings import Resolver
+
+    resolver = Resolver(cfg)
+    resolved = resolver.resolve(step)
+    if getattr(args, "id", None) and args.id != resolved.identity:
+        raise IdentityMismatch(f"the job asks for identity {args.id}, but the config gives {resolved.identity} for this "
+                               f"{step.kind} (the config changed while the DAG ran?); rerun snakemake")
+    return resolver, resolved
 
 
 def _threads(n: int) -> None:
@@ -22,23 +48,20 @@ def cmd_list(args: argparse.Namespace) -> None:
 def cmd_check(args: argparse.Namespace) -> None:
     from benchmark.grid import grid_runs
 
-    cfg = load_config(args.config)
+    cfg = load_config(args)
     runs, skipped = grid_runs(cfg)
     combos = dict.fromkeys((f"{s.dataset}/{s.backbone}/{s.fusion}/{s.method}", reason) for s, reason in skipped)
-    print(f"{args.config}: valid; {len(runs)} training runs, {len(combos)} combinations not applicable")
+    layers = " + ".join(["config.yaml" if Path("config.yaml").exists() else "packaged config.yaml", *(args.config or [])])
+    print(f"{layers}: valid; experiment '{cfg['experiment']}'; {len(runs)} training runs, {len(combos)} combinations not applicable")
     if cfg["tuning"]["enabled"]:
-        from benchmark.tuning import group_dir
-
-        groups = {group_dir(s) for s in runs}
+        groups = {(s.dataset, s.fold, s.backbone, s.fusion, s.method) for s in runs}
         print(f"  tuning: {len(groups)} groups x {cfg['tuning']['trials']} trials = {len(groups) * cfg['tuning']['trials']} trial jobs")
     for combo, reason in combos:
         print(f"  n/a: {combo}: {reason}")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from benchmark.grid import raw_dir
-
-    cfg = load_config(args.config)
+    cfg = load_config(args)
     cls = component_class(cfg, "datasets", args.dataset)
     out = Path(args.out or raw_dir(args.dataset))
     cls(dataset_settings(cfg, args.dataset)).download(out, workers=args.workers)
@@ -47,9 +70,8 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_balance(args: argparse.Namespace) -> None:
     from benchmark.data.balance import balance_manifest
-    from benchmark.grid import raw_dir
 
-    cfg = load_config(args.config)
+    cfg = load_config(args)
     params = dataset_settings(cfg, args.dataset).get("balance")
     if not params:
         raise SystemExit(f"dataset '{args.dataset}' has no 'balance' section in the config")
@@ -59,9 +81,9 @@ def cmd_balance(args: argparse.Namespace) -> None:
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
     from benchmark.data.preprocess import preprocess
-    from benchmark.grid import manifest_name, processed_dir, raw_dir
+    from benchmark.grid import manifest_name
 
-    cfg = load_config(args.config)
+    cfg = load_config(args)
     cls = component_class(cfg, "datasets", args.dataset)
     settings = dataset_settings(cfg, args.dataset)
     info = preprocess(cls(settings), Path(args.raw or raw_dir(args.dataset)), Path(args.out or processed_dir(args.dataset)),
@@ -71,9 +93,9 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 def cmd_split(args: argparse.Namespace) -> None:
     from benchmark.data.splits import write_splits
-    from benchmark.grid import manifest_name, processed_dir, raw_dir
+    from benchmark.grid import manifest_name
 
-    cfg = load_config(args.config)
+    cfg = load_config(args)
     cls = component_class(cfg, "datasets", args.dataset)
     write_splits(cls(dataset_settings(cfg, args.dataset)), Path(args.raw or raw_dir(args.dataset)),
                  Path(args.processed or processed_dir(args.dataset)), folds=[args.fold] if args.fold else None,
@@ -82,25 +104,30 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 def cmd_estimate(args: argparse.Namespace) -> None:
     from benchmark.estimate import estimate_gblend
-    from benchmark.grid import gblend_weights_path
+    from benchmark.grid import RunSpec
+    from benchmark.settings import Step
 
     _threads(args.threads)
-    cfg = load_config(args.config)
-    out = Path(args.out or gblend_weights_path(args.dataset, args.backbone, args.fusion, args.seed, args.fold, args.modalities))
-    estimate_gblend(cfg, args.dataset, args.backbone, args.fusion, args.seed, out, fold=args.fold, modality=args.modalities)
+    cfg = load_config(args)
+    spec = RunSpec(args.dataset, args.backbone, args.fusion, "gblend", args.seed, args.modalities, args.fold)
+    resolver, resolved = _resolve(args, cfg, Step("estimate", spec))
+    estimate_gblend(cfg, args.dataset, args.backbone, args.fusion, args.seed, Path(args.out or resolved.path), fold=args.fold,
+                    modality=args.modalities, resolver=resolver)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from benchmark.grid import RunSpec
     from benchmark.run import train_run
+    from benchmark.settings import Step
 
     _threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = load_config(args)
     spec = RunSpec.from_method(args.dataset, args.backbone, args.fusion, args.method, args.seed, args.fold)
     component_class(cfg, "balancers", spec.balancer)
-    out_dir = Path(args.out_dir or spec.run_dir)
+    resolver, resolved = _resolve(args, cfg, Step("run", spec))
+    out_dir = Path(args.out_dir or resolved.path)
     try:
-        train_run(cfg, spec, out_dir)
+        train_run(cfg, spec, out_dir, resolver=resolver)
     except Exception:
         # the scheduler may replace train.log when it retries the job; this file keeps why each attempt died
         import datetime
@@ -112,38 +139,54 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise
 
 
-def _group_spec(args: argparse.Namespace):
+def _group(args: argparse.Namespace, kind: str, trial: int | None = None):
     from benchmark.grid import RunSpec
+    from benchmark.settings import Step
 
-    cfg = load_config(args.config)
+    cfg = load_config(args)
     if not cfg["tuning"]["enabled"]:
         raise SystemExit("tuning.enabled is false in the config: there is nothing to tune")
-    return cfg, RunSpec.from_method(args.dataset, args.backbone, args.fusion, args.method, cfg["tuning"]["train_seed"], args.fold)
+    spec = RunSpec.from_method(args.dataset, args.backbone, args.fusion, args.method, cfg["tuning"]["train_seed"], args.fold)
+    if trial is not None and not 0 <= trial < cfg["tuning"]["trials"]:
+        raise SystemExit(f"--trial must be in 0..{cfg['tuning']['trials'] - 1} (tuning.trials)")
+    args_id = args.id
+    args.id = None  # the job names the group's identity (its folder), which a trial's own does not equal
+    resolver, group = _resolve(args, cfg, Step("tune_best", spec))
+    if args_id and args_id != group.identity:
+        raise IdentityMismatch(f"the job asks for tuning {args_id}, but the config gives {group.identity}; rerun snakemake")
+    return cfg, spec, resolver, group
 
 
 def cmd_tune_trial(args: argparse.Namespace) -> None:
-    from benchmark.tuning import run_trial, trial_path
+    from benchmark.tuning import run_trial
 
     _threads(args.threads)
-    cfg, spec = _group_spec(args)
-    if not 0 <= args.trial < cfg["tuning"]["trials"]:
-        raise SystemExit(f"--trial must be in 0..{cfg['tuning']['trials'] - 1} (tuning.trials)")
-    run_trial(cfg, spec, args.trial, Path(args.out or trial_path(spec, args.trial)))
+    cfg, spec, resolver, group = _group(args, "tune_trial", args.trial)
+    run_trial(cfg, spec, args.trial, Path(args.out) if args.out else None, resolver=resolver)
 
 
 def cmd_tune_select(args: argparse.Namespace) -> None:
-    from benchmark.tuning import best_path, select_best
+    from benchmark.tuning import select_best
 
-    cfg, spec = _group_spec(args)
-    select_best(cfg, spec, Path(args.out or best_path(spec)))
+    cfg, spec, resolver, group = _group(args, "tune_best")
+    select_best(cfg, spec, Path(args.out) if args.out else None, resolver=resolver)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from benchmark.leaderboard import aggregate
+    from benchmark.aggregate import aggregate
+    from benchmark.paths import experiment_dir
 
-    cfg = load_config(args.config)
-    summary = aggregate(cfg, Path(args.out_dir))
-    print(f"wrote {Path(args.out_dir) / 'leaderboard.md'} ({len(summary)} rows)")
+    cfg = load_config(args)
+    out_dir = Path(args.out_dir or experiment_dir(cfg["experiment"]))
+    summary = aggregate(cfg, out_dir)
+    print(f"wrote {out_dir / 'leaderboard.md'} ({len(summary)} rows)")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from benchmark.prune import prune
+
+    configs = [load_config(args)] if args.config or args.set else []
+    prune(Path("."), configs, args.delete)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,7 +197,10 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
         sp.set_defaults(fn=fn)
         if name != "list":
-            sp.add_argument("--config", default="config.yaml", help="experiment config (default: config.yaml)")
+            sp.add_argument("--config", action="append", metavar="FILE",
+                            help="a config overlay, layered over config.yaml in the order given (repeatable)")
+            sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                            help="a typed override, e.g. train.epochs=2 (the value parsed as YAML; repeatable)")
         return sp
 
     sp = add("list", cmd_list, "print the registered names of one axis, one per line")
@@ -187,10 +233,11 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
         if name == "train":
             sp.add_argument("--method", required=True, help="balancer name, or '<balancer>-<modalities>' (e.g. unimodal-audio, joint-visual+flow)")
-            sp.add_argument("--out-dir", help="default: results/runs/<dataset>/<fold>/<backbone>/<fusion>/<method>/seed<seed>")
+            sp.add_argument("--out-dir", help="default: the run's folder, results/runs/<dataset>/<fold>/<backbone>/<fusion>/<method>/seed<seed>-<id>")
         else:
-            sp.add_argument("--out", help="default: results/gblend/<dataset>/<fold>/<backbone>/<fusion>/seed<seed>.json")
+            sp.add_argument("--out", help="default: results/gblend/<dataset>/<fold>/<backbone>/<fusion>/gblend[-<subset>]/seed<seed>-<id>.json")
             sp.add_argument("--modalities", help="a '+'-joined subset of the dataset's modalities (default: all)")
+        sp.add_argument("--id", help="the identity the job expects (the DAG passes it); a different one is an error")
     for name, fn, help in (("tune-trial", cmd_tune_trial, "train one tuning trial of a dataset/fold/backbone/fusion/method, scored on validation"),
                            ("tune-select", cmd_tune_select, "pick a group's best trial (best.json)")):
         sp = add(name, fn, help)
@@ -199,13 +246,17 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--backbone", required=True)
         sp.add_argument("--fusion", required=True)
         sp.add_argument("--method", required=True)
-        sp.add_argument("--out", help="default: results/tuning/<dataset>/<fold>/<backbone>/<fusion>/<method>/trial<k>.json (best.json)")
+        sp.add_argument("--out", help="default: results/tuning/<dataset>/<fold>/<backbone>/<fusion>/<method>/<id>/trial<k>.json (best.json)")
+        sp.add_argument("--id", help="the tuning's identity the job expects (the DAG passes it)")
         if name == "tune-trial":
             sp.add_argument("--trial", type=int, required=True)
             sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     sub.add_parser("perf", help="the performance benchmark (python -m benchmark perf --help)", add_help=False)
-    sp = add("aggregate", cmd_aggregate, "build the leaderboard and plots from the metrics files")
-    sp.add_argument("--out-dir", default="results")
+    sp = add("prune", cmd_prune, "list (or --delete) the results no experiment uses (experiments: results/*/runs-*.json "
+                                  "and the configs given)")
+    sp.add_argument("--delete", action="store_true", help="remove them (default: only list them)")
+    sp = add("aggregate", cmd_aggregate, "build the experiment's leaderboard and plots from its runs' metrics files")
+    sp.add_argument("--out-dir", help="default: results/<experiment>")
     return p
 
 
@@ -213,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.data.preprocess import PreprocessError
     from benchmark.data.sources import SourceError
     from benchmark.data.splits import SplitError
+    from benchmark.leaderboard import StaleResult
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["perf"]:  # the performance benchmark has its own options
@@ -222,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, SourceError, PreprocessError, SplitError) as err:  # bad input: one clear line, no traceback
+    except (ConfigError, SourceError, PreprocessError, SplitError, IdentityMismatch, StaleResult) as err:  # bad input: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,8 +1,11 @@
-"""Loading, validating and resolving the experiment config.
+"""Reading, layering and validating the experiment config.
 
-Validation happens before any job is built (Snakemake's ``common.smk`` and every CLI subcommand call
-``validate_config``): schema (keys, types, ranges) first, then what only the registries know (method names,
-constructor parameters of user classes). Every error names the offending key path, e.g. ``train.epohcs``.
+One way to read a config, for the DAG (``workflow/rules/common.smk``), every CLI step and ``check``: the base
+config (``config.yaml`` in the working directory, else the one that ships with the package), then each overlay file
+in order (mappings merge key by key; lists and values replace), then typed overrides (``--set train.epochs=2``, the
+value parsed as YAML). Validation happens before any job is built: schema (keys, types, ranges) first, then what
+only the registries know (method names, constructor parameters of user classes). Every error names the offending
+key path, e.g. ``train.epohcs``.
 """
 from __future__ import annotations
 
@@ -13,15 +16,19 @@ import hashlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import jsonschema
 import yaml
 
-from benchmark.registry import Registry, UnknownNameError
+from benchmark.components import AXES, registry
+from benchmark.paths import RESERVED
+from benchmark.registry import UnknownNameError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-AXES = ("datasets", "backbones", "fusions", "balancers")
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = PACKAGE_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = PACKAGE_ROOT / "config.yaml"
+__all__ = ["AXES", "ConfigError", "registry", "load_config", "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -33,28 +40,70 @@ class ConfigError(ValueError):
         super().__init__(f"config error at '{key}': {message}" if key else f"config error: {message}")
 
 
-def registry(axis: str) -> Registry:
-    """The registry of one grid axis ('datasets', 'backbones', 'fusions', 'balancers')."""
-    if axis == "balancers":
-        from benchmark.balancers.base import BALANCERS as reg
-    elif axis == "fusions":
-        from benchmark.models.fusions import FUSIONS as reg
-    elif axis == "backbones":
-        from benchmark.models.backbones import BACKBONES as reg
-    elif axis == "datasets":
-        from benchmark.data.datasets import DATASETS as reg
-    else:
-        raise ValueError(f"unknown axis '{axis}'; axes: {', '.join(AXES)}")
-    return reg
+def base_config_path() -> Path:
+    """The config every other layer goes over: ./config.yaml, else the packaged default."""
+    local = Path("config.yaml")
+    return local if local.exists() else DEFAULT_CONFIG
 
 
-def load_config(path: str | Path) -> dict:
+def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        cfg = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError("", f"cannot read config file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError("", f"{path} is not valid YAML: {err}") from err
-    return validate_config(cfg)
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path}: a config must be a mapping (a YAML document of key: value entries)")
+    return data
+
+
+def parse_set(expr: str) -> dict:
+    """'train.optimizer.lr=0.1' -> {'train': {'optimizer': {'lr': 0.1}}} (the value parsed as YAML)."""
+    key, sep, text = expr.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError("", f"--set {expr!r}: expected key.path=value (e.g. train.epochs=2)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(key, f"--set value {text!r} is not valid YAML: {err}") from None
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def typed(value: Any) -> Any:
+    """Snakemake's ``--config`` parses values with YAML's base loader (every scalar a string): parse them again."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [typed(v) for v in value]
+    return value
+
+
+def layered(overlays: Sequence[str | Path] = (), sets: Sequence[str] = (), base: str | Path | None = None) -> dict:
+    """The raw (unvalidated) config: base, then each overlay file, then each ``--set`` expression."""
+    cfg = read_yaml(base or base_config_path())
+    for path in overlays:
+        cfg = deep_merge(cfg, read_yaml(path))
+    for expr in sets:
+        cfg = deep_merge(cfg, parse_set(expr))
+    return cfg
+
+
+def load_config(overlays: str | Path | Sequence[str | Path] = (), sets: Sequence[str] = (), base: str | Path | None = None) -> dict:
+    """The validated config of the layers (see the module docstring); ``overlays``: one path or several."""
+    if isinstance(overlays, (str, Path)):
+        overlays = [overlays]
+    return validate_config(layered(overlays, sets, base))
 
 
 def validate_config(cfg: Any) -> dict:
@@ -78,9 +127,10 @@ def validate_config(cfg: Any) -> dict:
                 dataset_settings(cfg, name)
             else:
                 component_params(cfg, axis, name)
-    from benchmark.tuning import check_space
-
     check_space(cfg)
+    if cfg["experiment"] in RESERVED:
+        raise ConfigError("experiment", f"'{cfg['experiment']}' names a folder of results/ that holds no experiment "
+                                        f"({', '.join(RESERVED)}); choose another name")
     return cfg
 
 
@@ -166,10 +216,11 @@ def _check_schema(cfg: dict) -> None:
     raise ConfigError(key, err.message)
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` over ``base``: mappings merge key by key, anything else replaces."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
     return out
 
 
@@ -181,7 +232,7 @@ def train_settings(cfg: dict, backbone: str) -> dict:
         return _without_default_speed_options(base)
     if "per_backbone" in override:
         raise ConfigError(f"train.per_backbone.{backbone}.per_backbone", "overrides cannot be nested")
-    merged = _deep_merge(base, override)
+    merged = deep_merge(base, override)
     try:
         _check_schema({"grid": copy.deepcopy(cfg["grid"][0] if isinstance(cfg["grid"], list) else cfg["grid"]),
                        "train": copy.deepcopy(merged)})
@@ -220,7 +271,7 @@ def _expand_presets(cfg: dict) -> None:
             raise ConfigError(f"datasets.{name}.preprocess.preset",
                               f"unknown preset '{pre['preset']}' for dataset '{name}'; presets: {', '.join(presets) or 'none'}")
         chosen = presets[pre["preset"]]
-        entry["preprocess"] = _deep_merge({k: v for k, v in chosen.items() if k in ("audio", "visual")}, pre)
+        entry["preprocess"] = deep_merge({k: v for k, v in chosen.items() if k in ("audio", "visual")}, pre)
 
 
 def _check_section_names(cfg: dict) -> None:
@@ -294,6 +345,39 @@ def declared_params(cls: type, section: str | None = None) -> dict:
         if p.kind is inspect.Parameter.KEYWORD_ONLY:
             params[p.name] = None if p.default is inspect.Parameter.empty else p.default
     return params
+
+
+# --- tuning's search space ---------------------------------------------------------------------------
+
+def check_space(cfg: dict) -> None:
+    """Every searched parameter exists (a key path of ``train``, or a parameter the component declares), and every
+    range is valid; errors name the key path under ``tuning.space``."""
+    space = (cfg.get("tuning") or {}).get("space") or {}
+    base_train = {k: v for k, v in cfg["train"].items() if k != "per_backbone"}
+    for key, dist in (space.get("train") or {}).items():
+        node = base_train
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"tuning.space.train.{key}", f"'{key}' is not a training setting (e.g. optimizer.lr)")
+            node = node[part]
+        _check_dist(f"tuning.space.train.{key}", dist)
+    for axis in ("balancers", "fusions", "backbones"):
+        for name, params in (space.get(axis) or {}).items():
+            accepted = component_params(cfg, axis, name)
+            for key, dist in (params or {}).items():
+                if key not in accepted:
+                    raise ConfigError(f"tuning.space.{axis}.{name}.{key}",
+                                      f"'{name}' has no parameter '{key}'; it has {', '.join(sorted(accepted)) or 'none'}")
+                _check_dist(f"tuning.space.{axis}.{name}.{key}", dist)
+
+
+def _check_dist(key: str, dist: dict) -> None:
+    if "choices" in dist:
+        return
+    if not dist["low"] < dist["high"]:
+        raise ConfigError(key, f"low ({dist['low']}) must be below high ({dist['high']})")
+    if dist.get("scale") == "log" and dist["low"] <= 0:
+        raise ConfigError(key, "a log-scale range needs low > 0")
 
 
 # --- runs ----------------------------------------------------------------------------------------------

@@ -18,18 +18,22 @@ from benchmark.config import component_class, settings_hash
 from benchmark.grid import DEFAULT_FOLD, RunSpec
 from benchmark.models.model import fingerprint
 from benchmark.run import RunData, build_run_model, write_json
+from benchmark.settings import Resolved, Resolver, Step
 from benchmark.train import configure_determinism, resolve_device
 
 
-def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: int, out_path: Path,
+def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: int, out_path: Path | None = None,
                     log: Callable[[str], None] = print, fold: str = DEFAULT_FOLD, modality: str | None = None,
-                    params: dict | None = None) -> dict:
+                    settings: dict | None = None, resolver: Resolver | None = None, resolved: Resolved | None = None) -> dict:
     """Weights for the G-Blend runs of one dataset/fold/backbone/fusion/seed (and modality subset, '+'-joined), with
-    the tuned hyperparameters when tuning is on, or a tuning trial's ``params``."""
-    from benchmark.tuning import settings_for
-
+    the tuned hyperparameters when tuning is on, or a tuning trial's ``settings``. ``out_path`` defaults to the
+    estimate's file (named by its identity); a tuning trial passes itself as ``resolved``."""
+    resolver = resolver or Resolver(cfg)
     spec = RunSpec(dataset, backbone, fusion, "gblend", seed, modality, fold)
-    settings = settings_for(cfg, spec, params)
+    resolved = resolved or resolver.resolve(Step("estimate", spec))
+    if settings is None:
+        settings = resolver.training_settings(resolved)
+    out_path = Path(out_path or resolved.path)
     params = settings["balancer"]["params"]
     epochs = params["estimate_epochs"] or settings["train"]["epochs"]
     configure_determinism(settings["train"]["deterministic"])
@@ -54,6 +58,7 @@ def estimate_gblend(cfg: dict, dataset: str, backbone: str, fusion: str, seed: i
         **est,
         "init_fingerprint": init,
         "config_hash": settings_hash(settings),
+        "identity": resolved.record(),
         "holdout_clip_ids": parts["V"].ids(), "train_subset_clip_ids": train_subset.ids(),
     }
     write_json(out_path, result)

@@ -16,8 +16,25 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.grid import NO_FUSION, RunSpec, dataset_modalities, grid_runs
+from benchmark.settings import NUMERICS_VERSION, Resolver
 
 NA = "n/a"
+
+
+class StaleResult(ValueError):
+    """A metrics file whose recorded identity is not the one the config gives for its run."""
+
+
+def check_identity(record: dict, expected: str, path: Path) -> None:
+    """Refuse a result made with other settings than the config asks for (a table never mixes settings)."""
+    recorded = (record.get("identity") or {}).get("identity")
+    if recorded != expected:
+        raise StaleResult(f"{path} records identity {recorded or 'none (made before runs had identities)'}, but the "
+                          f"config gives {expected} for this run: it was made with other settings. Move or delete it "
+                          "and let the DAG train the run again (python -m benchmark prune lists unused runs)")
+    version = record["identity"].get("numerics_version")
+    if version != NUMERICS_VERSION:
+        raise StaleResult(f"{path} was made by numerics version {version}, this harness is version {NUMERICS_VERSION}")
 KEYS = ["dataset", "backbone", "fusion", "method"]
 
 
@@ -83,19 +100,22 @@ def metric_columns(m: dict, spec: RunSpec, modalities: list[str]) -> dict:
 
 def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str, dict]]:
     """One row per scheduled run (with its metrics) or per inapplicable combination, and each finished run's
-    metrics record keyed by its run directory."""
+    metrics record keyed by its run directory. A metrics file whose identity is not the config's is an error."""
     runs, skipped = grid_runs(cfg)
+    resolver = Resolver(cfg)
     rows, records = [], {}
     for spec in runs:
+        resolved = resolver.run(spec)
         row = {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "method": display_method(spec),
                "balancer": spec.balancer, "modality": spec.modality or "", "fold": spec.fold, "seed": spec.seed,
-               "run_dir": str(spec.run_dir)}
-        path = root / spec.run_dir / "metrics.json"
+               "run_dir": str(resolved.path), "identity": resolved.identity}
+        path = root / resolved.path / "metrics.json"
         if not path.exists():
             rows.append({**row, "status": "not run", "reason": f"no {path}"})
             continue
         m = json.loads(path.read_text())
-        records[str(spec.run_dir)] = m
+        check_identity(m, resolved.identity, path)
+        records[str(resolved.path)] = m
         row.update(status=m["status"], reason=m.get("reason", ""), num_classes=m["run"].get("num_classes"),
                    multi_label=bool(m["run"].get("multi_label", False)),
                    notes="; ".join(m.get("notes", [])), config_hash=m["config_hash"], git_commit=m["provenance"]["git_commit"])
@@ -349,10 +369,12 @@ def tuning_statement(summary: pd.DataFrame) -> str:
 def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = None) -> str:
     board = cfg.get("leaderboard", {})
     reference, alpha = board.get("reference", "joint"), board.get("alpha", 0.05)
-    lines = ["# Leaderboard", "",
+    experiment = cfg.get("experiment", "default")
+    lines = [f"# Leaderboard: experiment `{experiment}`", "",
              f"Test metrics (%) of each run's best-validation checkpoint, mean ± std over runs (seeds × folds); `*`: differs from "
              f"`{reference}` with the same fusion at p < {alpha} (paired t-test over seeds × folds). Regenerate with `snakemake` "
-             "(or `python -m benchmark aggregate`); `results/report.html` has the plots.", ""]
+             f"(or `python -m benchmark aggregate`); `results/{experiment}/report.html` has the plots. Every row shows only runs "
+             "whose recorded identity matches the config's.", ""]
     lines += [tuning_statement(summary), ""]
     lines += [f"- **{name}**: {text}" for name, text in COLUMN_GUIDE] + [""]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
@@ -399,21 +421,3 @@ def to_latex(summary: pd.DataFrame, cfg: dict) -> str:
         caption = latex_escape(f"{dataset} · {backbone}: test metrics (%) of the best-validation checkpoint, mean ± std over runs")
         parts.append(main.to_latex(index=False, escape=False, caption=caption, label=f"tab:{dataset}-{backbone}".replace("_", "-")))
     return "\n".join(parts)
-
-
-def aggregate(cfg: dict, out_dir: Path = Path("results"), root: Path = Path(".")) -> pd.DataFrame:
-    """Rebuild every table, plot and the report from the metrics files under ``root``."""
-    from benchmark.report import write_report
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    board = cfg.get("leaderboard", {})
-    runs, records = load_runs(cfg, root)
-    summary = summarize(runs, board.get("reference", "joint"), board.get("alpha", 0.05))
-    agree = agreement(cfg, runs, records)
-    summary.to_csv(out_dir / "leaderboard.csv", index=False, float_format="%.6g")
-    agree.to_csv(out_dir / "agreement.csv", index=False, float_format="%.6g")
-    (out_dir / "leaderboard.md").write_text(to_markdown(summary, cfg, agree))
-    (out_dir / "leaderboard.tex").write_text(to_latex(summary, cfg))
-    write_report(cfg, summary, runs, records, agree, out_dir)
-    return summary

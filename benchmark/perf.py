@@ -31,7 +31,7 @@ import yaml
 from benchmark.config import component_class, dataset_settings, load_config, validate_config
 from benchmark.data.datasets import DATASETS
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
-from benchmark.grid import RunSpec, run_settings
+from benchmark.grid import RunSpec
 from benchmark.models.model import fingerprint
 from benchmark.provenance import device_description
 from benchmark.train import fit, make_optimizer, resolve_device
@@ -208,7 +208,9 @@ def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:
         spec = RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0)
         from benchmark.run import RunData, build_run_model
 
-        settings = run_settings(cfg, spec)
+        from benchmark.settings import Resolver
+
+        settings = Resolver(cfg).base_settings(spec)
         data = RunData.load(spec, settings, device)
         model = build_run_model(cfg, settings, data.info, component_class(cfg, "balancers", "joint"))
         repeats = [data_wait_fraction(model, data.train, data.prep, settings["train"]["batch_size"], device, steps=4 if tiny else 11)
@@ -254,12 +256,13 @@ def table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark perf", description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--config", action="append", metavar="FILE", help="a config overlay over config.yaml (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a typed override, e.g. train.epochs=2 (repeatable)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long run (for tests): small data, few balancers, small grid")
     p.add_argument("--out", default="results/perf.json", help="where to write the numbers (JSON)")
     p.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, removed afterwards)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or [], args.set or [])
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
         report = run_benchmark(cfg, args.tiny, Path(args.workdir).resolve(), log=lambda s: print(s, file=sys.stderr))

@@ -1,8 +1,8 @@
 """Name -> class registries, one per axis of the grid (balancers, fusions, backbones, datasets).
 
-Built-in classes register themselves with a decorator (as timm does for models). A config entry may
-instead name a user class as ``module.path:ClassName``; it is imported on demand, so a user extends the
-harness without editing this package.
+Built-in classes register themselves with a decorator (as timm does for models); ``benchmark.components`` imports
+the modules that hold them, so this module never imports its clients. A config entry may instead name a user class
+as ``module.path:ClassName``; it is imported on demand, so a user extends the harness without editing this package.
 """
 from __future__ import annotations
 
@@ -36,11 +36,9 @@ class Registry(Generic[T]):
         return deco
 
     def names(self) -> list[str]:
-        _load_builtins()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        _load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -48,7 +46,6 @@ class Registry(Generic[T]):
 
     def get(self, name: str, class_path: str | None = None) -> type[T]:
         """The class for ``name``; ``class_path`` ('module.path:ClassName') loads a user class instead."""
-        _load_builtins()
         if class_path:
             cls = load_class(class_path, what=f"{self.axis} '{name}'")
             if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
@@ -81,18 +78,3 @@ def load_class(path: str, what: str = "class") -> Any:
     except AttributeError:
         raise ImportError(f"{what}: module '{module_name}' has no attribute '{attr}'") from None
 
-
-_builtins_loaded = False
-
-
-def _load_builtins() -> None:
-    """Import the modules whose decorators fill the registries (once, lazily, to avoid import cycles)."""
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    importlib.import_module("benchmark.balancers")
-    importlib.import_module("benchmark.models.fusions")
-    importlib.import_module("benchmark.models.backbones")
-    importlib.import_module("benchmark.data.datasets")
-    importlib.import_module("benchmark.data.real")

@@ -19,9 +19,11 @@ from benchmark.balancers.base import Balancer, RunContext
 from benchmark.config import component_class, settings_hash
 from benchmark.data.cache import BatchPreparer, CachedSplit, load_info, load_part, make_loader
 from benchmark.diagnostics import correct_string, ids_digest, linear_probes, masked_shapley, model_cost, ogr, train_eval_subset
-from benchmark.grid import NO_FUSION, RunSpec, artifact_paths, processed_dir
+from benchmark.grid import NO_FUSION, RunSpec
 from benchmark.models.model import MultimodalModel, build_model
+from benchmark.paths import processed_dir
 from benchmark.provenance import execution_host, provenance
+from benchmark.settings import Resolved, Resolver
 from benchmark.train import configure_determinism, fit, predict, resolve_device, selection_metric
 
 METRICS_VERSION = 2
@@ -79,7 +81,7 @@ class RunData:
     @classmethod
     def load(cls, spec: RunSpec, settings: dict, device: torch.device) -> "RunData":
         pdir = processed_dir(spec.dataset)
-        info = load_info(pdir)
+        info = load_info(pdir, settings["dataset"])
         modality_info = {m: info["modalities"][m] for m in settings["modalities"]}
         prep = BatchPreparer(modality_info, settings["dataset"]["preprocess"]["visual"], device)
         part = lambda name: load_part(pdir, spec.fold, name, settings["modalities"])  # noqa: E731
@@ -116,14 +118,17 @@ class PreparedRun:
     data: RunData
     ctx: RunContext
     train: CachedSplit  # the part of the training split the method trains on
+    resolved: Resolved
 
 
-def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = None, params: dict | None = None) -> PreparedRun:
-    """Resolve the run's settings (the tuned ones when tuning is on; a tuning trial passes its ``params``) and
-    device, load its data, build its method and (configured) model."""
-    from benchmark.tuning import settings_for
-
-    settings = settings_for(cfg, spec, params)
+def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = None, settings: dict | None = None,
+                resolver: Resolver | None = None, resolved: Resolved | None = None) -> PreparedRun:
+    """Resolve the run (its settings: the tuned ones when tuning is on; a tuning trial passes its own ``settings``
+    and ``resolved`` step) and device, load its data, build its method and (configured) model."""
+    resolver = resolver or Resolver(cfg)
+    resolved = resolved or resolver.run(spec)
+    if settings is None:
+        settings = resolver.training_settings(resolved)
     configure_determinism(settings["train"]["deterministic"])
     device = resolve_device(settings["train"]["device"])
     balancer_cls = component_class(cfg, "balancers", spec.balancer)
@@ -131,14 +136,16 @@ def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = No
     balancer = balancer_cls(**settings["balancer"]["params"])
     model = balancer.configure_model(build_run_model(cfg, settings, data.info, balancer_cls))
     if artifacts is None:
-        artifacts = artifact_paths(spec, balancer_cls.needs, settings["modalities"])
+        artifacts = resolved.artifacts()
     ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=settings["train"]["epochs"], device=device,
                      seed=spec.seed, artifacts=artifacts)
-    return PreparedRun(settings, device, balancer_cls, balancer, model, data, ctx, balancer.training_split(data.train, spec.seed))
+    return PreparedRun(settings, device, balancer_cls, balancer, model, data, ctx, balancer.training_split(data.train, spec.seed),
+                       resolved)
 
 
 def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
-                artifacts: dict[str, Path] | None = None, checkpoint: Path | None = None) -> tuple[dict, dict | None]:
+                artifacts: dict[str, Path] | None = None, checkpoint: Path | None = None,
+                resolver: Resolver | None = None) -> tuple[dict, dict | None]:
     """Train and evaluate one run in memory: (the metrics record, the best-validation state dict).
 
     ``artifacts`` overrides where the method's DAG inputs are read from (default: their grid paths). With
@@ -146,13 +153,13 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     loss diverges returns a record with status 'failed' and the reason (and no evaluation).
     """
     started = time.perf_counter()
-    prepared = prepare_run(cfg, spec, artifacts)
+    prepared = prepare_run(cfg, spec, artifacts, resolver=resolver)
     settings, device, balancer_cls, balancer, model, data, ctx, train = (
         prepared.settings, prepared.device, prepared.balancer_cls, prepared.balancer, prepared.model, prepared.data,
         prepared.ctx, prepared.train)
     fusion_cls = None if spec.fusion == NO_FUSION else component_class(cfg, "fusions", spec.fusion)
     notes = list(balancer_cls.notes(fusion_cls, len(settings["modalities"])))
-    log(f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, config {settings_hash(settings)}")
+    log(f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, identity {prepared.resolved.identity}")
     evaluation = settings["evaluation"]
     train_eval = train_eval_subset(train, evaluation["train_eval_max"], spec.seed)
     bins = evaluation["ece_bins"]
@@ -168,6 +175,7 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
         "method_paper": balancer_cls.paper,
         "notes": notes,
         "config_hash": settings_hash(settings),
+        "identity": prepared.resolved.record(),
     }
     tail = {"settings": settings, "provenance": provenance(device)}
 
@@ -218,14 +226,18 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     return metrics, result.best_state
 
 
-def train_run(cfg: dict, spec: RunSpec, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+def train_run(cfg: dict, spec: RunSpec, out_dir: Path | None = None, log: Callable[[str], None] = print,
+              resolver: Resolver | None = None) -> dict:
     """One run of the grid: train (resuming from ``out_dir/checkpoint.pt`` if a previous attempt left one), evaluate,
-    write ``model.pt`` (best-validation weights; none for a failed run) and ``metrics.json``, drop the checkpoint."""
-    out_dir = Path(out_dir)
+    write ``model.pt`` (best-validation weights; none for a failed run) and ``metrics.json``, drop the checkpoint.
+    ``out_dir`` defaults to the run's folder (named by its identity)."""
+    resolver = resolver or Resolver(cfg)
+    out_dir = Path(out_dir or resolver.run(spec).path)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
-    metrics, best_state = execute_run(cfg, spec, log, checkpoint=checkpoint)
-    model = {"state_dict": best_state, "config_hash": metrics["config_hash"], "status": metrics["status"]}
+    metrics, best_state = execute_run(cfg, spec, log, checkpoint=checkpoint, resolver=resolver)
+    model = {"state_dict": best_state, "config_hash": metrics["config_hash"], "identity": metrics["identity"]["identity"],
+             "status": metrics["status"]}
     if metrics["status"] == "ok":
         model["epoch"] = metrics["selection"]["best_epoch"]
     else:

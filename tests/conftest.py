@@ -15,6 +15,21 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+def run_dir(cfg: dict, spec) -> Path:
+    """The folder of a run: named by its identity, as the DAG names it."""
+    from benchmark.config import validate_config
+    from benchmark.settings import Resolver
+
+    return Resolver(validate_config(cfg)).run(spec).path
+
+
+def estimate_file(cfg: dict, spec) -> Path:
+    from benchmark.config import validate_config
+    from benchmark.settings import Resolver, Step
+
+    return Resolver(validate_config(cfg)).resolve(Step("estimate", spec)).path
+
+
 def default_config() -> dict:
     return yaml.safe_load((REPO / "config.yaml").read_text())
 

@@ -12,7 +12,7 @@ from benchmark.data.datasets import DATASETS
 from benchmark.data.preprocess import preprocess
 from benchmark.data.splits import write_splits
 from benchmark.estimate import estimate_gblend
-from benchmark.grid import gblend_weights_path, grid_runs
+from benchmark.grid import grid_runs
 from benchmark.run import execute_run, train_run
 from tests.conftest import tiny_config
 
@@ -51,9 +51,9 @@ def test_every_scheduled_combination_trains_and_every_other_has_a_reason(micro_w
     # what the DAG produces before the runs that need it: unimodal checkpoints, G-Blend weights
     for spec in runs:
         if component_class(cfg, "balancers", spec.balancer).per_modality:
-            train_run(cfg, spec, spec.run_dir, log=quiet)
+            train_run(cfg, spec, log=quiet)
     for fusion in {s.fusion for s in runs if s.balancer == "gblend"}:  # where the DAG schedules an estimate
-        estimate_gblend(cfg, "synthetic-av", backbone, fusion, 0, gblend_weights_path("synthetic-av", backbone, fusion, 0), log=quiet)
+        estimate_gblend(cfg, "synthetic-av", backbone, fusion, 0, log=quiet)
     trained = set()
     for spec in runs:
         if component_class(cfg, "balancers", spec.balancer).per_modality:

@@ -16,7 +16,8 @@ from benchmark.balancers.gblend import carve_holdout
 from benchmark.config import ConfigError, dataset_settings, validate_config
 from benchmark.data.balance import balance_multilabel
 from benchmark.data.preprocess import optical_flow, window_starts
-from benchmark.grid import RunSpec, artifact_paths, grid_runs, run_settings
+from benchmark.grid import RunSpec, grid_runs
+from benchmark.settings import Resolver
 from benchmark.metrics import accuracy, classification_metrics, mean_auc, multilabel_average_precision, roc_auc, task_loss
 from benchmark.models.backbones import BACKBONES, ResNet18, SmallCNN
 from benchmark.models.fusions import FUSIONS
@@ -302,8 +303,10 @@ def test_grid_modality_subsets_are_runs_of_their_own():
     methods = sorted(s.method for s in runs)
     assert methods == ["gblend", "gblend-audio+flow", "gblend-visual+flow", "unimodal-audio", "unimodal-flow", "unimodal-visual"]
     spec = RunSpec.from_method("synthetic-ml", "small_cnn", "concat", "gblend-visual+flow", 0)
-    assert run_settings(cfg, spec)["modalities"] == ["visual", "flow"]
-    assert str(artifact_paths(spec, ("gblend_weights",), ["visual", "flow"])["gblend_weights"]).endswith("concat/seed0-visual+flow.json")
+    resolved = Resolver(cfg).run(spec)
+    assert resolved.settings["modalities"] == ["visual", "flow"]
+    weights = resolved.artifacts()["gblend_weights"]
+    assert weights.parent.as_posix().endswith("concat/gblend-visual+flow") and weights.name.startswith("seed0-")
     cfg["grid"][0]["modalities"] = [["visual", "depth"]]
     with pytest.raises(ConfigError) as err:
         grid_runs(cfg)

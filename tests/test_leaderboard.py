@@ -18,6 +18,7 @@ from benchmark.config import validate_config
 from benchmark.metrics import average_precision, classification_metrics, expected_calibration_error, mean_average_precision
 from benchmark.models.fusions import FUSIONS
 from benchmark.models.model import MultimodalModel
+from tests.conftest import run_dir
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def browser() -> str | None:
 @pytest.fixture(scope="module")
 def aggregated(tmp_path_factory, tiny_workspace):
     """Two seeds of joint, OGM-GE and MLB on concat plus the unimodal models, trained for two epochs and aggregated."""
-    from benchmark.leaderboard import aggregate
+    from benchmark.aggregate import aggregate
     from benchmark.run import train_run
 
     cwd = os.getcwd()
@@ -193,8 +194,8 @@ def aggregated(tmp_path_factory, tiny_workspace):
 
         runs, _ = grid_runs(cfg)
         for spec in runs:
-            if not (spec.run_dir / "metrics.json").exists():
-                train_run(cfg, spec, spec.run_dir, log=lambda s: None)
+            if not (run_dir(cfg, spec) / "metrics.json").exists():
+                train_run(cfg, spec, log=lambda s: None)
         out = tmp_path_factory.mktemp("board")
         summary = aggregate(cfg, out)
         return cfg, summary, out, runs
@@ -223,7 +224,7 @@ def test_aggregate_writes_every_table_with_diagnostics(aggregated):
 def test_metrics_files_record_diagnostics_and_cost(aggregated, tiny_workspace):
     cfg, _, _, runs = aggregated
     spec = next(s for s in runs if s.balancer == "mlb" and s.fusion == "concat")
-    m = json.loads((tiny_workspace / spec.run_dir / "metrics.json").read_text())
+    m = json.loads((tiny_workspace / run_dir(cfg, spec) / "metrics.json").read_text())
     d = m["diagnostics"]
     assert set(d["linear_probe"]["test"]) == {"audio", "visual"} and set(d["shapley"]["val"]["masked_accuracy"]) == {
         "none", "audio", "visual", "audio+visual"}

@@ -17,7 +17,10 @@ import yaml
 import benchmark.train as train_module
 from benchmark.config import validate_config
 from benchmark.grid import RunSpec
+from benchmark.leaderboard import StaleResult
 from benchmark.run import train_run
+from benchmark.settings import Resolver
+from tests.conftest import run_dir
 
 
 @pytest.fixture
@@ -119,7 +122,7 @@ def test_sigkill_mid_training_then_rerun_resumes_to_identical_metrics(in_tiny_wo
 
 
 def test_divergence_fails_the_run_with_a_reason_and_the_leaderboard_shows_it(in_tiny_workspace, tmp_path):
-    from benchmark.leaderboard import aggregate
+    from benchmark.aggregate import aggregate
 
     cfg = yaml.safe_load((in_tiny_workspace / "config.yaml").read_text())
     cfg["train"]["epochs"] = 8
@@ -129,13 +132,18 @@ def test_divergence_fails_the_run_with_a_reason_and_the_leaderboard_shows_it(in_
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
     spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
-    res = subprocess.run(_train_command(bad, in_tiny_workspace / spec.run_dir, "ogm"), capture_output=True, text=True, cwd=in_tiny_workspace)
+    ogm_dir = in_tiny_workspace / run_dir(good, spec)  # where the good config looks for it (the bad one has another)
+    res = subprocess.run(_train_command(bad, ogm_dir, "ogm"), capture_output=True, text=True, cwd=in_tiny_workspace)
     assert res.returncode == 0, res.stderr[-2000:]  # a diverged run is a result, not a crash: the grid goes on
-    m = json.loads((in_tiny_workspace / spec.run_dir / "metrics.json").read_text())
+    m = json.loads((ogm_dir / "metrics.json").read_text())
     assert m["status"] == "failed" and "diverged" in m["reason"] and len(m["history"]) < 8
-    assert torch.load(in_tiny_workspace / spec.run_dir / "model.pt", weights_only=True)["status"] == "failed"
-    train_run(good, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), in_tiny_workspace / RunSpec(
-        "synthetic-av", "small_cnn", "concat", "joint", 0).run_dir, log=quiet)
+    assert torch.load(ogm_dir / "model.pt", weights_only=True)["status"] == "failed"
+    train_run(good, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), log=quiet)
+    with pytest.raises(StaleResult, match="other settings"):  # the diverged run was made with lr 1e12: refused
+        aggregate(good, tmp_path / "board")
+    record = json.loads((ogm_dir / "metrics.json").read_text())  # as if the good config had diverged
+    record["identity"] = Resolver(good).run(spec).record()
+    (ogm_dir / "metrics.json").write_text(json.dumps(record))
     aggregate(good, tmp_path / "board")
     board = pd.read_csv(tmp_path / "board/leaderboard.csv").set_index("method")
     assert board.loc["ogm", "status"] == "failed" and "diverged" in board.loc["ogm", "reason"] and board.loc["ogm", "runs"] == 0

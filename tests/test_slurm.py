@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, tiny_config
+from tests.test_workflow import run_path
 
 TEST_ONLY_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1"]
 
@@ -71,9 +72,9 @@ def test_tiny_grid_runs_under_slurm_as_one_array_and_a_crashed_job_resumes_on_re
     assert len({t["slurm_array_job_id"] for t in timings}) == 1 and len({t["slurm_job_id"] for t in timings}) == 4
     submissions = re.findall(r"has been submitted with SLURM jobid|Submitted array job", out)
     assert len(submissions) == 2, out[-4000:]  # preprocess, then one array for the 4 runs
-    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    board = pd.read_csv(tmp_path / "results/default/leaderboard.csv")
     assert set(board["method"]) == {"joint", "ogm"} and (board["status"] == "ok").all() and (board["runs"] == 2).all()
-    assert (tmp_path / "results/report.html").exists()
+    assert (tmp_path / "results/default/report.html").exists()
 
     # a method added later trains only its own job; it crashes in epoch 2, the profile's retry resumes it
     cfg["balancers"]["crash_once"] = {"class": "failing_methods:CrashOnce"}
@@ -82,10 +83,10 @@ def test_tiny_grid_runs_under_slurm_as_one_array_and_a_crashed_job_resumes_on_re
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert len(re.findall(r"has been submitted with SLURM jobid", out)) == 2  # the first attempt and its retry
-    run = tmp_path / "results/runs/synthetic-av/main/small_cnn/concat/crash_once/seed0"
+    run = run_path(tmp_path, tmp_path / "tiny.yaml", "crash_once")
     assert "after epoch 1/3" in (run / "train.log").read_text()  # the retry's log (Snakemake starts it afresh) ...
     assert "simulated node failure" in (run / "failed-attempts.log").read_text()  # ... and why the first attempt died
     assert "simulated node failure" in out  # the profile shows a failed job's log
     m = json.loads((run / "metrics.json").read_text())
     assert m["status"] == "ok" and m["timing"]["resumed_after_epoch"] == 0 and len(m["history"]) == 3 and m["timing"]["slurm_job_id"]
-    assert set(pd.read_csv(tmp_path / "results/leaderboard.csv")["method"]) == {"joint", "ogm", "crash_once"}
+    assert set(pd.read_csv(tmp_path / "results/default/leaderboard.csv")["method"]) == {"joint", "ogm", "crash_once"}

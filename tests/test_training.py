@@ -11,7 +11,8 @@ import benchmark.run as run_module
 from benchmark.config import validate_config
 from benchmark.data.cache import load_part
 from benchmark.estimate import estimate_gblend
-from benchmark.grid import RunSpec, gblend_weights_path, run_settings
+from benchmark.grid import RunSpec
+from benchmark.settings import Resolver, Step
 from benchmark.run import train_run
 
 
@@ -43,7 +44,8 @@ def test_metrics_file_contents_and_validation_selection(tiny_cfg, tmp_path):
     assert (tmp_path / "model.pt").exists()
     assert m["status"] == "ok" and len(m["history"]) == 3
     assert m["provenance"]["git_commit"] and m["provenance"]["device"].startswith("cpu")
-    assert m["settings"] == json.loads(json.dumps(run_settings(tiny_cfg, spec)))
+    assert m["settings"] == Resolver(tiny_cfg).run(spec).settings
+    assert m["identity"]["identity"] == Resolver(tiny_cfg).run(spec).identity
     val_acc = [h["val_accuracy"] for h in m["history"]]
     best = m["selection"]["best_epoch"]
     assert best == val_acc.index(max(val_acc))  # earliest epoch with the best validation accuracy
@@ -99,7 +101,7 @@ def test_gblend_estimate_uses_a_held_out_part_of_train_and_feeds_training(tiny_c
         b, a = head["before"], head["after"]
         assert head["G"] == pytest.approx(b["V"] - a["V"])
         assert head["O"] == pytest.approx((a["V"] - a["T'"]) - (b["V"] - b["T'"]))
-    dst = gblend_weights_path("synthetic-av", "small_cnn", "concat", 0)
+    dst = Resolver(tiny_cfg).resolve(Step("estimate", RunSpec("synthetic-av", "small_cnn", "concat", "gblend", 0))).path
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text(out.read_text())
     m = train_run(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "concat", "gblend", 0), tmp_path / "run", log=quiet)
@@ -109,7 +111,7 @@ def test_gblend_estimate_uses_a_held_out_part_of_train_and_feeds_training(tiny_c
 
 def test_bf16_and_channels_last_train_on_cpu_and_are_recorded_only_when_on(tiny_cfg, tmp_path):
     spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm_ge", 0)
-    assert "precision" not in run_settings(tiny_cfg, spec)["train"]  # off: left out, so existing runs keep their hash
+    assert "precision" not in Resolver(tiny_cfg).run(spec).settings["train"]  # off: left out, so existing runs keep their hash
     cfg = json.loads(json.dumps(tiny_cfg))
     cfg["train"].update(precision="bf16", channels_last=True)
     m = train_run(validate_config(cfg), spec, tmp_path, log=quiet)

@@ -12,10 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmark import tuning
-from benchmark.config import ConfigError, validate_config
-from benchmark.grid import RunSpec, run_hash
-from tests.conftest import default_config, tiny_config
+from benchmark import search, tuning
+from benchmark.config import ConfigError, settings_hash, validate_config
+from benchmark.grid import RunSpec
+from benchmark.settings import Resolver, Step
+from tests.conftest import default_config, run_dir, tiny_config
+
+
+def run_hash(cfg: dict, spec: RunSpec) -> str:
+    return Resolver(cfg).run(spec).identity
 
 SPACE = {"train": {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "scale": "log"}},
          "balancers": {"ogm": {"alpha": {"low": 0.1, "high": 1.0}, "end_epoch": {"low": 2, "high": 9, "type": "int"}},
@@ -31,19 +36,19 @@ def tuned_config(trials: int = 3, **grid) -> dict:
 def test_random_search_is_seeded_per_group_and_trial_and_stays_in_range():
     cfg = validate_config(tuned_config(trials=50))
     ogm = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
-    draws = [tuning.trial_params(cfg, ogm, k) for k in range(50)]
-    assert draws[3] == tuning.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 1), 3)  # seed-free group
+    draws = [search.trial_params(cfg, ogm, k) for k in range(50)]
+    assert draws[3] == search.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 1), 3)  # seed-free group
     assert set(draws[0]) == {"train.optimizer.lr", "balancer.alpha", "balancer.end_epoch"}
     lrs = np.array([d["train.optimizer.lr"] for d in draws])
     assert lrs.min() >= 1e-3 and lrs.max() <= 1e-1 and (np.log10(lrs) < -2).mean() > 0.3  # log scale: half below 0.01
     assert all(0.1 <= d["balancer.alpha"] <= 1.0 and isinstance(d["balancer.end_epoch"], int) for d in draws)
     assert len({d["balancer.alpha"] for d in draws}) == 50
-    joint = tuning.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), 3)
+    joint = search.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), 3)
     assert set(joint) == {"train.optimizer.lr"} and joint["train.optimizer.lr"] != draws[3]["train.optimizer.lr"]  # another group
-    mlb = [tuning.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "mlb", 0), k)["balancer.beta_max"] for k in range(50)]
+    mlb = [search.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "mlb", 0), k)["balancer.beta_max"] for k in range(50)]
     assert set(mlb) == {2, 5, 10}
     cfg["tuning"]["seed"] = 1
-    assert tuning.trial_params(cfg, ogm, 3) != draws[3]
+    assert search.trial_params(cfg, ogm, 3) != draws[3]
 
 
 def test_search_space_errors_name_the_key():
@@ -78,18 +83,19 @@ def test_best_trial_is_the_highest_validation_score_earliest_on_ties(tmp_path, m
     cfg = validate_config(tuned_config(trials=4))
     spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
     scores = [("ok", 0.5), ("failed", None), ("ok", 0.75), ("ok", 0.75)]
+    resolver = Resolver(cfg)
     for k, (status, score) in enumerate(scores):
-        path = tuning.trial_path(spec, k)
+        path = resolver.resolve(Step("tune_trial", spec, k)).path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"trial": k, "params": {"balancer.alpha": 0.1 * (k + 1)}, "status": status, "val_score": score,
                                     "metric": "validation accuracy", "history": [{}] * (k + 1)}))
-    best = tuning.select_best(cfg, spec, tuning.best_path(spec), log=lambda s: None)
+    best = tuning.select_best(cfg, spec, log=lambda s: None)
     assert best["trial"] == 2 and best["params"] == {"balancer.alpha": pytest.approx(0.3)} and best["val_score"] == 0.75
     assert best["budget"] == {"trials": 4, "epochs_trained": 10}
-    settings = tuning.resolved_settings(cfg, spec)
+    settings = resolver.training_settings(resolver.run(spec))
     assert settings["balancer"]["params"]["alpha"] == pytest.approx(0.3) and settings["tuning"]["best_trial"] == 2
     with pytest.raises(FileNotFoundError, match="tune stage"):
-        tuning.resolved_settings(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0))
+        resolver.training_settings(resolver.run(RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0)))
 
 
 def test_trials_never_read_the_test_split(tiny_workspace, monkeypatch):
@@ -113,8 +119,8 @@ def test_trials_never_read_the_test_split(tiny_workspace, monkeypatch):
         spec = RunSpec("synthetic-av", "small_cnn", "concat", method, 0)
         record = tuning.run_trial(cfg, spec, 1, tiny_workspace / f"trial-{method}.json", log=lambda s: None)
         assert record["status"] == "ok" and record["loaded_parts"] == ["train", "val"] and 0 <= record["val_score"] <= 1
-        assert record["params"] == tuning.trial_params(cfg, spec, 1)
-    assert json.loads((tiny_workspace / "trial1.gblend.json").read_text())["holdout_clip_ids"]  # estimated from train
+        assert record["params"] == search.trial_params(cfg, spec, 1)
+    assert json.loads((tiny_workspace / "trial1.gblend_weights.json").read_text())["holdout_clip_ids"]  # estimated from train
     plain = copy.deepcopy(cfg)
     plain["tuning"]["enabled"] = False
     with pytest.raises(AssertionError, match="test split was read"):
@@ -132,27 +138,28 @@ def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_pa
     assert job_counts(dry.stdout)["tune_trial"] == 6 and job_counts(dry.stdout)["tune_select"] == 2  # 2 methods × 3 trials
     res = snakemake(tmp_path, configfile=tmp_path / "tune.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
-    group = tmp_path / "results/tuning/synthetic-av/main/small_cnn/concat"
+    resolver = Resolver(validate_config(cfg))
     for method in ("joint", "ogm"):
-        trials = [json.loads((group / method / f"trial{k}.json").read_text()) for k in range(3)]
+        spec = RunSpec("synthetic-av", "small_cnn", "concat", method, 0)
+        group = tmp_path / resolver.resolve(Step("tune_best", spec)).path
+        trials = [json.loads((group / f"trial{k}.json").read_text()) for k in range(3)]
         assert all(t["loaded_parts"] == ["train", "val"] for t in trials)  # no trial job loaded the test split
-        assert [t["config_hash"] for t in trials] == [tuning.trial_hash(validate_config(cfg), RunSpec(
-            "synthetic-av", "small_cnn", "concat", method, 0), k) for k in range(3)]
-        best = json.loads((group / method / "best.json").read_text())
+        assert [t["config_hash"] for t in trials] == [settings_hash(resolver.resolve(Step("tune_trial", spec, k)).settings) for k in range(3)]
+        best = json.loads((group / "best.json").read_text())
         assert best["val_score"] == max(t["val_score"] for t in trials) and best["budget"]["trials"] == 3
-        metrics = json.loads((tmp_path / f"results/runs/synthetic-av/main/small_cnn/concat/{method}/seed0/metrics.json").read_text())
+        metrics = json.loads((tmp_path / run_dir(cfg, spec) / "metrics.json").read_text())
         assert metrics["settings"]["tuning"]["chosen"] == best["params"]
         assert math.isclose(metrics["settings"]["train"]["optimizer"]["lr"], best["params"]["train.optimizer.lr"])
-    board = pd.read_csv(tmp_path / "results/leaderboard.csv").set_index("method")
+    board = pd.read_csv(tmp_path / "results/default/leaderboard.csv").set_index("method")
     assert (board["trials"] == 3).all() and board.loc["ogm", "hyperparameters"].startswith("alpha ")
-    md = (tmp_path / "results/leaderboard.md").read_text()
+    md = (tmp_path / "results/default/leaderboard.md").read_text()
     assert "tuned on validation** (3 trials" in md and "| tuned hyperparameters | trials |" in md
     # the switch: paper defaults retrain the final runs without tuning, and the leaderboard says so
     cfg["tuning"]["enabled"] = False
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
     off = snakemake(tmp_path, configfile=tmp_path / "tune.yaml")
     assert off.returncode == 0, off.stderr[-3000:]
-    md = (tmp_path / "results/leaderboard.md").read_text()
+    md = (tmp_path / "results/default/leaderboard.md").read_text()
     assert "**paper defaults**" in md and "| tuned hyperparameters |" not in md
     # results made elsewhere (no Snakemake metadata here, as in a fresh clone of committed results) still rerun when
     # the config changes what they record: a changed method parameter reruns that method, tuning reruns everything
@@ -165,8 +172,9 @@ def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_pa
     cfg["tuning"]["enabled"] = True
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
     tuned = job_counts(snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml").stdout)
-    # every final run retrains with its best trial; ogm's 3 trials rerun (their settings changed), joint's are current
-    assert tuned.get("train") == 2 and tuned.get("tune_trial") == 3
+    # ogm's 3 trials and its final run rerun (their settings changed); joint's tuning and tuned run, made by the first
+    # invocation under the same identities, are current
+    assert tuned.get("train") == 1 and tuned.get("tune_trial") == 3
 
 
 def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(tiny_workspace, monkeypatch, tmp_path):

@@ -12,14 +12,32 @@ import pandas as pd
 import pytest
 import yaml
 
+from benchmark.config import load_config
+from benchmark.grid import RunSpec
+from benchmark.settings import Resolver, Step
 from tests.conftest import REPO, tiny_config
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2"]
+    """Snakemake as run.sh runs it (the default workflow profile), here on 2 cores."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+           "--workflow-profile", str(REPO / "workflow/profiles/default")]
     if configfile:
         cmd += ["--configfile", str(configfile)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True)
+
+
+def resolved(overlay: Path, spec: RunSpec, kind: str = "run"):
+    """A step as the DAG resolves it: the repository's config.yaml with ``overlay`` over it (user classes import from
+    the overlay's folder, the DAG's working directory)."""
+    if str(overlay.parent) not in sys.path:
+        sys.path.insert(0, str(overlay.parent))
+    return Resolver(load_config([overlay], base=REPO / "config.yaml")).resolve(Step(kind, spec))
+
+
+def run_path(workdir: Path, overlay: Path, method: str, seed: int = 0, fusion: str = "concat", dataset: str = "synthetic-av",
+             backbone: str = "small_cnn", fold: str = "main") -> Path:
+    return workdir / resolved(overlay, RunSpec.from_method(dataset, backbone, fusion, method, seed, fold)).path
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -55,14 +73,16 @@ def test_tiny_real_run_produces_a_leaderboard_and_is_idempotent(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(tmp_path, configfile=tmp_path / "tiny.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
-    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    board = pd.read_csv(tmp_path / "results/default/leaderboard.csv")
     assert set(board["method"]) == {"joint", "ogm"} and (board["status"] == "ok").all() and (board["runs"] == 1).all()
-    md = (tmp_path / "results/leaderboard.md").read_text()
+    md = (tmp_path / "results/default/leaderboard.md").read_text()
     assert "| joint | concat | 1 |" in md and "| ogm | concat | 1 |" in md
-    assert (tmp_path / "results/plots/synthetic-av__small_cnn.png").stat().st_size > 1000
-    for log in ("results/logs/download/synthetic-av.log", "results/runs/synthetic-av/main/small_cnn/concat/ogm/seed0/train.log"):
-        assert (tmp_path / log).stat().st_size > 0
-    assert "[1/1] epoch=0" in (tmp_path / "results/runs/synthetic-av/main/small_cnn/concat/ogm/seed0/train.log").read_text()
+    assert (tmp_path / "results/default/plots/synthetic-av__small_cnn.png").stat().st_size > 1000
+    ogm = run_path(tmp_path, tmp_path / "tiny.yaml", "ogm")
+    assert ogm.parent.name == "ogm" and ogm.name.startswith("seed0-")
+    for log in (tmp_path / "results/logs/download/synthetic-av.log", ogm / "train.log"):
+        assert log.stat().st_size > 0
+    assert "[1/1] epoch=0" in (ogm / "train.log").read_text()
     again = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # a changed method hyperparameter retrains that method only
@@ -88,7 +108,7 @@ def test_cluster_profile_is_found_from_the_repository_root_and_asks_for_gpus(tmp
                           "--configfile", str(REPO / "config.yaml")], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
-    assert "Using profile cluster" in out
+    assert "Using profiles cluster and workflow specific profile profiles/default" in out  # the cluster profile over the default one
     train_block = out.split("rule train:")[1].split("\n\n")[0]
     assert "gpu=1" in train_block
     # download and aggregate stay on the submit host (where they run under Slurm is tested in the Slurm test)
@@ -105,18 +125,19 @@ def test_three_modalities_end_to_end(tmp_path):
     (tmp_path / "avm.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(tmp_path, configfile=tmp_path / "avm.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
-    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    board = pd.read_csv(tmp_path / "results/default/leaderboard.csv")
     assert (board["status"] == "ok").all() and len(board) == 7
     assert {"test_acc_audio_mean", "test_acc_visual_mean", "test_acc_motion_mean"} <= set(board.columns)
-    runs = tmp_path / "results/runs/synthetic-avm/main/small_cnn"
+    overlay = tmp_path / "avm.yaml"
     for method in ("ogm", "gblend", "pretrain"):
-        m = json.loads((runs / "concat" / method / "seed0/metrics.json").read_text())
+        m = json.loads((run_path(tmp_path, overlay, method, dataset="synthetic-avm") / "metrics.json").read_text())
         assert m["run"]["modalities"] == ["audio", "visual", "motion"]
-    assert any("extension" in n for n in json.loads((runs / "concat/ogm/seed0/metrics.json").read_text())["notes"])
-    weights = json.loads((tmp_path / "results/gblend/synthetic-avm/main/small_cnn/concat/seed0.json").read_text())["weights"]
-    assert set(weights) == {"audio", "visual", "motion", "fused"}
+    assert any("extension" in n for n in json.loads((run_path(tmp_path, overlay, "ogm", dataset="synthetic-avm") / "metrics.json").read_text())["notes"])
+    estimate = resolved(overlay, RunSpec("synthetic-avm", "small_cnn", "concat", "gblend", 0), "estimate")
+    assert set(json.loads((tmp_path / estimate.path).read_text())["weights"]) == {"audio", "visual", "motion", "fused"}
+    pretrain = resolved(overlay, RunSpec("synthetic-avm", "small_cnn", "concat", "pretrain", 0))
     for m in ("audio", "visual", "motion"):  # pretrain's inputs, produced by the DAG though unimodal is not in the grid
-        assert (runs / "none" / f"unimodal-{m}" / "seed0/model.pt").exists()
+        assert (tmp_path / pretrain.artifacts()[f"unimodal_checkpoint/{m}"]).exists()
 
 
 @pytest.mark.slow
@@ -128,13 +149,13 @@ def test_user_classes_from_a_module_run_through_the_dag(tmp_path):
     (tmp_path / "user.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(tmp_path, configfile=tmp_path / "user.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
-    board = pd.read_csv(tmp_path / "results/leaderboard.csv", keep_default_na=False)  # keep the literal "n/a"
+    board = pd.read_csv(tmp_path / "results/default/leaderboard.csv", keep_default_na=False)  # keep the literal "n/a"
     assert set(zip(board["method"], board["fusion"])) == {(b, f) for b in ("joint", "weakest_boost", "mmcosine") for f in ("concat", "max")}
     status = dict(zip(zip(board["method"], board["fusion"]), board["status"]))
     assert status.pop(("mmcosine", "max")) == "n/a" and set(status.values()) == {"ok"}
-    md = (tmp_path / "results/leaderboard.md").read_text()
+    md = (tmp_path / "results/default/leaderboard.md").read_text()
     assert "| mmcosine | max | 0 |" in md and "n/a: MMCosine normalises" in md
-    m = json.loads((tmp_path / "results/runs/synthetic-av/main/small_cnn/max/weakest_boost/seed0/metrics.json").read_text())
+    m = json.loads((run_path(tmp_path, tmp_path / "user.yaml", "weakest_boost", fusion="max") / "metrics.json").read_text())
     assert m["settings"]["balancer"] == {"name": "weakest_boost", "params": {"lam": 0.3}, "class": "my_methods:WeakestBoost"}
     assert "score_audio" in m["history"][0]
 
@@ -153,11 +174,11 @@ def test_folds_of_a_real_dataset_through_the_dag(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
     assert counts["split"] == 3 and counts["train"] == 3 and counts["preprocess"] == 1  # decoded once, split per fold
-    board = pd.read_csv(tmp_path / "results/leaderboard.csv")
+    board = pd.read_csv(tmp_path / "results/default/leaderboard.csv")
     assert board.loc[0, "runs"] == 3 and board.loc[0, "folds"] == 3
-    assert "3 folds (fold1, fold2, fold3)" in (tmp_path / "results/leaderboard.md").read_text()
+    assert "3 folds (fold1, fold2, fold3)" in (tmp_path / "results/default/leaderboard.md").read_text()
     for fold in ("fold1", "fold2", "fold3"):
-        m = json.loads((tmp_path / f"results/runs/cremad/{fold}/small_cnn/concat/joint/seed0/metrics.json").read_text())
+        m = json.loads((run_path(tmp_path, tmp_path / "c.yaml", "joint", dataset="cremad", fold=fold) / "metrics.json").read_text())
         assert m["settings"]["fold"] == fold
 
 
@@ -169,11 +190,11 @@ def test_a_crashing_job_leaves_a_log_and_only_it_is_retried(tmp_path):
     (tmp_path / "crash.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(tmp_path, configfile=tmp_path / "crash.yaml")
     assert res.returncode != 0  # the workflow reports the failure ...
-    runs = tmp_path / "results/runs/synthetic-av/main/small_cnn/concat"
-    assert (runs / "joint/seed0/metrics.json").exists()  # ... but the other jobs ran (keep-going)
-    assert not (runs / "oom/seed0/metrics.json").exists()
-    assert "CUDA out of memory (simulated)" in (runs / "oom/seed0/train.log").read_text()
-    assert "CUDA out of memory (simulated)" in (runs / "oom/seed0/failed-attempts.log").read_text()
+    joint, oom = (run_path(tmp_path, tmp_path / "crash.yaml", m) for m in ("joint", "oom"))
+    assert (joint / "metrics.json").exists()  # ... but the other jobs ran (keep-going)
+    assert not (oom / "metrics.json").exists()
+    assert "CUDA out of memory (simulated)" in (oom / "train.log").read_text()
+    assert "CUDA out of memory (simulated)" in (oom / "failed-attempts.log").read_text()
     again = snakemake(tmp_path, "-n", configfile=tmp_path / "crash.yaml")
     counts = job_counts(again.stdout)
     assert counts["train"] == 1 and "method=oom" in again.stdout and "method=joint" not in again.stdout

@@ -20,6 +20,9 @@ class Pretrain(Joint):
         super().setup(model, ctx)
         for m in model.modalities:
             path = ctx.artifacts[f"unimodal_checkpoint/{m}"]
+            if not path.exists():  # the run's metrics exist (the DAG tracks those) but its weights were not kept
+                raise FileNotFoundError(f"{path} is missing: the unimodal {m} run's weights were not kept with its results; "
+                                        f"delete {path.parent} so that the DAG trains it again")
             saved = torch.load(path, map_location="cpu", weights_only=True)
             if saved.get("status", "ok") != "ok" or saved["state_dict"] is None:
                 raise ValueError(f"{path}: the unimodal {m} run failed ({saved.get('reason', 'no weights')}), so there is nothing to start from")

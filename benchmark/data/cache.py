@@ -6,6 +6,7 @@ uint8 frames travel to the device as bytes and are normalised there.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -80,8 +81,21 @@ def load_part(processed_dir: str | Path, fold: str, part: str, modalities: Seque
     return data.subset([index[c] for c in ids])
 
 
-def load_info(processed_dir: str | Path) -> dict:
-    return json.loads((Path(processed_dir) / "info.json").read_text())
+def cache_settings_hash(dataset_settings: dict) -> str:
+    """What a dataset's cached tensors depend on (all its settings but the split, a stage of its own), hashed."""
+    text = json.dumps({k: v for k, v in dataset_settings.items() if k != "split"}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_info(processed_dir: str | Path, dataset_settings: dict | None = None) -> dict:
+    """The cache's info.json; with ``dataset_settings``, checked to have been made with them (a cache copied from
+    elsewhere, or made before a settings change, is refused instead of trained on)."""
+    path = Path(processed_dir) / "info.json"
+    info = json.loads(path.read_text())
+    if dataset_settings is not None and "settings_hash" in info and info["settings_hash"] != cache_settings_hash(dataset_settings):
+        raise ValueError(f"{path.parent} was made with other settings of dataset '{dataset_settings['name']}' than the config "
+                         "gives: run its preprocess step again (the DAG does when the settings change; delete the folder to force it)")
+    return info
 
 
 def _identity(batch: dict) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from benchmark.data import synthetic
+from benchmark.data.carving import carve_validation
 from benchmark.registry import Registry
 
 #: a multi-label clip's label column lists its labels separated by this
@@ -62,8 +63,6 @@ class Dataset:
     def split(self, rows: list[dict], fold: str) -> dict[str, str]:
         """clip_id -> train/val/test for the accepted clips ``rows`` (default: the manifest's split column, with a
         validation part carved from training when the manifest has none)."""
-        from benchmark.data.splits import carve_validation
-
         assignment = {r["clip_id"]: r["split"] for r in rows if r.get("split")}
         if "val" not in assignment.values():
             s = self.settings["split"]

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from benchmark.data.cache import cache_settings_hash
 from benchmark.data.datasets import SPLITS, Dataset, read_manifest, split_labels
 from benchmark.data.media import MediaError, decode_audio, decode_frames
 from benchmark.metrics import CLIP_SEPARATOR
@@ -266,6 +267,7 @@ def preprocess(dataset: Dataset, raw_dir: Path, out_dir: Path, pre: dict, worker
     _atomic_save(tensors, out_dir / "clips.pt")
     info = {"dataset": dataset.name, "classes": classes, "multi_label": dataset.multi_label, "clips": len(clips),
             "videos": len(keep), "clips_per_video": decode.clips_per_video, "rejected": len(rejected),
-            "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()}}
+            "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()},
+            "settings_hash": cache_settings_hash(dataset.settings)}
     (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -21,7 +21,7 @@ import numpy as np
 from benchmark.data.datasets import DATASETS, Dataset, write_manifest
 from benchmark.data.media import MediaError, decode_audio
 from benchmark.data.sources import NotAvailable, SourceError, check_complete, extract, fetch
-from benchmark.data.splits import carve_validation
+from benchmark.data.carving import carve_validation
 
 FILES = "files"  # data/raw/<dataset>/files: the native tree (a link to source.path, or the download)
 

@@ -213,6 +213,3 @@ class LowRankFusion(Fusion):
         fused = torch.einsum("or,brh->bh", self.rank_weights, product) + self.bias
         return self.head(torch.relu(fused))
 
-
-# fusions between encoder blocks (G-Blend's architecture baselines) register themselves on import
-from benchmark.models import stream_fusions  # noqa: E402,F401

@@ -1,15 +1,16 @@
-# Stage 5: leaderboard tables and plots, rebuilt from the metrics files alone.
+# Stage 5: the experiment's leaderboard tables, plots and report, rebuilt from its runs' metrics files alone. The
+# inputs are ancient(): a run folder's identity says what it holds, so checkout order or a rebuilt data/ never makes
+# a current leaderboard stale; a (re)trained run still re-aggregates, as a job that ran upstream, and a change of the
+# grid or of the leaderboard settings renames the view's runs-<id>.json, a missing output.
 localrules: aggregate
 
 
 rule aggregate:
     input:
-        [run_file(spec, "metrics.json") for spec in RUNS],
+        [ancient(run_metrics(spec)) for spec in RUNS],
     output:
-        leaderboard_outputs(),
+        experiment_outputs(),
     log:
-        "results/logs/aggregate.log",
-    params:
-        grid=settings_hash({"runs": [str(s) for s in RUNS], "not_applicable": [str(s) for s, _ in NOT_APPLICABLE]}),
+        paths.LOGS + "/aggregate/" + EXPERIMENT + ".log",
     shell:
-        "{PY} -m benchmark aggregate --config {CONFIG_FILE} --out-dir results > {log} 2>&1"
+        "{PY} -m benchmark aggregate {CONFIG_ARGS} > {log} 2>&1"

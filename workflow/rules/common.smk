@@ -1,12 +1,11 @@
-# Shared by every rule: config validation (before any job is built), the grid, wildcard constraints.
-import hashlib
+# Shared by every rule: one config reading (the same as every CLI step's), validation before any job is built, the
+# grid, one resolver of settings and identities, the paths, wildcard constraints.
 import json
 import os
 import re
+import shlex
 import sys
-from pathlib import Path
 
-import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -14,42 +13,42 @@ from snakemake.utils import validate
 # (python -m benchmark puts the working directory on sys.path)
 sys.path.insert(0, os.getcwd())
 
-from benchmark.config import ConfigError, component_class, dataset_settings, grid_names, registry, settings_hash, validate_config
-from benchmark import grid, tuning
+from benchmark import paths
+from benchmark.config import ConfigError, SCHEMA_PATH, dataset_settings, grid_names, layered, settings_hash, typed, validate_config
+from benchmark.grid import NO_FUSION, RunSpec, dataset_folds, grid_runs, manifest_name
+from benchmark.settings import Resolver, Step, experiment_record
 
-configfile: "config.yaml"
 
-# Registry-aware checks with messages that name the key path; they also fill the schema's defaults.
+def _layers():
+    """The overlays (--configfile) and typed overrides: Snakemake's --config entries (its parser leaves every value a
+    string: parsed again as YAML) and set=[...] ('key.path=value' expressions, as `run.sh --set` passes them)."""
+    overlays = [str(p) for p in workflow.config_settings.configfiles]
+    given = dict(workflow.config_settings.config)
+    sets = given.pop("set", [])
+    sets = [sets] if isinstance(sets, str) else list(sets)
+    sets += [f"{key}={json.dumps(typed(value))}" for key, value in given.items()]
+    return overlays, sets
+
+
+OVERLAYS, SETS = _layers()
 try:
-    config.update(validate_config(config))
+    _cfg = validate_config(layered(OVERLAYS, SETS))
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
-validate(config, schema="../schemas/config.schema.yaml")
+config.clear()
+config.update(_cfg)
+validate(config, schema=str(SCHEMA_PATH))
 
-RUNS, NOT_APPLICABLE = grid.grid_runs(config)
+#: every job reads the config as the DAG did: the same overlays and overrides, in the same order
+CONFIG_ARGS = " ".join([f"--config {shlex.quote(p)}" for p in OVERLAYS] + [f"--set {shlex.quote(s)}" for s in SETS])
+RESOLVER = Resolver(config)
+RUNS, NOT_APPLICABLE = grid_runs(config)
+EXPERIMENT_RECORD_ID = experiment_record(config, RESOLVER)["identity"]
+EXPERIMENT = config["experiment"]
 PY = sys.executable  # the interpreter running Snakemake (the project's venv) also runs every step
 RES = config["resources"]
 # a training job's CPUs: per GPU when the site says so (Slurm --cpus-per-gpu), else resources.train.threads
 TRAIN_THREADS = RES["train"]["cpus_per_gpu"] * RES["train"]["gpus"] if RES["train"].get("cpus_per_gpu") and RES["train"]["gpus"] else RES["train"]["threads"]
-
-
-def _resolved_config_file() -> str:
-    """The validated config as every job sees it (CLI overrides included), stored by content hash."""
-    text = yaml.safe_dump(config, sort_keys=True)
-    path = Path(".snakemake/benchmark") / f"config-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    return str(path)
-
-
-CONFIG_FILE = _resolved_config_file()
-
-
-def component_names(axis: str) -> list[str]:
-    return registry(axis).names()
 
 
 def _alternatives(names) -> str:
@@ -59,72 +58,59 @@ def _alternatives(names) -> str:
 wildcard_constraints:
     dataset=_alternatives(grid_names(config, "datasets")),
     backbone=_alternatives(grid_names(config, "backbones")),
-    fusion=_alternatives(grid_names(config, "fusions") + [grid.NO_FUSION]),
-    # every method name, not only the grid's: runs may depend on others (pretrain on unimodal runs)
-    method="(" + _alternatives(set(grid_names(config, "balancers")) | set(config["balancers"]) | set(component_names("balancers"))) + r")(-[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*)?",
-    subset=r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)+",
+    fusion=_alternatives(grid_names(config, "fusions") + [NO_FUSION]),
+    method=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*)?",
     seed=r"\d+",
     trial=r"\d+",
-    fold=_alternatives({f for d in grid_names(config, "datasets") for f in grid.dataset_folds(config, d)}),
+    id=r"[0-9a-f]{12}",
+    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    fold=_alternatives({f for d in grid_names(config, "datasets") for f in dataset_folds(config, d)}),
 
 
-def spec_of(w) -> grid.RunSpec:
-    return grid.RunSpec.from_method(w.dataset, w.backbone, w.fusion, w.method, int(w.seed), w.fold)
+def spec_of(w) -> RunSpec:
+    return RunSpec.from_method(w.dataset, w.backbone, w.fusion, w.method, int(w.seed), w.fold)
 
 
-def run_file(spec: grid.RunSpec, name: str) -> str:
-    return str(spec.run_dir / name)
+def group_of(w) -> RunSpec:
+    return RunSpec.from_method(w.dataset, w.backbone, w.fusion, w.method, config["tuning"]["train_seed"], w.fold)
 
 
-def processed_files(dataset: str, fold: str) -> list[str]:
-    d = grid.processed_dir(dataset)
-    return [str(d / "clips.pt"), str(d / "info.json"), str(d / "splits" / f"{fold}.csv")]
+def step_inputs(kind: str, spec: RunSpec, wanted_id: str, trial: int | None = None) -> list:
+    """A step's inputs: its data and its prerequisites' files, from the one resolver. A step whose output exists has
+    none: its identity is in its path, so it is current whatever happens upstream (a data/ rebuilt for another run
+    in a fresh clone, a prerequisite trained again); only a missing output makes a step run. A requested identity the
+    config does not give is an error."""
+    resolved = RESOLVER.resolve(Step(kind, spec, trial))
+    owner = RESOLVER.resolve(Step("tune_best", spec)) if kind == "tune_trial" else resolved
+    if owner.identity != wanted_id:
+        raise WorkflowError(f"{kind} {spec.method} on {spec.dataset}/{spec.fold}/{spec.backbone}/{spec.fusion} seed {spec.seed}: "
+                            f"the config gives identity {owner.identity}, not {wanted_id}")
+    return [] if resolved.output.exists() else resolved.input_files()
 
 
 def dataset_hash(dataset: str, raw_only: bool = False) -> str:
-    """Hash of a dataset's settings; raw_only: without preprocessing (what the download step depends on)."""
+    """Hash of a dataset's settings (data/ paths carry no identity: their rules rerun on a change of it);
+    raw_only: without preprocessing (what the download step depends on)."""
     s = dataset_settings(config, dataset)
     return settings_hash({k: v for k, v in s.items() if k != "preprocess"} if raw_only else s)
 
 
-def stale_flag(recorded: str, expected, trigger) -> list[str]:
-    """Snakemake reruns a job whose params changed only when it ran in this directory before (its metadata), and it
-    does not remake a missing input of a job whose outputs exist. So a result made elsewhere (a fresh clone of
-    committed results, a copied folder) is checked here: when the config hash it records is not the one the config
-    now gives, a flag file named by the new hash is written next to it (once) and made an input of its job, which is
-    then newer than the result, so the job reruns. Current results get no flag. ``expected``: the hash the result must
-    record (None: not known yet, so stale) and ``trigger``, the job's params hash that names the flag, are functions,
-    called only for results that exist (a dry run of a large new grid reads nothing)."""
-    path = Path(recorded)
-    if not path.exists():
-        return []
-    try:
-        recorded_hash = json.loads(path.read_text()).get("config_hash")
-    except (OSError, ValueError):
-        return []
-    current = expected()
-    if current is not None and recorded_hash == current:
-        return []
-    flag = Path(f"{recorded}.config-{trigger()}.flag")
-    if not flag.exists():
-        flag.write_text(f"{recorded} records config {recorded_hash}; the config now gives another: rerun\n")
-    return [str(flag)]
+def run_metrics(spec: RunSpec) -> str:
+    return str(RESOLVER.run(spec).path / "metrics.json")
 
 
-def tuning_inputs(spec: grid.RunSpec) -> list[str]:
-    """With tuning on, a run (or G-Blend estimate) reads its group's best.json."""
-    return [str(tuning.best_path(spec))] if tuning.enabled(config) else []
-
-
-def leaderboard_outputs() -> list[str]:
+def experiment_outputs() -> list[str]:
+    out = paths.experiment_dir(EXPERIMENT)
     pairs = dict.fromkeys((s.dataset, s.backbone) for s in RUNS + [s for s, _ in NOT_APPLICABLE])
-    tables = [f"results/{name}" for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.tex", "agreement.csv", "report.html")]
-    return tables + [f"results/plots/{d}__{b}.png" for d, b in pairs]
+    record = str(paths.fill(paths.EXPERIMENT_RECORD, experiment=EXPERIMENT, id=EXPERIMENT_RECORD_ID))
+    return [str(out / name) for name in paths.EXPERIMENT_OUTPUTS] + [str(out / "plots" / f"{d}__{b}.png") for d, b in pairs] + [record]
 
 
 def training_resources(rule_resources: dict) -> dict:
     """Scheduler resources for GPU steps; partition/account only when the site sets them."""
-    out = {"gpu": rule_resources["gpus"], "mem_mb": rule_resources["mem_mb"], "runtime": rule_resources["runtime"]}
+    out = {"mem_mb": rule_resources["mem_mb"], "runtime": rule_resources["runtime"]}
+    if rule_resources["gpus"]:  # none at all on CPU-only partitions: Slurm refuses a request for 0 GPUs
+        out["gpu"] = rule_resources["gpus"]
     if rule_resources.get("cpus_per_gpu") and rule_resources["gpus"]:
         out["cpus_per_gpu"] = rule_resources["cpus_per_gpu"]
     if rule_resources.get("partition"):
@@ -135,3 +121,6 @@ def training_resources(rule_resources: dict) -> dict:
 
 
 TRAIN_RESOURCES = training_resources(RES["train"])
+# the preprocessing job needs no GPU, but a site that requires a partition or account requires it for every job
+PREPROCESS_RESOURCES = {"mem_mb": RES["preprocess"]["mem_mb"], "runtime": RES["preprocess"]["runtime"],
+                        **{k: v for k, v in TRAIN_RESOURCES.items() if k.startswith("slurm_")}}

@@ -4,11 +4,11 @@ localrules: download
 
 rule download:
     output:
-        manifest="data/raw/{dataset}/manifest.csv",
+        manifest=paths.DATA_RAW + "/manifest.csv",
     log:
-        "results/logs/download/{dataset}.log",
+        paths.LOGS + "/download/{dataset}.log",
     params:
         settings=lambda w: dataset_hash(w.dataset, raw_only=True),
     threads: RES["preprocess"]["threads"]
     shell:
-        "{PY} -m benchmark download --config {CONFIG_FILE} --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
+        "{PY} -m benchmark download {CONFIG_ARGS} --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"

@@ -1,43 +1,24 @@
-# Stage 3: G-Blend weights (Alg. 1) per dataset x fold x backbone x fusion x seed, from a held-out part of train.
+# Stage 3: G-Blend weights (Alg. 1) per dataset x fold x backbone x fusion x seed (x modality subset: method
+# gblend-<a>+<b>), from a held-out part of train, in a file named by the estimate's identity.
 
 
-def estimate_inputs(w, subset: str | None) -> list[str]:
-    spec = grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), subset, w.fold)
-    weights = str(grid.gblend_weights_path(w.dataset, w.backbone, w.fusion, int(w.seed), w.fold, subset))
-    return (processed_files(w.dataset, w.fold) + tuning_inputs(spec)
-            + stale_flag(weights, lambda: tuning.expected_hash(config, spec), lambda: grid.run_hash(config, spec)))
+def estimate_modalities(w) -> str:
+    return f" --modalities {spec_of(w).modality}" if spec_of(w).modality else ""
 
 
 rule estimate:
     input:
-        lambda w: estimate_inputs(w, None),
+        lambda w: step_inputs("estimate", spec_of(w), w.id),
     output:
-        weights="results/gblend/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}.json",
+        weights=paths.ESTIMATE_FILE,
     log:
-        "results/logs/estimate/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}.log",
+        paths.LOGS + "/estimate/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}-{id}.log",
     params:
-        settings=lambda w: grid.run_hash(config, grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), fold=w.fold)),
+        modalities=estimate_modalities,
     threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "{PY} -m benchmark estimate --config {CONFIG_FILE} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
-        " --fusion {wildcards.fusion} --seed {wildcards.seed} --threads {threads} --out {output.weights} > {log} 2>&1"
-
-
-# The same for runs on a subset of the modalities (a grid block's 'modalities'): weights per subset.
-rule estimate_subset:
-    input:
-        lambda w: estimate_inputs(w, w.subset),
-    output:
-        weights="results/gblend/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}-{subset}.json",
-    log:
-        "results/logs/estimate/{dataset}/{fold}/{backbone}/{fusion}/seed{seed}-{subset}.log",
-    params:
-        settings=lambda w: grid.run_hash(config, grid.RunSpec(w.dataset, w.backbone, w.fusion, "gblend", int(w.seed), w.subset, w.fold)),
-    threads: TRAIN_THREADS
-    resources:
-        **TRAIN_RESOURCES,
-    shell:
-        "{PY} -m benchmark estimate --config {CONFIG_FILE} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
-        " --fusion {wildcards.fusion} --seed {wildcards.seed} --modalities {wildcards.subset} --threads {threads} --out {output.weights} > {log} 2>&1"
+        "{PY} -m benchmark estimate {CONFIG_ARGS} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
+        " --fusion {wildcards.fusion} --seed {wildcards.seed}{params.modalities} --id {wildcards.id} --threads {threads}"
+        " --out {output.weights} > {log} 2>&1"

@@ -1,31 +1,19 @@
-# Stage 4: one job per dataset x fold x backbone x fusion x method x seed. Its params hold the run's config hash,
-# so changing a setting retrains exactly the runs it affects. A job resumes from its run directory's checkpoint.pt
-# (left by a killed, preempted or retried attempt); the log is appended to, so it keeps every attempt.
-
-
-def method_inputs(w) -> list[str]:
-    spec = spec_of(w)
-    needs = component_class(config, "balancers", spec.balancer).needs
-    modalities = grid.run_settings(config, spec)["modalities"]
-    return (processed_files(w.dataset, w.fold) + [str(p) for p in grid.artifact_paths(spec, needs, modalities).values()]
-            + tuning_inputs(spec) + stale_flag(run_file(spec, "metrics.json"), lambda: tuning.expected_hash(config, spec), lambda: grid.run_hash(config, spec)))
+# Stage 4: one job per dataset x fold x backbone x fusion x method x seed, in the folder named by the run's identity
+# (benchmark.settings): a changed setting is a new folder, so exactly the affected runs train, once. A job resumes
+# from its folder's checkpoint.pt (left by a killed, preempted or retried attempt); the log keeps every attempt.
 
 
 rule train:
     input:
-        method_inputs,
+        lambda w: step_inputs("run", spec_of(w), w.id),
     output:
-        metrics="results/runs/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}/metrics.json",
-        model="results/runs/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}/model.pt",
+        metrics=paths.RUN_DIR + "/metrics.json",  # model.pt is written next to it but is not an output (see README)
     log:
-        "results/runs/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}/train.log",
-    params:
-        settings=lambda w: grid.run_hash(config, spec_of(w)),
+        paths.RUN_DIR + "/train.log",
     threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
     shell:
-        "{PY} -m benchmark train --config {CONFIG_FILE} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
-        " --fusion {wildcards.fusion} --method {wildcards.method} --seed {wildcards.seed} --threads {threads}"
+        "{PY} -m benchmark train {CONFIG_ARGS} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
+        " --fusion {wildcards.fusion} --method {wildcards.method} --seed {wildcards.seed} --id {wildcards.id} --threads {threads}"
         " --out-dir $(dirname {output.metrics}) >> {log} 2>&1"
-
