@@ -1,4 +1,5 @@
 """The aggregate step: an experiment's tables, plots and report, rebuilt from its runs' metrics files alone."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -12,6 +12,7 @@ package (the loop's ``FitResult``) as a tagged dict of its attributes, rebuilt o
 the file it wrote and refuses state that a weights-only load would reject, so a run never leaves a checkpoint it
 cannot resume from.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,11 +37,18 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 def rng_state(loader_generator: torch.Generator) -> dict:
     """Every RNG stream as tensors and plain Python values (loadable with ``weights_only=True``)."""
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"bit_generator": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-             "python": random.getstate(),  # (version, tuple of ints, None): plain
-             "loader": loader_generator.get_state()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "bit_generator": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": random.getstate(),  # (version, tuple of ints, None): plain
+        "loader": loader_generator.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -49,8 +57,15 @@ def rng_state(loader_generator: torch.Generator) -> dict:
 def restore_rng(state: dict, loader_generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["bit_generator"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
-                         float(n["cached_gaussian"])))
+    np.random.set_state(
+        (
+            n["bit_generator"],
+            n["keys"].numpy().astype(np.uint32),
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
+    )
     random.setstate(state["python"])
     loader_generator.set_state(state["loader"])
     if "cuda" in state and torch.cuda.is_available():
@@ -75,8 +90,10 @@ def _decode(value, path: Path):
     for part in qualname.split(".") if cls is not None else []:
         cls = getattr(cls, part, None)
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)) or not isinstance(value["fields"], dict):
-        raise UnsafeCheckpointError(f"{path} is not a usable checkpoint: it names '{value[_DATACLASS_TAG]}', "
-                                    "which is not a dataclass of this package")
+        raise UnsafeCheckpointError(
+            f"{path} is not a usable checkpoint: it names '{value[_DATACLASS_TAG]}', "
+            "which is not a dataclass of this package"
+        )
     obj = cls.__new__(cls)
     obj.__dict__.update(value["fields"])
     return obj
@@ -91,8 +108,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
     unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(tmp)  # reads the pickle only, not the tensors
     if unsafe:
         tmp.unlink()
-        raise TypeError(f"checkpoint {path} not written: its state holds objects that a weights-only load refuses "
-                        f"({', '.join(sorted(unsafe))}); store tensors, numbers, strings, lists, tuples and dicts")
+        raise TypeError(
+            f"checkpoint {path} not written: its state holds objects that a weights-only load refuses "
+            f"({', '.join(sorted(unsafe))}); store tensors, numbers, strings, lists, tuples and dicts"
+        )
     tmp.replace(path)
 
 
@@ -113,10 +132,14 @@ def load_checkpoint(path: Path | None, settings_hash: str, log=print) -> dict | 
         raise UnsafeCheckpointError(
             f"{path} is not a safe checkpoint: it holds objects other than tensors and plain containers "
             f"(globals: {found}), which could run code when loaded, so it was not loaded. Delete it to train from "
-            "scratch (checkpoints written before checkpoints became weights-only are refused too).") from e
+            "scratch (checkpoints written before checkpoints became weights-only are refused too)."
+        ) from e
     if not isinstance(state, dict):
         raise UnsafeCheckpointError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a dict")
     if state.get("settings_hash") != settings_hash:
-        log(f"ignoring checkpoint {path}: it belongs to other settings ({state.get('settings_hash')} != {settings_hash})")
+        log(
+            f"ignoring checkpoint {path}: it belongs to other settings ({state.get('settings_hash')} != "
+            f"{settings_hash})"
+        )
         return None
     return {k: _decode(v, path) for k, v in state.items()}

@@ -3,6 +3,7 @@
 Importing this module imports the modules whose decorators fill the registries (balancers, fusions, backbones,
 datasets), so that ``benchmark.registry`` never has to import its clients.
 """
+
 from __future__ import annotations
 
 import benchmark.data.real  # noqa: F401  (its decorators register the real datasets)
@@ -14,7 +15,12 @@ from benchmark.models.fusions import FUSIONS
 from benchmark.registry import Registry
 
 AXES = ("datasets", "backbones", "fusions", "balancers")
-_REGISTRIES: dict[str, Registry] = {"datasets": DATASETS, "backbones": BACKBONES, "fusions": FUSIONS, "balancers": BALANCERS}
+_REGISTRIES: dict[str, Registry] = {
+    "datasets": DATASETS,
+    "backbones": BACKBONES,
+    "fusions": FUSIONS,
+    "balancers": BALANCERS,
+}
 
 
 def registry(axis: str) -> Registry:

@@ -7,13 +7,13 @@ value parsed as YAML). Validation happens before any job is built: schema (keys,
 only the registries know (method names, constructor parameters of user classes). Every error names the offending
 key path, e.g. ``train.epohcs``.
 """
+
 from __future__ import annotations
 
 import copy
 import difflib
 import functools
 import hashlib
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -22,12 +22,13 @@ import jsonschema
 import yaml
 
 from benchmark.components import AXES, registry
+from benchmark.params import ParamError, check_params, declared_params
 from benchmark.paths import RESERVED
 from benchmark.registry import UnknownNameError
+from benchmark.resources import resource
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = PACKAGE_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG = PACKAGE_ROOT / "config.yaml"
+SCHEMA_PATH = resource("workflow/schemas/config.schema.yaml")
+DEFAULT_CONFIG = resource("config.yaml")
 __all__ = ["AXES", "ConfigError", "registry", "load_config", "validate_config"]
 
 
@@ -99,7 +100,9 @@ def layered(overlays: Sequence[str | Path] = (), sets: Sequence[str] = (), base:
     return cfg
 
 
-def load_config(overlays: str | Path | Sequence[str | Path] = (), sets: Sequence[str] = (), base: str | Path | None = None) -> dict:
+def load_config(
+    overlays: str | Path | Sequence[str | Path] = (), sets: Sequence[str] = (), base: str | Path | None = None
+) -> dict:
     """The validated config of the layers (see the module docstring); ``overlays``: one path or several."""
     if isinstance(overlays, (str, Path)):
         overlays = [overlays]
@@ -129,8 +132,11 @@ def validate_config(cfg: Any) -> dict:
                 component_params(cfg, axis, name)
     check_space(cfg)
     if cfg["experiment"] in RESERVED:
-        raise ConfigError("experiment", f"'{cfg['experiment']}' names a folder of results/ that holds no experiment "
-                                        f"({', '.join(RESERVED)}); choose another name")
+        raise ConfigError(
+            "experiment",
+            f"'{cfg['experiment']}' names a folder of results/ that holds no experiment "
+            f"({', '.join(RESERVED)}); choose another name",
+        )
     return cfg
 
 
@@ -141,6 +147,7 @@ def grid_names(cfg: dict, axis: str) -> list:
 
 
 # --- schema ------------------------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=1)
 def _schema_text() -> str:
@@ -207,7 +214,9 @@ def _check_schema(cfg: dict) -> None:
         hint = difflib.get_close_matches(bad, allowed, n=1)
         raise ConfigError(
             f"{key}.{bad}" if key else bad,
-            f"unknown key '{bad}'" + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; allowed keys: {', '.join(allowed)}",
+            f"unknown key '{bad}'"
+            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            + f"; allowed keys: {', '.join(allowed)}",
         )
     if err.validator == "minItems" and err.validator_value == 1 and err.instance == []:
         raise ConfigError(key, "is empty, so the grid has nothing to run; list at least one entry")
@@ -220,7 +229,11 @@ def deep_merge(base: dict, override: dict) -> dict:
     """``override`` over ``base``: mappings merge key by key, anything else replaces."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else copy.deepcopy(value)
+        )
     return out
 
 
@@ -234,8 +247,12 @@ def train_settings(cfg: dict, backbone: str) -> dict:
         raise ConfigError(f"train.per_backbone.{backbone}.per_backbone", "overrides cannot be nested")
     merged = deep_merge(base, override)
     try:
-        _check_schema({"grid": copy.deepcopy(cfg["grid"][0] if isinstance(cfg["grid"], list) else cfg["grid"]),
-                       "train": copy.deepcopy(merged)})
+        _check_schema(
+            {
+                "grid": copy.deepcopy(cfg["grid"][0] if isinstance(cfg["grid"], list) else cfg["grid"]),
+                "train": copy.deepcopy(merged),
+            }
+        )
     except ConfigError as err:
         raise ConfigError(err.key.replace("train.", f"train.per_backbone.{backbone}.", 1), err.message) from None
     return _without_default_speed_options(merged)
@@ -259,6 +276,7 @@ def _check_backbone_name(name: str) -> None:
 
 # --- registry-aware checks ----------------------------------------------------------------------------
 
+
 def _expand_presets(cfg: dict) -> None:
     """datasets.<name>.preprocess.preset: the dataset's named settings, under the entry's own values (before the
     schema fills defaults, so a preset's values are not masked by generic ones)."""
@@ -268,8 +286,10 @@ def _expand_presets(cfg: dict) -> None:
             continue
         presets = getattr(component_class(cfg, "datasets", name), "presets", {})
         if pre["preset"] not in presets:
-            raise ConfigError(f"datasets.{name}.preprocess.preset",
-                              f"unknown preset '{pre['preset']}' for dataset '{name}'; presets: {', '.join(presets) or 'none'}")
+            raise ConfigError(
+                f"datasets.{name}.preprocess.preset",
+                f"unknown preset '{pre['preset']}' for dataset '{name}'; presets: {', '.join(presets) or 'none'}",
+            )
         chosen = presets[pre["preset"]]
         entry["preprocess"] = deep_merge({k: v for k, v in chosen.items() if k in ("audio", "visual")}, pre)
 
@@ -317,37 +337,32 @@ def component_class(cfg: dict, axis: str, name: str) -> type:
 def component_params(cfg: dict, axis: str, name: str, section: str | None = None) -> dict:
     """Constructor keyword arguments of a component: the class defaults overlaid with the config entry.
 
-    Checked against the constructor's signature, so a misspelt parameter of a user class is caught too.
+    Checked against what the class declares (``benchmark.params``: names, types, constraints), so a misspelt
+    parameter or a wrong value of a built-in or a user class is caught before any job, with its key path.
     """
     cls = component_class(cfg, axis, name)
     entry = dict(cfg.get(axis, {}).get(name) or {})
     entry.pop("class", None)
-    if section is not None:
+    where = f"{axis}.{name}" + (f".{section}" if section else "")
+    if section is not None:  # a dataset's config section: declared by a '<section>_defaults' mapping
         entry = dict(entry.get(section) or {})
-    accepted = declared_params(cls, section)
-    for key in entry:
-        if key not in accepted:
-            where = f"{axis}.{name}" + (f".{section}" if section else "")
-            raise ConfigError(f"{where}.{key}", f"unknown parameter for {axis[:-1]} '{name}'; accepted: {', '.join(sorted(accepted)) or 'none'}")
-    return {**accepted, **entry}
-
-
-def declared_params(cls: type, section: str | None = None) -> dict:
-    """Parameter names and default values a component declares.
-
-    Balancers, fusions and backbones declare them by their constructor's keyword-only arguments; a dataset
-    declares each config section (e.g. 'generate') by a ``<section>_defaults`` mapping.
-    """
-    if section is not None:
-        return dict(getattr(cls, f"{section}_defaults", {}))
-    params = {}
-    for p in inspect.signature(cls.__init__).parameters.values():
-        if p.kind is inspect.Parameter.KEYWORD_ONLY:
-            params[p.name] = None if p.default is inspect.Parameter.empty else p.default
-    return params
+        accepted = dict(getattr(cls, f"{section}_defaults", {}))
+        for key in entry:
+            if key not in accepted:
+                raise ConfigError(
+                    f"{where}.{key}",
+                    f"unknown parameter for {axis[:-1]} '{name}'; accepted: {', '.join(sorted(accepted)) or 'none'}",
+                )
+        return {**accepted, **entry}
+    try:
+        check_params(cls, entry)
+    except ParamError as err:
+        raise ConfigError(f"{where}.{err.key}", f"{axis[:-1]} '{name}': {err}") from None
+    return {**declared_params(cls), **entry}
 
 
 # --- tuning's search space ---------------------------------------------------------------------------
+
 
 def check_space(cfg: dict) -> None:
     """Every searched parameter exists (a key path of ``train``, or a parameter the component declares), and every
@@ -366,8 +381,10 @@ def check_space(cfg: dict) -> None:
             accepted = component_params(cfg, axis, name)
             for key, dist in (params or {}).items():
                 if key not in accepted:
-                    raise ConfigError(f"tuning.space.{axis}.{name}.{key}",
-                                      f"'{name}' has no parameter '{key}'; it has {', '.join(sorted(accepted)) or 'none'}")
+                    raise ConfigError(
+                        f"tuning.space.{axis}.{name}.{key}",
+                        f"'{name}' has no parameter '{key}'; it has {', '.join(sorted(accepted)) or 'none'}",
+                    )
                 _check_dist(f"tuning.space.{axis}.{name}.{key}", dist)
 
 
@@ -381,6 +398,7 @@ def _check_dist(key: str, dist: dict) -> None:
 
 
 # --- runs ----------------------------------------------------------------------------------------------
+
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -398,7 +416,10 @@ def dataset_settings(cfg: dict, dataset: str) -> dict:
     sections = set(getattr(cls, "config_sections", ())) | {"preprocess", "class", *OPTIONAL_DATASET_KEYS}
     for key in entry:
         if key not in sections:
-            raise ConfigError(f"datasets.{dataset}.{key}", f"unknown section for dataset '{dataset}'; allowed: {', '.join(sorted(sections))}")
+            raise ConfigError(
+                f"datasets.{dataset}.{key}",
+                f"unknown section for dataset '{dataset}'; allowed: {', '.join(sorted(sections))}",
+            )
     out = {"name": dataset, "class": f"{cls.__module__}:{cls.__qualname__}"}
     for section in getattr(cls, "config_sections", ()):
         out[section] = component_params(cfg, "datasets", dataset, section=section)
@@ -407,7 +428,10 @@ def dataset_settings(cfg: dict, dataset: str) -> dict:
         if entry.get(key):
             out[key] = copy.deepcopy(entry[key])
     if out.get("balance") and not getattr(cls, "multi_label", False):
-        raise ConfigError(f"datasets.{dataset}.balance", f"Algorithm 1 balances multi-label data; dataset '{dataset}' has one label per clip")
+        raise ConfigError(
+            f"datasets.{dataset}.balance",
+            f"Algorithm 1 balances multi-label data; dataset '{dataset}' has one label per clip",
+        )
     return out
 
 
@@ -418,7 +442,11 @@ OPTIONAL_DATASET_KEYS = ("modalities", "balance")
 @functools.lru_cache(maxsize=1)
 def _preprocess_validator():
     schema = _parsed_schema()
-    probe = {"type": "object", "$defs": schema["$defs"], "properties": {"preprocess": {"$ref": "#/$defs/preprocess", "default": {}}}}
+    probe = {
+        "type": "object",
+        "$defs": schema["$defs"],
+        "properties": {"preprocess": {"$ref": "#/$defs/preprocess", "default": {}}},
+    }
     return _with_defaults(jsonschema.Draft202012Validator)(probe)
 
 

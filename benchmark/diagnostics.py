@@ -9,6 +9,7 @@
 * ``correct_string``: per-sample correctness, so the leaderboard can build the MLB paper's agreement table
   against the unimodal models from the metrics files alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,9 @@ def coalition_name(coalition: frozenset[str], modalities: list[str]) -> str:
 
 
 @torch.no_grad()
-def encoder_features(model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int) -> dict[str, torch.Tensor]:
+def encoder_features(
+    model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int
+) -> dict[str, torch.Tensor]:
     """Frozen per-modality features φ_m of every sample of ``data`` (eval mode), on the CPU."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
@@ -39,15 +42,20 @@ def encoder_features(model: MultimodalModel, data: CachedSplit, prep: BatchPrepa
     return {m: torch.cat(v) for m, v in parts.items()}
 
 
-def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, steps: int) -> torch.nn.Linear:
-    """Multinomial logistic regression (per-class logistic regressions for multi-hot ``y``) on standardised features by L-BFGS from zero weights (a convex problem, so
+def fit_linear_probe(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, steps: int
+) -> torch.nn.Linear:
+    """Multinomial logistic regression (per-class logistic regressions for multi-hot ``y``) on standardised features
+    by L-BFGS from zero weights (a convex problem, so
     the result does not depend on a seed); the standardisation is folded into the returned layer."""
     x = x.double()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
     w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+    opt = torch.optim.LBFGS(
+        [w, b], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -64,8 +72,15 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_
     return layer
 
 
-def linear_probes(model: MultimodalModel, train: CachedSplit, evaluate: dict[str, CachedSplit], prep: BatchPreparer,
-                  batch_size: int, weight_decay: float, steps: int) -> dict[str, dict[str, float]]:
+def linear_probes(
+    model: MultimodalModel,
+    train: CachedSplit,
+    evaluate: dict[str, CachedSplit],
+    prep: BatchPreparer,
+    batch_size: int,
+    weight_decay: float,
+    steps: int,
+) -> dict[str, dict[str, float]]:
     """{split: {modality: accuracy}} of a linear probe per frozen encoder, fitted on ``train`` (keys are the
     model's feature streams: one per modality, or 'fused' after mid-fusion)."""
     feats = encoder_features(model, train, prep, batch_size)
@@ -81,7 +96,9 @@ def linear_probes(model: MultimodalModel, train: CachedSplit, evaluate: dict[str
 
 
 @torch.no_grad()
-def masked_accuracies(model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int) -> dict[frozenset[str], float]:
+def masked_accuracies(
+    model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int
+) -> dict[frozenset[str], float]:
     """Accuracy of the model with the (normalised) inputs of every modality outside a coalition set to zero."""
     model.eval()
     correct = {c: 0 for c in coalitions(model.modalities)}
@@ -98,8 +115,10 @@ def masked_shapley(model: MultimodalModel, data: CachedSplit, prep: BatchPrepare
     acc = masked_accuracies(model, data, prep, batch_size)
     shares = shapley_shares(lambda c: torch.tensor(acc[c], dtype=torch.float64), model.modalities)
     empty = acc[frozenset()] / len(model.modalities)
-    return {"shapley": {m: float(v) - empty for m, v in shares.items()},
-            "masked_accuracy": {coalition_name(c, model.modalities): a for c, a in acc.items()}}
+    return {
+        "shapley": {m: float(v) - empty for m, v in shares.items()},
+        "masked_accuracy": {coalition_name(c, model.modalities): a for c, a in acc.items()},
+    }
 
 
 def ogr(train_loss: tuple[float, float], val_loss: tuple[float, float]) -> float:
@@ -118,10 +137,12 @@ def model_cost(model: MultimodalModel, sample: dict[str, torch.Tensor]) -> dict:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(one)
     model.train(was_training)
-    return {"params": sum(p.numel() for p in model.parameters()),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "encoder_params": {m: sum(p.numel() for p in e.parameters()) for m, e in model.encoders.items()},
-            "flops_per_sample": int(counter.get_total_flops())}
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "encoder_params": {m: sum(p.numel() for p in e.parameters()) for m, e in model.encoders.items()},
+        "flops_per_sample": int(counter.get_total_flops()),
+    }
 
 
 def correct_string(logits: torch.Tensor, y: torch.Tensor) -> str:

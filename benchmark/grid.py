@@ -2,6 +2,7 @@
 
 A run's settings and identity are resolved by ``benchmark.settings``; its paths are in ``benchmark.paths``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ class RunSpec:
         return f"{self.balancer}-{self.modality}" if self.modality else self.balancer
 
     @classmethod
-    def from_method(cls, dataset: str, backbone: str, fusion: str, method: str, seed: int, fold: str = DEFAULT_FOLD) -> "RunSpec":
+    def from_method(
+        cls, dataset: str, backbone: str, fusion: str, method: str, seed: int, fold: str = DEFAULT_FOLD
+    ) -> "RunSpec":
         balancer, _, modality = method.partition("-")
         return cls(dataset, backbone, fusion, balancer, int(seed), modality or None, fold)
 
@@ -44,11 +47,6 @@ def dataset_modalities(cfg: dict, dataset: str) -> list[str]:
 def dataset_instance(cfg: dict, dataset: str):
     """The dataset adapter with its settings (its modalities may come from the config)."""
     return component_class(cfg, "datasets", dataset)(dataset_settings(cfg, dataset))
-
-
-def manifest_name(cfg: dict, dataset: str) -> str:
-    """The manifest preprocessing reads: the downloaded one, or the Algorithm 1 subset when ``balance`` is set."""
-    return "manifest.balanced.csv" if dataset_settings(cfg, dataset).get("balance") else "manifest.csv"
 
 
 def dataset_folds(cfg: dict, dataset: str) -> list[str]:
@@ -65,7 +63,10 @@ def modality_subsets(cfg: dict, block: dict, where: str, dataset: str) -> list[s
     for i, subset in enumerate(block["modalities"]):
         unknown = [m for m in subset if m not in available]
         if unknown:
-            raise ConfigError(f"{where}.modalities[{i}]", f"dataset '{dataset}' has no modality {unknown[0]!r}; it has {', '.join(available)}")
+            raise ConfigError(
+                f"{where}.modalities[{i}]",
+                f"dataset '{dataset}' has no modality {unknown[0]!r}; it has {', '.join(available)}",
+            )
         ordered = [m for m in available if m in subset]
         out.append(None if ordered == available else "+".join(ordered))
     return list(dict.fromkeys(out))
@@ -74,7 +75,10 @@ def modality_subsets(cfg: dict, block: dict, where: str, dataset: str) -> list[s
 def fusion_backbone_reason(fusion_cls: type, backbone_cls: type) -> str | None:
     """Why a fusion cannot run on a backbone (fusions inside the encoders need a backbone made of blocks)."""
     if getattr(fusion_cls, "needs_blocks", False) and not backbone_cls.has_blocks():
-        return f"fusion '{fusion_cls.name}' works between encoder blocks, and backbone '{backbone_cls.name}' has no block structure"
+        return (
+            f"fusion '{fusion_cls.name}' works between encoder blocks, and backbone '{backbone_cls.name}' "
+            "has no block structure"
+        )
     return None
 
 
@@ -96,13 +100,18 @@ def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
                         cls = component_class(cfg, "balancers", balancer)
                         for seed in g["seeds"]:
                             if cls.per_modality:
-                                runs.update((RunSpec(dataset, backbone, NO_FUSION, balancer, seed, m, fold), None) for m in modalities)
+                                runs.update(
+                                    (RunSpec(dataset, backbone, NO_FUSION, balancer, seed, m, fold), None)
+                                    for m in modalities
+                                )
                                 continue
                             for fusion, subset in ((f, s) for f in g["fusions"] for s in subsets):
                                 spec = RunSpec(dataset, backbone, fusion, balancer, seed, subset, fold)
                                 fusion_cls = component_class(cfg, "fusions", fusion)
                                 n = len(subset.split("+")) if subset else len(modalities)
-                                reason = fusion_backbone_reason(fusion_cls, backbone_cls) or cls.not_applicable(fusion_cls, n, multi_label)
+                                reason = fusion_backbone_reason(fusion_cls, backbone_cls) or cls.not_applicable(
+                                    fusion_cls, n, multi_label
+                                )
                                 if reason:
                                     skipped[spec] = reason
                                 else:

@@ -7,6 +7,7 @@ dataset, backbone and fusion by a paired t-test over matching (seed, fold) runs.
 metrics files; combinations a method cannot run appear as n/a rows with the reason, failed runs with theirs, runs
 without a metrics file as 'not run'.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,16 @@ def check_identity(record: dict, expected: str, path: Path) -> None:
     """Refuse a result made with other settings than the config asks for (a table never mixes settings)."""
     recorded = (record.get("identity") or {}).get("identity")
     if recorded != expected:
-        raise StaleResult(f"{path} records identity {recorded or 'none (made before runs had identities)'}, but the "
-                          f"config gives {expected} for this run: it was made with other settings. Move or delete it "
-                          "and let the DAG train the run again (python -m benchmark prune lists unused runs)")
+        raise StaleResult(
+            f"{path} records identity {recorded or 'none (made before runs had identities)'}, but the "
+            f"config gives {expected} for this run: it was made with other settings. Move or delete it "
+            "and let the DAG train the run again (python -m benchmark prune lists unused runs)"
+        )
     version = record["identity"].get("numerics_version")
     if version != NUMERICS_VERSION:
         raise StaleResult(f"{path} was made by numerics version {version}, this harness is version {NUMERICS_VERSION}")
+
+
 KEYS = ["dataset", "backbone", "fusion", "method"]
 
 
@@ -48,8 +53,10 @@ def display_method(spec_or_method: RunSpec | str) -> str:
 
 def hyperparameter_text(params: dict) -> str:
     """'lr 0.0123, alpha 0.43' from {'train.optimizer.lr': 0.0123, 'balancer.alpha': 0.43}."""
-    return ", ".join(f"{name.rsplit('.', 1)[-1]} {value:.3g}" if isinstance(value, float) else f"{name.rsplit('.', 1)[-1]} {value}"
-                     for name, value in params.items())
+    return ", ".join(
+        f"{name.rsplit('.', 1)[-1]} {value:.3g}" if isinstance(value, float) else f"{name.rsplit('.', 1)[-1]} {value}"
+        for name, value in params.items()
+    )
 
 
 def tuning_columns(m: dict) -> dict:
@@ -57,8 +64,7 @@ def tuning_columns(m: dict) -> dict:
     tuning = m.get("settings", {}).get("tuning")
     if not tuning:
         return {"tuning": "paper defaults"}
-    return {"tuning": "tuned", "hyperparameters": hyperparameter_text(tuning["chosen"]),
-            "trials": tuning["trials"]}
+    return {"tuning": "tuned", "hyperparameters": hyperparameter_text(tuning["chosen"]), "trials": tuning["trials"]}
 
 
 def _mean(values: list[float]) -> float:
@@ -71,12 +77,22 @@ def metric_columns(m: dict, spec: RunSpec, modalities: list[str]) -> dict:
     best, last = m["metrics"]["best"], m["metrics"]["last"]
     test = best["test"]
     multi_label = m["run"].get("multi_label", False)
-    row = {"best_epoch": m["selection"]["best_epoch"], "val_acc": best["val"]["accuracy"], "test_acc": test["accuracy"],
-           "test_score": test["mAP"] if multi_label else test["accuracy"],
-           "test_f1": test.get("macro_f1"), "test_map": test.get("mAP"), "test_mauc": test.get("mAUC"), "test_ece": test.get("ece"),
-           "test_top5": test.get("top5"), "test_video_acc": test.get("video_accuracy"), "test_video_top5": test.get("video_top5"),
-           "test_video_map": test.get("video_mAP"), "test_video_mauc": test.get("video_mAUC"),
-           "test_acc_last": last["test"]["accuracy"]}
+    row = {
+        "best_epoch": m["selection"]["best_epoch"],
+        "val_acc": best["val"]["accuracy"],
+        "test_acc": test["accuracy"],
+        "test_score": test["mAP"] if multi_label else test["accuracy"],
+        "test_f1": test.get("macro_f1"),
+        "test_map": test.get("mAP"),
+        "test_mauc": test.get("mAUC"),
+        "test_ece": test.get("ece"),
+        "test_top5": test.get("top5"),
+        "test_video_acc": test.get("video_accuracy"),
+        "test_video_top5": test.get("video_top5"),
+        "test_video_map": test.get("video_mAP"),
+        "test_video_mauc": test.get("video_mAUC"),
+        "test_acc_last": last["test"]["accuracy"],
+    }
     diagnostics = m.get("diagnostics", {})
     probes = diagnostics.get("linear_probe", {}).get("test", {})
     shapley = diagnostics.get("shapley", {}).get("test", {}).get("shapley", {})
@@ -106,9 +122,18 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str
     rows, records = [], {}
     for spec in runs:
         resolved = resolver.run(spec)
-        row = {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "method": display_method(spec),
-               "balancer": spec.balancer, "modality": spec.modality or "", "fold": spec.fold, "seed": spec.seed,
-               "run_dir": str(resolved.path), "identity": resolved.identity}
+        row = {
+            "dataset": spec.dataset,
+            "backbone": spec.backbone,
+            "fusion": spec.fusion,
+            "method": display_method(spec),
+            "balancer": spec.balancer,
+            "modality": spec.modality or "",
+            "fold": spec.fold,
+            "seed": spec.seed,
+            "run_dir": str(resolved.path),
+            "identity": resolved.identity,
+        }
         path = root / resolved.path / "metrics.json"
         if not path.exists():
             rows.append({**row, "status": "not run", "reason": f"no {path}"})
@@ -116,16 +141,34 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str
         m = json.loads(path.read_text())
         check_identity(m, resolved.identity, path)
         records[str(resolved.path)] = m
-        row.update(status=m["status"], reason=m.get("reason", ""), num_classes=m["run"].get("num_classes"),
-                   multi_label=bool(m["run"].get("multi_label", False)),
-                   notes="; ".join(m.get("notes", [])), config_hash=m["config_hash"], git_commit=m["provenance"]["git_commit"])
+        row.update(
+            status=m["status"],
+            reason=m.get("reason", ""),
+            num_classes=m["run"].get("num_classes"),
+            multi_label=bool(m["run"].get("multi_label", False)),
+            notes="; ".join(m.get("notes", [])),
+            config_hash=m["config_hash"],
+            git_commit=m["provenance"]["git_commit"],
+        )
         if m["status"] == "ok":
             row.update(metric_columns(m, spec, dataset_modalities(cfg, spec.dataset)))
         row.update(tuning_columns(m))
         rows.append(row)
     for spec, reason in skipped:
-        rows.append({"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "method": display_method(spec),
-                     "balancer": spec.balancer, "modality": "", "fold": spec.fold, "seed": spec.seed, "status": NA, "reason": reason})
+        rows.append(
+            {
+                "dataset": spec.dataset,
+                "backbone": spec.backbone,
+                "fusion": spec.fusion,
+                "method": display_method(spec),
+                "balancer": spec.balancer,
+                "modality": "",
+                "fold": spec.fold,
+                "seed": spec.seed,
+                "status": NA,
+                "reason": reason,
+            }
+        )
     return pd.DataFrame(rows), records
 
 
@@ -135,7 +178,12 @@ def paired_test(runs: pd.DataFrame, key: tuple, reference: str) -> dict:
     from scipy.stats import ttest_rel
 
     dataset, backbone, fusion, method = key
-    ok = runs[(runs["status"] == "ok") & (runs["dataset"] == dataset) & (runs["backbone"] == backbone) & (runs["fusion"] == fusion)]
+    ok = runs[
+        (runs["status"] == "ok")
+        & (runs["dataset"] == dataset)
+        & (runs["backbone"] == backbone)
+        & (runs["fusion"] == fusion)
+    ]
     mine = ok[ok["method"] == method].set_index(["seed", "fold"])["test_score"]
     ref = ok[ok["method"] == reference].set_index(["seed", "fold"])["test_score"]
     both = mine.index.intersection(ref.index)
@@ -153,8 +201,12 @@ def paired_test(runs: pd.DataFrame, key: tuple, reference: str) -> dict:
 def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05) -> pd.DataFrame:
     """Mean ± std over seeds (and folds) per dataset × backbone × fusion × method, in grid order, with the rank per
     dataset × backbone and the paired test against ``reference``."""
-    metric_cols = [c for c in runs.columns if c.startswith(("test_", "val_", "probe_", "shapley_"))
-                   or c in ("best_epoch", "ogr", "params", "flops", "sec_per_epoch", "peak_mem_mb")]
+    metric_cols = [
+        c
+        for c in runs.columns
+        if c.startswith(("test_", "val_", "probe_", "shapley_"))
+        or c in ("best_epoch", "ogr", "params", "flops", "sec_per_epoch", "peak_mem_mb")
+    ]
     out = []
     for key, group in runs.groupby(KEYS, sort=False):
         ok = group[group["status"] == "ok"]
@@ -169,7 +221,9 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
         row["status"] = "ok" if not statuses else ("ok, " if len(ok) else "") + ", ".join(statuses)
         reasons = sorted({r for r in group.get("reason", pd.Series(dtype=str)).dropna() if r})
         row["reason"] = "; ".join(reasons)
-        notes = sorted({n for joined in group.get("notes", pd.Series(dtype=str)).dropna() for n in joined.split("; ") if n})
+        notes = sorted(
+            {n for joined in group.get("notes", pd.Series(dtype=str)).dropna() for n in joined.split("; ") if n}
+        )
         row["notes"] = "; ".join(notes)
         for col in ("tuning", "hyperparameters", "trials"):  # one tuning per group: the same for all its runs
             values = ok[col].dropna() if col in ok else pd.Series(dtype=object)
@@ -186,7 +240,9 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
         out.append(row)
     summary = pd.DataFrame(out)
     if "test_score_mean" in summary:
-        summary["rank"] = summary.groupby(["dataset", "backbone"], sort=False)["test_score_mean"].rank(ascending=False, method="min")
+        summary["rank"] = summary.groupby(["dataset", "backbone"], sort=False)["test_score_mean"].rank(
+            ascending=False, method="min"
+        )
     return summary
 
 
@@ -205,7 +261,9 @@ def agreement(cfg: dict, runs: pd.DataFrame, records: dict[str, dict]) -> pd.Dat
     """The MLB paper's analysis: test samples grouped by which unimodal models (same dataset, backbone, fold and
     seed) classify them correctly, and the multimodal model's accuracy inside each group, pooled over runs."""
     ok = runs[runs["status"] == "ok"]
-    uni = {(r.dataset, r.backbone, r.fold, r.seed, r.modality): records[r.run_dir] for r in ok.itertuples() if r.modality}
+    uni = {
+        (r.dataset, r.backbone, r.fold, r.seed, r.modality): records[r.run_dir] for r in ok.itertuples() if r.modality
+    }
     counts: dict[tuple, list[int]] = {}
     for r in ok[(ok["modality"] == "") & (ok["fusion"] != NO_FUSION)].itertuples():
         modalities = dataset_modalities(cfg, r.dataset)
@@ -222,9 +280,21 @@ def agreement(cfg: dict, runs: pd.DataFrame, records: dict[str, dict]) -> pd.Dat
     rows = []
     for (dataset, backbone, fusion, method, group), (n, right) in counts.items():
         total = sum(v[0] for k, v in counts.items() if k[:4] == (dataset, backbone, fusion, method))
-        rows.append({"dataset": dataset, "backbone": backbone, "fusion": fusion, "method": method, "group": group,
-                     "samples": n, "share": n / total, "multimodal_acc": right / n})
-    return pd.DataFrame(rows, columns=["dataset", "backbone", "fusion", "method", "group", "samples", "share", "multimodal_acc"])
+        rows.append(
+            {
+                "dataset": dataset,
+                "backbone": backbone,
+                "fusion": fusion,
+                "method": method,
+                "group": group,
+                "samples": n,
+                "share": n / total,
+                "multimodal_acc": right / n,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["dataset", "backbone", "fusion", "method", "group", "samples", "share", "multimodal_acc"]
+    )
 
 
 def group_names(modalities: list[str]) -> list[str]:
@@ -265,8 +335,11 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
     multi_label = bool(table["multi_label"].any()) if "multi_label" in table else False
     # optional columns: shown when some row of this table has them (top-5 needs more than 5 classes; video-level
     # metrics need videos of several clips)
-    present = {c for c in ("test_top5", "test_video_acc", "test_video_top5", "test_video_map", "test_video_mauc")
-               if f"{c}_mean" in table and table[f"{c}_mean"].notna().any()}
+    present = {
+        c
+        for c in ("test_top5", "test_video_acc", "test_video_top5", "test_video_map", "test_video_mauc")
+        if f"{c}_mean" in table and table[f"{c}_mean"].notna().any()
+    }
     has_top5 = "test_top5" in present
     tuned = "hyperparameters" in table and table["hyperparameters"].notna().any()
     for _, r in table.iterrows():
@@ -276,22 +349,48 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
                 footnotes.append(note)
             status += f" [{footnotes.index(note) + 1}]"
         star = " *" if r.get("significant") is True else ""
-        row = {"rank": _num(r.get("rank"), ".0f"), "method": r["method"], "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
-               "runs": str(r["runs"])}
+        row = {
+            "rank": _num(r.get("rank"), ".0f"),
+            "method": r["method"],
+            "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
+            "runs": str(r["runs"]),
+        }
         if multi_label:  # the G-Blend paper's mini-AudioSet metrics first
-            row.update({"test mAP": _cell(r, "test_map") + star, f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
-                        "p": _num(r.get("p_vs_ref"), ".3f"), "mAUC": _cell(r, "test_mauc"), "top-1": _cell(r, "test_acc")})
+            row.update(
+                {
+                    "test mAP": _cell(r, "test_map") + star,
+                    f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
+                    "p": _num(r.get("p_vs_ref"), ".3f"),
+                    "mAUC": _cell(r, "test_mauc"),
+                    "top-1": _cell(r, "test_acc"),
+                }
+            )
         else:
-            row.update({"test acc": _cell(r, "test_acc") + star, f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
-                        "p": _num(r.get("p_vs_ref"), ".3f"), "macro-F1": _cell(r, "test_f1"), "mAP": _cell(r, "test_map"), "ECE": _cell(r, "test_ece")})
-        for col, name in (("test_top5", "top-5"), ("test_video_acc", "video top-1" if has_top5 else "video acc"),
-                          ("test_video_top5", "video top-5"), ("test_video_map", "video mAP"), ("test_video_mauc", "video mAUC")):
+            row.update(
+                {
+                    "test acc": _cell(r, "test_acc") + star,
+                    f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
+                    "p": _num(r.get("p_vs_ref"), ".3f"),
+                    "macro-F1": _cell(r, "test_f1"),
+                    "mAP": _cell(r, "test_map"),
+                    "ECE": _cell(r, "test_ece"),
+                }
+            )
+        for col, name in (
+            ("test_top5", "top-5"),
+            ("test_video_acc", "video top-1" if has_top5 else "video acc"),
+            ("test_video_top5", "video top-5"),
+            ("test_video_map", "video mAP"),
+            ("test_video_mauc", "video mAUC"),
+        ):
             if col in present:
                 row[name] = _cell(r, col)
         row.update({f"acc {m}": _cell(r, f"test_acc_{m}") for m in modalities})
         row["val acc"] = _cell(r, "val_acc")
         if tuned:
-            row.update({"tuned hyperparameters": r.get("hyperparameters") or "–", "trials": _num(r.get("trials"), ".0f")})
+            row.update(
+                {"tuned hyperparameters": r.get("hyperparameters") or "–", "trials": _num(r.get("trials"), ".0f")}
+            )
         row["status"] = status
         rows.append(row)
     return pd.DataFrame(rows).fillna("–"), footnotes
@@ -303,10 +402,16 @@ def diagnostics_table(table: pd.DataFrame, modalities: list[str]) -> pd.DataFram
         row = {"method": r["method"], "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"]}
         row.update({f"probe {m}": _cell(r, f"probe_{m}") for m in modalities})
         row.update({f"Shapley {m}": _cell(r, f"shapley_{m}") for m in modalities})
-        row.update({"OGR": _cell(r, "ogr", 1.0, 2), "best epoch": _cell(r, "best_epoch", 1.0, 1),
-                    "params (M)": _num(r.get("params_mean", math.nan) / 1e6, ".3f"),
-                    "MFLOPs/sample": _num(r.get("flops_mean", math.nan) / 1e6, ".2f"),
-                    "s/epoch": _num(r.get("sec_per_epoch_mean"), ".2f"), "peak mem (MB)": _num(r.get("peak_mem_mb_mean"), ".0f")})
+        row.update(
+            {
+                "OGR": _cell(r, "ogr", 1.0, 2),
+                "best epoch": _cell(r, "best_epoch", 1.0, 1),
+                "params (M)": _num(r.get("params_mean", math.nan) / 1e6, ".3f"),
+                "MFLOPs/sample": _num(r.get("flops_mean", math.nan) / 1e6, ".2f"),
+                "s/epoch": _num(r.get("sec_per_epoch_mean"), ".2f"),
+                "peak mem (MB)": _num(r.get("peak_mem_mb_mean"), ".0f"),
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -327,19 +432,70 @@ def agreement_table(agree: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
 
 
 COLUMN_GUIDE = [
-    ("rank", "position by mean test accuracy (test mAP for multi-label data) within the dataset × backbone (ties share the better rank)"),
-    ("test acc", "test accuracy of the best-validation checkpoint, mean ± std over seeds × folds; * = differs from the reference method at the configured level (paired t-test)"),
-    ("Δ vs ref, p", "mean paired difference in test accuracy (mAP for multi-label data) from the reference method (same fusion, modalities, seeds/folds), and the t-test's p-value"),
-    ("macro-F1, mAP, ECE", "unweighted mean F1 over classes; mean one-vs-rest average precision; expected calibration error (15 bins)"),
-    ("multi-label: test mAP, mAUC, top-1", "per-class sigmoid scores: mean average precision and mean ROC AUC over classes (G-Blend's mini-AudioSet metrics); top-1 = the highest-scored class is one of the labels"),
-    ("top-5; video top-1/top-5", "top-5 accuracy (more than 5 classes); clip level, and per video from the clip-averaged probabilities of its K clips (preprocess.clips_per_video)"),
-    ("acc <modality>", "accuracy of that modality's share of the fused head (exact for concat/sum, a zero-masking Shapley estimate otherwise); for <modality>-only rows the unimodal model"),
-    ("probe <modality>", "test accuracy of a linear classifier fitted on the frozen encoder's training features (OGM-GE's under-optimisation measure)"),
-    ("Shapley <modality>", "Shapley value of the modality for test accuracy with other modalities' inputs zeroed; values add up to acc(all) − acc(none)"),
-    ("OGR", "overfitting-to-generalisation ratio from the initial model to the selected checkpoint (G-Blend eq. 3); lower is better"),
-    ("agreement", "test samples grouped by which unimodal models are right: share of the test set · multimodal accuracy inside (MLB's analysis)"),
-    ("tuned hyperparameters, trials", "with tuning on: the best trial's values (validation score) and the number of trials, the same for every method"),
-    ("cost", "parameters, forward FLOPs per sample (torch.utils.flop_counter), seconds per training epoch, peak memory (process RSS on CPU, allocated on CUDA)"),
+    (
+        "rank",
+        "position by mean test accuracy (test mAP for multi-label data) within the dataset × backbone (ties share the "
+        "better rank)",
+    ),
+    (
+        "test acc",
+        "test accuracy of the best-validation checkpoint, mean ± std over seeds × folds; * = differs from the "
+        "reference method at the configured level (paired t-test)",
+    ),
+    (
+        "Δ vs ref, p",
+        "mean paired difference in test accuracy (mAP for multi-label data) from the reference method (same fusion, "
+        "modalities, seeds/folds), and the t-test's p-value",
+    ),
+    (
+        "macro-F1, mAP, ECE",
+        "unweighted mean F1 over classes; mean one-vs-rest average precision; expected calibration error (15 bins)",
+    ),
+    (
+        "multi-label: test mAP, mAUC, top-1",
+        "per-class sigmoid scores: mean average precision and mean ROC AUC over classes (G-Blend's mini-AudioSet "
+        "metrics); top-1 = the highest-scored class is one of the labels",
+    ),
+    (
+        "top-5; video top-1/top-5",
+        "top-5 accuracy (more than 5 classes); clip level, and per video from the clip-averaged probabilities of its K "
+        "clips (preprocess.clips_per_video)",
+    ),
+    (
+        "acc <modality>",
+        "accuracy of that modality's share of the fused head (exact for concat/sum, a zero-masking Shapley estimate "
+        "otherwise); for <modality>-only rows the unimodal model",
+    ),
+    (
+        "probe <modality>",
+        "test accuracy of a linear classifier fitted on the frozen encoder's training features (OGM-GE's "
+        "under-optimisation measure)",
+    ),
+    (
+        "Shapley <modality>",
+        "Shapley value of the modality for test accuracy with other modalities' inputs zeroed; values add up to "
+        "acc(all) − acc(none)",
+    ),
+    (
+        "OGR",
+        "overfitting-to-generalisation ratio from the initial model to the selected checkpoint (G-Blend eq. 3); lower "
+        "is better",
+    ),
+    (
+        "agreement",
+        "test samples grouped by which unimodal models are right: share of the test set · multimodal accuracy inside "
+        "(MLB's analysis)",
+    ),
+    (
+        "tuned hyperparameters, trials",
+        "with tuning on: the best trial's values (validation score) and the number of trials, "
+        "the same for every method",
+    ),
+    (
+        "cost",
+        "parameters, forward FLOPs per sample (torch.utils.flop_counter), seconds per training epoch, peak memory "
+        "(process RSS on CPU, allocated on CUDA)",
+    ),
 ]
 
 
@@ -357,24 +513,36 @@ def tuning_statement(summary: pd.DataFrame) -> str:
     if not modes:
         return "Hyperparameters: no finished runs."
     if modes == ["paper defaults"]:
-        return ("Hyperparameters: **paper defaults** — every run used the config's values (`tuning.enabled: false`); "
-                "no method was tuned.")
+        return (
+            "Hyperparameters: **paper defaults** — every run used the config's values (`tuning.enabled: false`); "
+            "no method was tuned."
+        )
     budgets = sorted({int(t) for t in summary["trials"].dropna()})
     mixed = " Some rows were not tuned (paper defaults)." if "paper defaults" in modes else ""
-    return (f"Hyperparameters: **tuned on validation** ({' / '.join(map(str, budgets))} trials of random search per dataset × "
-            "fold × backbone × fusion × method, the same budget for every method; the test split is never read while "
-            f"tuning). Each row lists the chosen values.{mixed}")
+    return (
+        f"Hyperparameters: **tuned on validation** ({' / '.join(map(str, budgets))} trials of random search per "
+        "dataset × "
+        "fold × backbone × fusion × method, the same budget for every method; the test split is never read while "
+        f"tuning). Each row lists the chosen values.{mixed}"
+    )
 
 
 def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = None) -> str:
     board = cfg.get("leaderboard", {})
     reference, alpha = board.get("reference", "joint"), board.get("alpha", 0.05)
     experiment = cfg.get("experiment", "default")
-    lines = [f"# Leaderboard: experiment `{experiment}`", "",
-             f"Test metrics (%) of each run's best-validation checkpoint, mean ± std over runs (seeds × folds); `*`: differs from "
-             f"`{reference}` with the same fusion at p < {alpha} (paired t-test over seeds × folds). Regenerate with `snakemake` "
-             f"(or `python -m benchmark aggregate`); `results/{experiment}/report.html` has the plots. Every row shows only runs "
-             "whose recorded identity matches the config's.", ""]
+    lines = [
+        f"# Leaderboard: experiment `{experiment}`",
+        "",
+        "Test metrics (%) of each run's best-validation checkpoint, mean ± std over runs (seeds × folds); `*`: "
+        "differs from "
+        f"`{reference}` with the same fusion at p < {alpha} (paired t-test over seeds × folds). Regenerate with "
+        "`snakemake` "
+        f"(or `python -m benchmark aggregate`); `results/{experiment}/report.html` has the plots. Every row shows only "
+        "runs "
+        "whose recorded identity matches the config's.",
+        "",
+    ]
     lines += [tuning_statement(summary), ""]
     lines += [f"- **{name}**: {text}" for name, text in COLUMN_GUIDE] + [""]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
@@ -386,7 +554,9 @@ def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = N
         main, footnotes = leaderboard_table(table, modalities, reference)
         lines += _markdown(main)
         if footnotes:
-            lines += [""] + [f"[{i}] {note}" + ("" if i == len(footnotes) else "  ") for i, note in enumerate(footnotes, 1)]
+            lines += [""] + [
+                f"[{i}] {note}" + ("" if i == len(footnotes) else "  ") for i, note in enumerate(footnotes, 1)
+            ]
         diag = diagnostics_table(table, modalities)
         if not diag.empty:
             lines += ["", "Diagnostics (test split, best-validation checkpoint):", ""] + _markdown(diag)
@@ -402,8 +572,18 @@ def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = N
     return "\n".join(lines)
 
 
-LATEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$", "–": "--", "—": "---",
-         "Δ": r"$\Delta$", "·": r"$\cdot$"}
+LATEX = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "±": r"$\pm$",
+    "–": "--",
+    "—": "---",
+    "Δ": r"$\Delta$",
+    "·": r"$\cdot$",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -418,6 +598,12 @@ def to_latex(summary: pd.DataFrame, cfg: dict) -> str:
         main, _ = leaderboard_table(table, dataset_modalities(cfg, dataset), reference)
         main = main.drop(columns=["status"]).map(latex_escape)
         main.columns = [latex_escape(c) for c in main.columns]
-        caption = latex_escape(f"{dataset} · {backbone}: test metrics (%) of the best-validation checkpoint, mean ± std over runs")
-        parts.append(main.to_latex(index=False, escape=False, caption=caption, label=f"tab:{dataset}-{backbone}".replace("_", "-")))
+        caption = latex_escape(
+            f"{dataset} · {backbone}: test metrics (%) of the best-validation checkpoint, mean ± std over runs"
+        )
+        parts.append(
+            main.to_latex(
+                index=False, escape=False, caption=caption, label=f"tab:{dataset}-{backbone}".replace("_", "-")
+            )
+        )
     return "\n".join(parts)

@@ -7,6 +7,7 @@ mini-AudioSet metrics) and top-k "hit" accuracy (one of the k highest-scored cla
 contributes several clips (clip ids ``<video>#<k>``), video-level top-1/top-5 (and mAP/mAUC) use each video's
 clip-averaged probabilities.
 """
+
 from __future__ import annotations
 
 import torch
@@ -83,7 +84,8 @@ def mean_average_precision(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def multilabel_average_precision(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """mAP of multi-label predictions: each class's AP of its sigmoid score, averaged over the classes with a positive."""
+    """mAP of multi-label predictions: each class's AP of its sigmoid score, averaged over the classes with a
+    positive."""
     scores = torch.sigmoid(logits.double())
     aps = [average_precision(scores[:, c], y[:, c]) for c in range(y.shape[1]) if y[:, c].any()]
     return sum(aps) / len(aps) if aps else float("nan")
@@ -155,15 +157,25 @@ def video_level(logits: torch.Tensor, y: torch.Tensor, clip_ids: list[str]) -> t
 TOP_K = 5
 
 
-def classification_metrics(logits: torch.Tensor, y: torch.Tensor, ece_bins: int = 15,
-                           clip_ids: list[str] | None = None) -> dict[str, float]:
+def classification_metrics(
+    logits: torch.Tensor, y: torch.Tensor, ece_bins: int = 15, clip_ids: list[str] | None = None
+) -> dict[str, float]:
     """Clip-level metrics, plus video-level ones (prefixed ``video_``) when videos have several clips."""
     if is_multi_label(y):
-        out = {"loss": cross_entropy(logits, y), "accuracy": accuracy(logits, y),
-               "mAP": multilabel_average_precision(logits, y), "mAUC": mean_auc(logits, y)}
+        out = {
+            "loss": cross_entropy(logits, y),
+            "accuracy": accuracy(logits, y),
+            "mAP": multilabel_average_precision(logits, y),
+            "mAUC": mean_auc(logits, y),
+        }
     else:
-        out = {"loss": cross_entropy(logits, y), "accuracy": accuracy(logits, y), "macro_f1": macro_f1(logits, y),
-               "mAP": mean_average_precision(logits, y), "ece": expected_calibration_error(logits, y, ece_bins)}
+        out = {
+            "loss": cross_entropy(logits, y),
+            "accuracy": accuracy(logits, y),
+            "macro_f1": macro_f1(logits, y),
+            "mAP": mean_average_precision(logits, y),
+            "ece": expected_calibration_error(logits, y, ece_bins),
+        }
     if logits.shape[1] > TOP_K:
         out["top5"] = accuracy(logits, y, TOP_K)
     videos = video_level(logits, y, clip_ids) if clip_ids is not None else None

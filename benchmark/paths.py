@@ -5,14 +5,21 @@ The templates are Python format strings whose fields are also the Snakemake wild
 settings carries its identity (``{id}``, see ``benchmark.settings``) in its path: two different settings can never
 share a file, and a changed setting makes a new one instead of overwriting the old.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-DATA_RAW = "data/raw/{dataset}"
-DATA_PROCESSED = "data/processed/{dataset}"
+#: a dataset's raw clips and manifest (identity: its source or generation settings)
+DATA_RAW = "data/raw/{dataset}/{raw_id}"
+#: the Algorithm 1 subset of a multi-label manifest, in the raw folder (identity: the raw one and its settings)
+BALANCED_MANIFEST = "manifest.balanced-{balance_id}.csv"
+BALANCE_REPORT = "balance-{balance_id}.json"
+#: the cached tensors (identity: every dataset setting but the split, and the numerics version)
+DATA_PROCESSED = "data/processed/{dataset}/{cache_id}"
 PROCESSED_FILES = ("clips.pt", "info.json")
-SPLIT_FILE = DATA_PROCESSED + "/splits/{fold}.csv"
+#: one fold's train/val/test assignment (identity: the cache and the split settings)
+SPLIT_FILE = DATA_PROCESSED + "/splits/{split_id}/{fold}.csv"
 
 #: one training run (metrics.json, model.pt, train.log)
 RUN_DIR = "results/runs/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}-{id}"
@@ -27,20 +34,31 @@ EXPERIMENT_OUTPUTS = ("leaderboard.csv", "leaderboard.md", "leaderboard.tex", "a
 EXPERIMENT_RECORD = EXPERIMENT_DIR + "/runs-{id}.json"
 LOGS = "results/logs"
 
+#: the files and logs of each rule (workflow/rules/*.smk)
+RAW_MANIFEST = DATA_RAW + "/manifest.csv"
+BALANCED_MANIFEST_FILE = DATA_RAW + "/" + BALANCED_MANIFEST
+BALANCE_REPORT_FILE = DATA_RAW + "/" + BALANCE_REPORT
+CLIPS_FILE = DATA_PROCESSED + "/clips.pt"
+INFO_FILE = DATA_PROCESSED + "/info.json"
+RUN_METRICS = RUN_DIR + "/metrics.json"
+RUN_LOG = RUN_DIR + "/train.log"
+TRIAL_FILE = TUNING_DIR + "/trial{trial}.json"
+TRIAL_LOG = TUNING_DIR + "/trial{trial}.log"
+BEST_FILE = TUNING_DIR + "/best.json"
+SELECT_LOG = TUNING_DIR + "/select.log"
+DOWNLOAD_LOG = LOGS + "/download/{dataset}-{raw_id}.log"
+BALANCE_LOG = LOGS + "/balance/{dataset}-{raw_id}-{balance_id}.log"
+PREPROCESS_LOG = LOGS + "/preprocess/{dataset}-{cache_id}.log"
+SPLIT_LOG = LOGS + "/split/{dataset}-{cache_id}-{split_id}/{fold}.log"
+ESTIMATE_LOG = LOGS + "/estimate/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}-{id}.log"
+AGGREGATE_LOG = LOGS + "/aggregate/{experiment}.log"
+
 #: top-level folders of results/ that are not experiments (an experiment cannot take these names)
 RESERVED = ("runs", "gblend", "tuning", "logs")
 
 
 def fill(template: str, **fields) -> Path:
     return Path(template.format(**fields))
-
-
-def raw_dir(dataset: str) -> Path:
-    return fill(DATA_RAW, dataset=dataset)
-
-
-def processed_dir(dataset: str) -> Path:
-    return fill(DATA_PROCESSED, dataset=dataset)
 
 
 def experiment_dir(experiment: str) -> Path:

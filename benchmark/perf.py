@@ -12,6 +12,7 @@ On whatever device is present it measures, in a scratch workspace (nothing of th
 * the time of ``snakemake -n`` over a large grid (5 datasets × 15 balancers × 6 fusions × 2 backbones × 3 seeds).
 It prints one table (with each target and whether it is met) and writes the same numbers to a JSON file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,25 +30,57 @@ import torch
 import yaml
 
 from benchmark.config import component_class, dataset_settings, load_config, validate_config
-from benchmark.data.datasets import DATASETS
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
+from benchmark.data.datasets import DATASETS
 from benchmark.grid import RunSpec
 from benchmark.models.model import fingerprint
 from benchmark.provenance import device_description
+from benchmark.resources import resource
 from benchmark.train import fit, make_optimizer, resolve_device
 
-REPO = Path(__file__).resolve().parents[1]
-BALANCERS = ["joint", "ogm", "ogm_ge", "multi_loss", "mlb", "gblend", "gblend_online", "aux_loss", "dropout", "mslr", "agm",
-             "pmr", "mmcosine", "modality_dropout"]
+BALANCERS = [
+    "joint",
+    "ogm",
+    "ogm_ge",
+    "multi_loss",
+    "mlb",
+    "gblend",
+    "gblend_online",
+    "aux_loss",
+    "dropout",
+    "mslr",
+    "agm",
+    "pmr",
+    "mmcosine",
+    "modality_dropout",
+]
 #: the issue's overhead targets: balancer -> the largest allowed throughput ratio joint/method
 OVERHEAD_TARGETS = {"ogm": 1.05, "ogm_ge": 1.05, "multi_loss": 1.15, "mlb": 1.15, "gblend": 1.15, "agm": 3.5}
 DATA_WAIT_TARGET = 0.05
 DRY_RUN_TARGET_S = 60.0
-LARGE_GRID = {"datasets": ["synthetic-av", "synthetic-avm", "cremad", "ave", "ucf101_av"],
-              "balancers": ["joint", "unimodal", "ogm", "ogm_ge", "multi_loss", "mlb", "gblend", "gblend_online", "aux_loss",
-                            "dropout", "pretrain", "mslr", "agm", "pmr", "mmcosine"],
-              "fusions": ["concat", "sum", "mid_mlp", "film", "gated", "transformer"],
-              "backbones": ["small_cnn", "resnet18"], "seeds": [0, 1, 2]}
+LARGE_GRID = {
+    "datasets": ["synthetic-av", "synthetic-avm", "cremad", "ave", "ucf101_av"],
+    "balancers": [
+        "joint",
+        "unimodal",
+        "ogm",
+        "ogm_ge",
+        "multi_loss",
+        "mlb",
+        "gblend",
+        "gblend_online",
+        "aux_loss",
+        "dropout",
+        "pretrain",
+        "mslr",
+        "agm",
+        "pmr",
+        "mmcosine",
+    ],
+    "fusions": ["concat", "sum", "mid_mlp", "film", "gated", "transformer"],
+    "backbones": ["small_cnn", "resnet18"],
+    "seeds": [0, 1, 2],
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -59,22 +92,24 @@ def prepare_workspace(cfg: dict, workdir: Path, log) -> dict:
     """Generate and preprocess the built-in dataset in ``workdir`` with 1 and with all workers (timed)."""
     from benchmark.data.preprocess import preprocess
     from benchmark.data.splits import write_splits
+    from benchmark.settings import dataset_dirs
 
     settings = dataset_settings(cfg, "synthetic-av")
+    dirs = dataset_dirs(cfg, "synthetic-av")
     ds = DATASETS.get("synthetic-av")(settings)
-    raw = workdir / "data/raw/synthetic-av"
+    raw = workdir / dirs.raw
     ds.download(raw, workers=os.cpu_count() or 1)
     out = {}
     for workers in sorted({1, os.cpu_count() or 1}):
-        target = workdir / f"data/processed/synthetic-av-w{workers}"
+        target = workdir / f"{dirs.processed}-w{workers}"
         start = time.perf_counter()
         preprocess(ds, raw, target, settings["preprocess"], workers=workers, log=lambda s: None)
         seconds = time.perf_counter() - start
         out[workers] = settings["generate"]["num_clips"] / seconds
         log(f"preprocess with {workers} worker(s): {out[workers]:.1f} clips/s")
-    final = workdir / "data/processed/synthetic-av"
-    (workdir / f"data/processed/synthetic-av-w{max(out)}").rename(final)
-    write_splits(ds, raw, final, log=lambda s: None)
+    final = workdir / dirs.processed
+    (workdir / f"{dirs.processed}-w{max(out)}").rename(final)
+    write_splits(ds, raw, final, log=lambda s: None, splits_dir=workdir / dirs.splits)
     return out
 
 
@@ -97,14 +132,25 @@ def training_throughput(cfg: dict, spec: RunSpec, workdir: Path, epochs: int) ->
     run.ctx.artifacts = _artifacts(cfg, spec, run.model, workdir)  # read by the method's setup, inside fit
     run.ctx.num_epochs = epochs
     val = run.data.val if run.balancer_cls.reads_validation else None  # e.g. MSLR: its epoch includes a validation pass
-    result = fit(run.model, run.balancer, run.ctx, run.train, run.data.prep, {**run.settings["train"], "epochs": epochs},
-                 val=val, log=lambda s: None)
+    result = fit(
+        run.model,
+        run.balancer,
+        run.ctx,
+        run.train,
+        run.data.prep,
+        {**run.settings["train"], "epochs": epochs},
+        val=val,
+        log=lambda s: None,
+    )
     timed = sorted(result.seconds_per_epoch[1:])  # the first epoch warms up; the median of the rest resists noise
     return len(run.train) / timed[len(timed) // 2]
 
 
-def data_wait_fraction(model, data: CachedSplit, prep: BatchPreparer, batch_size: int, device: torch.device, steps: int) -> dict:
-    """Time of ``steps`` joint training steps fed by the DataLoader vs the same steps on batches already on the device."""
+def data_wait_fraction(
+    model, data: CachedSplit, prep: BatchPreparer, batch_size: int, device: torch.device, steps: int
+) -> dict:
+    """Time of ``steps`` joint training steps fed by the DataLoader vs the same steps on batches already on the
+    device."""
     batches = []
     for i, batch in enumerate(make_loader(data, batch_size, shuffle=True, pin_memory=device.type == "cuda")):
         if i >= steps:
@@ -137,12 +183,19 @@ def data_wait_fraction(model, data: CachedSplit, prep: BatchPreparer, batch_size
 
 
 def real_size_fixture(workdir: Path, clips: int) -> CachedSplit:
-    """A tensor cache shaped like CREMA-D under the OGM-GE preset: 257×188 float16 spectrograms, 3 uint8 frames of 224²."""
+    """A tensor cache shaped like CREMA-D under the OGM-GE preset: 257×188 float16 spectrograms, 3 uint8 frames of
+    224²."""
     g = torch.Generator().manual_seed(0)
     path = workdir / "real-size.pt"
-    torch.save({"clip_id": [f"c{i}" for i in range(clips)], "label": torch.arange(clips) % 6,
-                "audio": torch.randn(clips, 1, 257, 188, generator=g).half(),
-                "visual": torch.randint(0, 256, (clips, 3, 3, 224, 224), dtype=torch.uint8, generator=g)}, path)
+    torch.save(
+        {
+            "clip_id": [f"c{i}" for i in range(clips)],
+            "label": torch.arange(clips) % 6,
+            "audio": torch.randn(clips, 1, 257, 188, generator=g).half(),
+            "visual": torch.randint(0, 256, (clips, 3, 3, 224, 224), dtype=torch.uint8, generator=g),
+        },
+        path,
+    )
     return CachedSplit(path)
 
 
@@ -150,11 +203,21 @@ def real_size_data_wait(cfg: dict, workdir: Path, clips: int, steps: int, device
     from benchmark.models.model import build_model
 
     data = real_size_fixture(workdir, clips)
-    info = {"audio": {"source": "audio", "shape": [1, 257, 188]}, "visual": {"source": "video", "shape": [3, 3, 224, 224]}}
+    info = {
+        "audio": {"source": "audio", "shape": [1, 257, 188]},
+        "visual": {"source": "video", "shape": [3, 3, 224, 224]},
+    }
     prep = BatchPreparer(info, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, device)
-    model = build_model(modality_info=info, num_classes=6, backbone_cls=component_class(cfg, "backbones", "resnet18"),
-                        backbone_params={"weights": None}, fusion_cls=component_class(cfg, "fusions", "concat"), fusion_params={},
-                        unimodal_heads=False, seed=0)
+    model = build_model(
+        modality_info=info,
+        num_classes=6,
+        backbone_cls=component_class(cfg, "backbones", "resnet18"),
+        backbone_params={"weights": None},
+        fusion_cls=component_class(cfg, "fusions", "concat"),
+        fusion_params={},
+        unimodal_heads=False,
+        seed=0,
+    )
     return data_wait_fraction(model, data, prep, cfg["train"]["batch_size"], device, steps)
 
 
@@ -168,8 +231,20 @@ def large_grid_dry_run(cfg: dict, workdir: Path, grid: dict) -> dict:
     validate_config(copy.deepcopy(big))
     path = workdir / "large-grid.yaml"
     path.write_text(yaml.safe_dump(big))
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "-s", str(REPO / "Snakefile"), "-d", str(workdir / "dry"),
-           "--configfile", str(path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--quiet",
+        "rules",
+        "-s",
+        str(resource("Snakefile")),
+        "-d",
+        str(workdir / "dry"),
+        "--configfile",
+        str(path),
+    ]
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -188,7 +263,12 @@ def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:
         cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=16, fps=2)
         cfg["backbones"]["small_cnn"]["width"] = 4
     cfg = validate_config(cfg)
-    report: dict = {"device": device_description(device), "host": platform.node(), "tiny": tiny, "torch": torch.__version__}
+    report: dict = {
+        "device": device_description(device),
+        "host": platform.node(),
+        "tiny": tiny,
+        "torch": torch.__version__,
+    }
     report["preprocess_clips_per_s"] = prepare_workspace(cfg, workdir, log)
     cwd = os.getcwd()
     os.chdir(workdir)
@@ -203,27 +283,45 @@ def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:
         from benchmark.estimate import estimate_gblend
 
         start = time.perf_counter()
-        estimate_gblend(cfg, "synthetic-av", "small_cnn", "concat", 0, workdir / "gblend-estimate.json", log=lambda s: None)
+        estimate_gblend(
+            cfg, "synthetic-av", "small_cnn", "concat", 0, workdir / "gblend-estimate.json", log=lambda s: None
+        )
         report["gblend_estimate_s"] = time.perf_counter() - start
         spec = RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0)
         from benchmark.run import RunData, build_run_model
-
         from benchmark.settings import Resolver
 
         settings = Resolver(cfg).base_settings(spec)
-        data = RunData.load(spec, settings, device)
+        data = RunData.load(spec, settings, device, Resolver(cfg).dataset_dirs("synthetic-av"))
         model = build_run_model(cfg, settings, data.info, component_class(cfg, "balancers", "joint"))
-        repeats = [data_wait_fraction(model, data.train, data.prep, settings["train"]["batch_size"], device, steps=4 if tiny else 11)
-                   for _ in range(1 if tiny else 5)]
-        report["data_wait_builtin"] = sorted(repeats, key=lambda r: r["fraction"])[len(repeats) // 2]  # the median of repeats
+        repeats = [
+            data_wait_fraction(
+                model, data.train, data.prep, settings["train"]["batch_size"], device, steps=4 if tiny else 11
+            )
+            for _ in range(1 if tiny else 5)
+        ]
+        report["data_wait_builtin"] = sorted(repeats, key=lambda r: r["fraction"])[
+            len(repeats) // 2
+        ]  # the median of repeats
         report["data_wait_builtin"]["repeats"] = len(repeats)
         log(f"data wait, built-in: {report['data_wait_builtin']['fraction']:.1%}")
-        report["data_wait_real_size"] = real_size_data_wait(cfg, workdir, clips=8 if tiny else 96, steps=1 if tiny else 5, device=device)
+        report["data_wait_real_size"] = real_size_data_wait(
+            cfg, workdir, clips=8 if tiny else 96, steps=1 if tiny else 5, device=device
+        )
         log(f"data wait, real-size: {report['data_wait_real_size']['fraction']:.1%}")
     finally:
         os.chdir(cwd)
-    grid = {"datasets": ["synthetic-av"], "balancers": ["joint", "ogm"], "fusions": ["concat"], "backbones": ["small_cnn"],
-            "seeds": [0]} if tiny else LARGE_GRID
+    grid = (
+        {
+            "datasets": ["synthetic-av"],
+            "balancers": ["joint", "ogm"],
+            "fusions": ["concat"],
+            "backbones": ["small_cnn"],
+            "seeds": [0],
+        }
+        if tiny
+        else LARGE_GRID
+    )
     report["dry_run"] = {**large_grid_dry_run(cfg, workdir, grid), "grid": grid}
     log(f"dry run: {report['dry_run']['seconds']:.1f} s for {report['dry_run']['train_jobs']} training jobs")
     return report
@@ -237,28 +335,54 @@ def table(report: dict) -> str:
         ratio = joint / rate
         target = OVERHEAD_TARGETS.get(name)
         label = f"train {name}" + (" (incl. its validation pass)" if name in report.get("reads_validation", []) else "")
-        rows.append((f"{label} (samples/s; ×joint time)", f"{rate:.1f} ({ratio:.2f}×)",
-                     f"≤ {target}×" if target else "–", ("yes" if ratio <= target else "no") if target else "–"))
+        rows.append(
+            (
+                f"{label} (samples/s; ×joint time)",
+                f"{rate:.1f} ({ratio:.2f}×)",
+                f"≤ {target}×" if target else "–",
+                ("yes" if ratio <= target else "no") if target else "–",
+            )
+        )
     rows.append(("G-Blend estimate step (s)", f"{report['gblend_estimate_s']:.1f}", "–", "–"))
     for key, label in (("data_wait_builtin", "built-in"), ("data_wait_real_size", "real-size 257×188 + 3×224²")):
         w = report[key]
-        rows.append((f"data wait, {label} ({w['steps']} steps)", f"{w['fraction']:.1%}", f"< {DATA_WAIT_TARGET:.0%}",
-                     "yes" if w["fraction"] < DATA_WAIT_TARGET else "no"))
+        rows.append(
+            (
+                f"data wait, {label} ({w['steps']} steps)",
+                f"{w['fraction']:.1%}",
+                f"< {DATA_WAIT_TARGET:.0%}",
+                "yes" if w["fraction"] < DATA_WAIT_TARGET else "no",
+            )
+        )
     for workers, rate in report["preprocess_clips_per_s"].items():
         rows.append((f"preprocess, {workers} worker(s) (clips/s)", f"{rate:.1f}", "–", "–"))
     d = report["dry_run"]
-    rows.append((f"snakemake -n, {d['train_jobs']} training jobs (s)", f"{d['seconds']:.1f}", f"< {DRY_RUN_TARGET_S:.0f}",
-                 "yes" if d["seconds"] < DRY_RUN_TARGET_S else "no"))
-    lines = [f"device: {report['device']}" + (" (tiny mode)" if report["tiny"] else ""), "",
-             "| measure | value | target | met |", "|---|---|---|---|"]
+    rows.append(
+        (
+            f"snakemake -n, {d['train_jobs']} training jobs (s)",
+            f"{d['seconds']:.1f}",
+            f"< {DRY_RUN_TARGET_S:.0f}",
+            "yes" if d["seconds"] < DRY_RUN_TARGET_S else "no",
+        )
+    )
+    lines = [
+        f"device: {report['device']}" + (" (tiny mode)" if report["tiny"] else ""),
+        "",
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+    ]
     return "\n".join(lines + [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark perf", description=__doc__.split("\n")[0])
     p.add_argument("--config", action="append", metavar="FILE", help="a config overlay over config.yaml (repeatable)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a typed override, e.g. train.epochs=2 (repeatable)")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run (for tests): small data, few balancers, small grid")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a typed override, e.g. train.epochs=2 (repeatable)"
+    )
+    p.add_argument(
+        "--tiny", action="store_true", help="a seconds-long run (for tests): small data, few balancers, small grid"
+    )
     p.add_argument("--out", default="results/perf.json", help="where to write the numbers (JSON)")
     p.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, removed afterwards)")
     args = p.parse_args(argv)

@@ -5,6 +5,7 @@ A need is turned into steps (``benchmark.settings.Step``) that the resolver reso
 prerequisite's identity is part of the identity of the run that reads it, and one input function in the DAG lists
 every step's input files. Tuning's ``best.json`` is the prerequisite of every run of a tuned group.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -37,15 +38,26 @@ def _gblend_weights(spec: RunSpec, modalities: list[str]) -> list[Need]:
 
 
 def _unimodal_checkpoints(spec: RunSpec, modalities: list[str]) -> list[Need]:
-    return [Need(f"unimodal_checkpoint/{m}", "run", RunSpec(spec.dataset, spec.backbone, NO_FUSION, "unimodal", spec.seed, m, spec.fold),
-                 "model.pt") for m in modalities]
+    return [
+        Need(
+            f"unimodal_checkpoint/{m}",
+            "run",
+            RunSpec(spec.dataset, spec.backbone, NO_FUSION, "unimodal", spec.seed, m, spec.fold),
+            "model.pt",
+        )
+        for m in modalities
+    ]
 
 
 ARTEFACTS: dict[str, Artefact] = {
-    "gblend_weights": Artefact(_gblend_weights, made_by_trials=True,
-                               description="G-Blend's weights, estimated for the same dataset/fold/backbone/fusion/seed"),
-    "unimodal_checkpoints": Artefact(_unimodal_checkpoints,
-                                     description="the best-validation weights of each modality's unimodal run (same seed)"),
+    "gblend_weights": Artefact(
+        _gblend_weights,
+        made_by_trials=True,
+        description="G-Blend's weights, estimated for the same dataset/fold/backbone/fusion/seed",
+    ),
+    "unimodal_checkpoints": Artefact(
+        _unimodal_checkpoints, description="the best-validation weights of each modality's unimodal run (same seed)"
+    ),
 }
 
 
@@ -56,7 +68,9 @@ def needs_of(needs: tuple[str, ...], spec: RunSpec, modalities: list[str], in_tr
         try:
             artefact = ARTEFACTS[name]
         except KeyError:
-            raise ValueError(f"balancer '{spec.balancer}' needs unknown artefact '{name}'; known: {', '.join(ARTEFACTS)}") from None
+            raise ValueError(
+                f"balancer '{spec.balancer}' needs unknown artefact '{name}'; known: {', '.join(ARTEFACTS)}"
+            ) from None
         if not (in_trial and artefact.made_by_trials):
             out += artefact.needs(spec, modalities)
     return out

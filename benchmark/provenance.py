@@ -1,4 +1,5 @@
 """Where a number came from: code version, package versions, device."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -10,16 +11,43 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("torch", "torchvision", "torchaudio", "numpy", "snakemake", "snakemake-executor-plugin-slurm", "ffmpeg-python",
-            "imageio-ffmpeg", "pandas", "scipy")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "numpy",
+    "snakemake",
+    "snakemake-executor-plugin-slurm",
+    "ffmpeg-python",
+    "imageio-ffmpeg",
+    "pandas",
+    "scipy",
+)
 
 
 def git_commit() -> str:
     """HEAD's commit, suffixed '-dirty' when tracked files differ from it; 'unknown' outside a checkout."""
     try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", "benchmark", "workflow", "Snakefile"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "benchmark",
+                "workflow",
+                "Snakefile",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

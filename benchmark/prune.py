@@ -5,6 +5,7 @@ its identity) and the old one stays. An experiment's view records every result i
 recursively, their prerequisites) in ``results/<experiment>/runs-<id>.json``; prune keeps whatever any of these
 records, or the given configs, use, and lists — or with ``--delete`` removes — the rest.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def all_results(root: Path) -> list[Path]:
     out = []
     for top in ("runs", "gblend", "tuning"):
         base = root / "results" / top
-        out += [p.relative_to(root) for p in sorted(base.rglob("*")) if IDENTIFIED.match(p.name)] if base.exists() else []
+        out += (
+            [p.relative_to(root) for p in sorted(base.rglob("*")) if IDENTIFIED.match(p.name)] if base.exists() else []
+        )
     return out
 
 
@@ -47,7 +50,12 @@ def prune(root: Path, configs: list[dict], delete: bool, log=print) -> list[Path
             target = root / p
             shutil.rmtree(target) if target.is_dir() else target.unlink()
             if p.suffix == ".json":  # an estimate's log lives under results/logs
-                (root / paths.LOGS / "estimate" / p.relative_to("results/gblend")).with_suffix(".log").unlink(missing_ok=True)
+                (root / paths.LOGS / "estimate" / p.relative_to("results/gblend")).with_suffix(".log").unlink(
+                    missing_ok=True
+                )
     kept = len(all_results(root)) if delete else len(all_results(root)) - len(unused)
-    log(f"{len(unused)} unused result(s){' removed' if delete else ' (rerun with --delete to remove them)'}; {kept} in use")
+    log(
+        f"{len(unused)} unused result(s){' removed' if delete else ' (rerun with --delete to remove them)'}; {kept} in "
+        "use"
+    )
     return unused

@@ -4,6 +4,7 @@ Built-in classes register themselves with a decorator (as timm does for models);
 the modules that hold them, so this module never imports its clients. A config entry may instead name a user class
 as ``module.path:ClassName``; it is imported on demand, so a user extends the harness without editing this package.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -49,7 +50,9 @@ class Registry(Generic[T]):
         if class_path:
             cls = load_class(class_path, what=f"{self.axis} '{name}'")
             if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
-                raise TypeError(f"{self.axis} '{name}': {class_path} must subclass {self.base.__module__}.{self.base.__qualname__}")
+                raise TypeError(
+                    f"{self.axis} '{name}': {class_path} must subclass {self.base.__module__}.{self.base.__qualname__}"
+                )
             if not getattr(cls, "name", None) or cls.name not in self._entries or self._entries[cls.name] is not cls:
                 cls.name = name  # type: ignore[attr-defined]
             return cls
@@ -77,4 +80,3 @@ def load_class(path: str, what: str = "class") -> Any:
         return getattr(module, attr)
     except AttributeError:
         raise ImportError(f"{what}: module '{module_name}' has no attribute '{attr}'") from None
-

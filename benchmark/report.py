@@ -4,6 +4,7 @@ Per dataset × backbone: accuracy bars per method × fusion, OGR per epoch, and 
 (accuracy and loss of the fused head and of each modality's share) and the traces of each method's coefficients
 (OGM's discrepancy ratio and k, MLB's coefficients, G-Blend's weights, ...), all as means over the row's runs.
 """
+
 from __future__ import annotations
 
 import html
@@ -13,7 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.grid import NO_FUSION, dataset_modalities
-from benchmark.leaderboard import COLUMN_GUIDE, agreement_table, diagnostics_table, leaderboard_table, mean_ranks, tuning_statement
+from benchmark.leaderboard import (
+    COLUMN_GUIDE,
+    agreement_table,
+    diagnostics_table,
+    leaderboard_table,
+    mean_ranks,
+    tuning_statement,
+)
 
 #: history keys every run has; anything else a method tracked is a coefficient trace
 STANDARD_KEYS = ("epoch", "lr", "train_loss", "train_acc", "train_eval_loss", "ogr")
@@ -46,7 +54,14 @@ def accuracy_bars(table: pd.DataFrame, title: str, path: Path) -> Path:
     for j, fusion in enumerate(fusions):
         part = fused[fused["fusion"] == fusion].set_index("method").reindex(methods)
         xs = [i + (j - (len(fusions) - 1) / 2) * width for i in range(len(methods))]
-        ax.bar(xs, 100 * part["test_score_mean"], width, yerr=100 * part["test_score_std"].fillna(0), capsize=3, label=fusion)
+        ax.bar(
+            xs,
+            100 * part["test_score_mean"],
+            width,
+            yerr=100 * part["test_score_std"].fillna(0),
+            capsize=3,
+            label=fusion,
+        )
     for k, (_, r) in enumerate(table[(table["fusion"] == NO_FUSION) & (table["runs"] > 0)].iterrows()):
         ax.axhline(100 * r["test_score_mean"], color=f"C{len(fusions) + k}", linestyle="--", label=r["method"])
     classes = table["num_classes"].max()
@@ -82,14 +97,27 @@ def curves(histories: dict[str, pd.DataFrame], modalities: list[str], kind: str,
     fig, axes = _panels(len(histories))
     for ax, (method, h) in zip(axes, histories.items()):
         if kind == "accuracy":
-            series = {"val fused": "val_accuracy", "train (running)": "train_acc", **{f"val {m}": f"val_acc_{m}" for m in modalities}}
+            series = {
+                "val fused": "val_accuracy",
+                "train (running)": "train_acc",
+                **{f"val {m}": f"val_acc_{m}" for m in modalities},
+            }
         else:
-            series = {"val fused": "val_loss", "train (fixed subset)": "train_eval_loss", **{f"val {m}": f"val_loss_{m}" for m in modalities},
-                      **{f"train {c[5:]} (running)": c for c in h.columns if c.startswith("loss_")}}  # per-head training losses
+            series = {
+                "val fused": "val_loss",
+                "train (fixed subset)": "train_eval_loss",
+                **{f"val {m}": f"val_loss_{m}" for m in modalities},
+                **{f"train {c[5:]} (running)": c for c in h.columns if c.startswith("loss_")},
+            }  # per-head training losses
         for label, col in series.items():
             if col in h:
-                ax.plot(h.index + 1, (100 if kind == "accuracy" else 1) * h[col], marker=".", label=label,
-                        linestyle="--" if label.startswith("train") else "-")
+                ax.plot(
+                    h.index + 1,
+                    (100 if kind == "accuracy" else 1) * h[col],
+                    marker=".",
+                    label=label,
+                    linestyle="--" if label.startswith("train") else "-",
+                )
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -101,8 +129,10 @@ def curves(histories: dict[str, pd.DataFrame], modalities: list[str], kind: str,
 
 def coefficient_traces(histories: dict[str, pd.DataFrame], title: str, path: Path) -> Path | None:
     """One panel per method that tracked coefficients, each coefficient's per-epoch mean."""
-    traced = {method: [c for c in h.columns if c not in STANDARD_KEYS and not c.startswith(("val_", "loss_"))]
-              for method, h in histories.items()}
+    traced = {
+        method: [c for c in h.columns if c not in STANDARD_KEYS and not c.startswith(("val_", "loss_"))]
+        for method, h in histories.items()
+    }
     traced = {method: cols for method, cols in traced.items() if cols}
     if not traced:
         return None
@@ -140,10 +170,22 @@ def _slug(*parts: str) -> str:
     return "__".join(parts)
 
 
-def dataset_plots(cfg: dict, table: pd.DataFrame, runs: pd.DataFrame, records: dict[str, dict], dataset: str,
-                  backbone: str, plots: Path) -> list[tuple[str, Path]]:
+def dataset_plots(
+    cfg: dict,
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    records: dict[str, dict],
+    dataset: str,
+    backbone: str,
+    plots: Path,
+) -> list[tuple[str, Path]]:
     """Every figure of one dataset × backbone as (caption, path)."""
-    out = [("test accuracy per method and fusion", accuracy_bars(table, f"{dataset} · {backbone}", plots / f"{_slug(dataset, backbone)}.png"))]
+    out = [
+        (
+            "test accuracy per method and fusion",
+            accuracy_bars(table, f"{dataset} · {backbone}", plots / f"{_slug(dataset, backbone)}.png"),
+        )
+    ]
     ok = runs[(runs["status"] == "ok") & (runs["dataset"] == dataset) & (runs["backbone"] == backbone)]
     modalities = dataset_modalities(cfg, dataset)
     by_row: dict[tuple[str, str], pd.DataFrame] = {}
@@ -153,15 +195,30 @@ def dataset_plots(cfg: dict, table: pd.DataFrame, runs: pd.DataFrame, records: d
         histories = {method: h for (f, method), h in by_row.items() if f == fusion}
         name = "unimodal" if fusion == NO_FUSION else fusion
         for kind in ("accuracy", "loss"):
-            out.append((f"validation {kind} per epoch, fusion {name}",
-                        curves(histories, modalities, kind, f"{dataset} · {backbone} · {name}: {kind}",
-                               plots / f"{_slug(dataset, backbone, name, kind)}.png")))
-        traces = coefficient_traces(histories, f"{dataset} · {backbone} · {name}: method coefficients (epoch means)",
-                                    plots / f"{_slug(dataset, backbone, name, 'coefficients')}.png")
+            out.append(
+                (
+                    f"validation {kind} per epoch, fusion {name}",
+                    curves(
+                        histories,
+                        modalities,
+                        kind,
+                        f"{dataset} · {backbone} · {name}: {kind}",
+                        plots / f"{_slug(dataset, backbone, name, kind)}.png",
+                    ),
+                )
+            )
+        traces = coefficient_traces(
+            histories,
+            f"{dataset} · {backbone} · {name}: method coefficients (epoch means)",
+            plots / f"{_slug(dataset, backbone, name, 'coefficients')}.png",
+        )
         if traces:
             out.append((f"method coefficients per epoch, fusion {name}", traces))
-    ogr_plot = ogr_curves({f"{m} · {f}": h for (f, m), h in by_row.items()}, f"{dataset} · {backbone}: OGR per epoch",
-                          plots / f"{_slug(dataset, backbone, 'ogr')}.png")
+    ogr_plot = ogr_curves(
+        {f"{m} · {f}": h for (f, m), h in by_row.items()},
+        f"{dataset} · {backbone}: OGR per epoch",
+        plots / f"{_slug(dataset, backbone, 'ogr')}.png",
+    )
     if ogr_plot:
         out.append(("overfitting-to-generalisation ratio between consecutive epochs", ogr_plot))
     return out
@@ -169,7 +226,8 @@ def dataset_plots(cfg: dict, table: pd.DataFrame, runs: pd.DataFrame, records: d
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f3f3f3}td:nth-child(2),td:nth-child(3){text-align:left}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+th{background:#f3f3f3}td:nth-child(2),td:nth-child(3){text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 figure{margin:1em 0}figcaption{font-size:13px;color:#555}.notes{font-size:13px;color:#444}"""
 
 
@@ -177,8 +235,9 @@ def _table_html(df: pd.DataFrame, css_class: str) -> str:
     return df.to_html(index=False, classes=css_class, border=0, na_rep="–", escape=True)
 
 
-def write_report(cfg: dict, summary: pd.DataFrame, runs: pd.DataFrame, records: dict[str, dict], agree: pd.DataFrame,
-                 out_dir: Path) -> Path:
+def write_report(
+    cfg: dict, summary: pd.DataFrame, runs: pd.DataFrame, records: dict[str, dict], agree: pd.DataFrame, out_dir: Path
+) -> Path:
     """``out_dir/report.html`` with every table and figure (figures as files under ``out_dir/plots``)."""
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -186,15 +245,19 @@ def write_report(cfg: dict, summary: pd.DataFrame, runs: pd.DataFrame, records: 
         stale.unlink()
     reference = cfg.get("leaderboard", {}).get("reference", "joint")
     commits = sorted({r["provenance"]["git_commit"] for r in records.values()})
-    body = ["<h1>Multimodal balancing benchmark: leaderboard</h1>",
-            f"<p>{len(records)} finished runs; code {html.escape(', '.join(commits) or 'n/a')}. Test metrics of each run's "
-            "best-validation checkpoint, mean ± std over seeds × folds. Rebuilt from the metrics files by "
-            "<code>python -m benchmark aggregate</code>.</p>",
-            f"<p>{html.escape(tuning_statement(summary)).replace('**', '')}</p>",
-            "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(t)}</li>" for n, t in COLUMN_GUIDE) + "</ul>"]
+    body = [
+        "<h1>Multimodal balancing benchmark: leaderboard</h1>",
+        f"<p>{len(records)} finished runs; code {html.escape(', '.join(commits) or 'n/a')}. Test metrics of each run's "
+        "best-validation checkpoint, mean ± std over seeds × folds. Rebuilt from the metrics files by "
+        "<code>python -m benchmark aggregate</code>.</p>",
+        f"<p>{html.escape(tuning_statement(summary)).replace('**', '')}</p>",
+        "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(t)}</li>" for n, t in COLUMN_GUIDE) + "</ul>",
+    ]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
         modalities = dataset_modalities(cfg, dataset)
-        body.append(f"<h2 id='{html.escape(_slug(dataset, backbone))}'>{html.escape(dataset)} · {html.escape(backbone)}</h2>")
+        body.append(
+            f"<h2 id='{html.escape(_slug(dataset, backbone))}'>{html.escape(dataset)} · {html.escape(backbone)}</h2>"
+        )
         main, footnotes = leaderboard_table(table, modalities, reference)
         body.append(_table_html(main, "leaderboard"))
         if footnotes:
@@ -204,18 +267,25 @@ def write_report(cfg: dict, summary: pd.DataFrame, runs: pd.DataFrame, records: 
             body += ["<h3>Diagnostics</h3>", _table_html(diag, "diagnostics")]
         part = agree[(agree["dataset"] == dataset) & (agree["backbone"] == backbone)] if len(agree) else agree
         if len(part):
-            body += ["<h3>Agreement with the unimodal models</h3><p class='notes'>share of test samples · multimodal accuracy (%)</p>",
-                     _table_html(agreement_table(part, modalities), "agreement")]
+            body += [
+                "<h3>Agreement with the unimodal models</h3><p class='notes'>share of test samples · multimodal "
+                "accuracy (%)</p>",
+                _table_html(agreement_table(part, modalities), "agreement"),
+            ]
         body.append("<h3>Plots</h3>")
         for caption, path in dataset_plots(cfg, table, runs, records, dataset, backbone, plots):
             rel = path.relative_to(out_dir).as_posix()
-            body.append(f"<figure><img src='{html.escape(rel)}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+            body.append(
+                f"<figure><img src='{html.escape(rel)}' "
+                f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     ranks = mean_ranks(summary)
     if len(ranks):
         body += ["<h2>Mean rank across datasets</h2>", _table_html(ranks.round(2), "ranks")]
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard</title>"
-            f"<style>{STYLE}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard</title>"
+        f"<style>{STYLE}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )
     path = out_dir / "report.html"
     path.write_text(page)
     return path
-

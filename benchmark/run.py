@@ -3,6 +3,7 @@
 Checkpoint selection uses validation accuracy only. The test split is read once, after training, to report
 the selected (best-validation) model and the last-epoch model; nothing ever selects on it.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,12 +19,19 @@ import torch
 from benchmark.balancers.base import Balancer, RunContext
 from benchmark.config import component_class, settings_hash
 from benchmark.data.cache import BatchPreparer, CachedSplit, load_info, load_part, make_loader
-from benchmark.diagnostics import correct_string, ids_digest, linear_probes, masked_shapley, model_cost, ogr, train_eval_subset
+from benchmark.diagnostics import (
+    correct_string,
+    ids_digest,
+    linear_probes,
+    masked_shapley,
+    model_cost,
+    ogr,
+    train_eval_subset,
+)
 from benchmark.grid import NO_FUSION, RunSpec
 from benchmark.models.model import MultimodalModel, build_model
-from benchmark.paths import processed_dir
 from benchmark.provenance import execution_host, provenance
-from benchmark.settings import Resolved, Resolver
+from benchmark.settings import DatasetDirs, Resolved, Resolver
 from benchmark.train import configure_determinism, fit, predict, resolve_device, selection_metric
 
 METRICS_VERSION = 2
@@ -56,16 +64,32 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def diagnose(model: MultimodalModel, data: "RunData", test: CachedSplit, train_eval: CachedSplit, evaluation: dict,
-             batch_size: int) -> dict:
+def diagnose(
+    model: MultimodalModel,
+    data: "RunData",
+    test: CachedSplit,
+    train_eval: CachedSplit,
+    evaluation: dict,
+    batch_size: int,
+) -> dict:
     """Imbalance diagnostics of the selected (best-validation) model; see ``benchmark.diagnostics``."""
     out: dict = {}
     probe = evaluation["linear_probe"]
     if probe["enabled"]:
-        out["linear_probe"] = linear_probes(model, train_eval, {"val": data.val, "test": test}, data.prep, batch_size,
-                                            probe["weight_decay"], probe["steps"])
+        out["linear_probe"] = linear_probes(
+            model,
+            train_eval,
+            {"val": data.val, "test": test},
+            data.prep,
+            batch_size,
+            probe["weight_decay"],
+            probe["steps"],
+        )
     if evaluation["shapley"]:
-        out["shapley"] = {split: masked_shapley(model, part, data.prep, batch_size) for split, part in (("val", data.val), ("test", test))}
+        out["shapley"] = {
+            split: masked_shapley(model, part, data.prep, batch_size)
+            for split, part in (("val", data.val), ("test", test))
+        }
     return out
 
 
@@ -77,19 +101,19 @@ class RunData:
     prep: BatchPreparer
     processed: Path
     fold: str
+    splits: Path
 
     @classmethod
-    def load(cls, spec: RunSpec, settings: dict, device: torch.device) -> "RunData":
-        pdir = processed_dir(spec.dataset)
-        info = load_info(pdir, settings["dataset"])
+    def load(cls, spec: RunSpec, settings: dict, device: torch.device, dirs: DatasetDirs) -> "RunData":
+        info = load_info(dirs.processed, settings["dataset"])
         modality_info = {m: info["modalities"][m] for m in settings["modalities"]}
         prep = BatchPreparer(modality_info, settings["dataset"]["preprocess"]["visual"], device)
-        part = lambda name: load_part(pdir, spec.fold, name, settings["modalities"])  # noqa: E731
-        return cls(info, part("train"), part("val"), prep, pdir, spec.fold)
+        part = lambda name: load_part(dirs.processed, spec.fold, name, settings["modalities"], dirs.splits)  # noqa: E731
+        return cls(info, part("train"), part("val"), prep, dirs.processed, spec.fold, dirs.splits)
 
     def test(self, modalities: list[str]) -> CachedSplit:
         """Read only after training, to report the selected checkpoints."""
-        return load_part(self.processed, self.fold, "test", modalities)
+        return load_part(self.processed, self.fold, "test", modalities, self.splits)
 
 
 def build_run_model(cfg: dict, settings: dict, info: dict, balancer_cls: type[Balancer]) -> MultimodalModel:
@@ -121,8 +145,14 @@ class PreparedRun:
     resolved: Resolved
 
 
-def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = None, settings: dict | None = None,
-                resolver: Resolver | None = None, resolved: Resolved | None = None) -> PreparedRun:
+def prepare_run(
+    cfg: dict,
+    spec: RunSpec,
+    artifacts: dict[str, Path] | None = None,
+    settings: dict | None = None,
+    resolver: Resolver | None = None,
+    resolved: Resolved | None = None,
+) -> PreparedRun:
     """Resolve the run (its settings: the tuned ones when tuning is on; a tuning trial passes its own ``settings``
     and ``resolved`` step) and device, load its data, build its method and (configured) model."""
     resolver = resolver or Resolver(cfg)
@@ -132,20 +162,39 @@ def prepare_run(cfg: dict, spec: RunSpec, artifacts: dict[str, Path] | None = No
     configure_determinism(settings["train"]["deterministic"])
     device = resolve_device(settings["train"]["device"])
     balancer_cls = component_class(cfg, "balancers", spec.balancer)
-    data = RunData.load(spec, settings, device)
+    data = RunData.load(spec, settings, device, resolver.dataset_dirs(spec.dataset))
     balancer = balancer_cls(**settings["balancer"]["params"])
     model = balancer.configure_model(build_run_model(cfg, settings, data.info, balancer_cls))
     if artifacts is None:
         artifacts = resolved.artifacts()
-    ctx = RunContext(modalities=list(settings["modalities"]), num_epochs=settings["train"]["epochs"], device=device,
-                     seed=spec.seed, artifacts=artifacts)
-    return PreparedRun(settings, device, balancer_cls, balancer, model, data, ctx, balancer.training_split(data.train, spec.seed),
-                       resolved)
+    ctx = RunContext(
+        modalities=list(settings["modalities"]),
+        num_epochs=settings["train"]["epochs"],
+        device=device,
+        seed=spec.seed,
+        artifacts=artifacts,
+    )
+    return PreparedRun(
+        settings,
+        device,
+        balancer_cls,
+        balancer,
+        model,
+        data,
+        ctx,
+        balancer.training_split(data.train, spec.seed),
+        resolved,
+    )
 
 
-def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
-                artifacts: dict[str, Path] | None = None, checkpoint: Path | None = None,
-                resolver: Resolver | None = None) -> tuple[dict, dict | None]:
+def execute_run(
+    cfg: dict,
+    spec: RunSpec,
+    log: Callable[[str], None] = print,
+    artifacts: dict[str, Path] | None = None,
+    checkpoint: Path | None = None,
+    resolver: Resolver | None = None,
+) -> tuple[dict, dict | None]:
     """Train and evaluate one run in memory: (the metrics record, the best-validation state dict).
 
     ``artifacts`` overrides where the method's DAG inputs are read from (default: their grid paths). With
@@ -155,23 +204,53 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     started = time.perf_counter()
     prepared = prepare_run(cfg, spec, artifacts, resolver=resolver)
     settings, device, balancer_cls, balancer, model, data, ctx, train = (
-        prepared.settings, prepared.device, prepared.balancer_cls, prepared.balancer, prepared.model, prepared.data,
-        prepared.ctx, prepared.train)
+        prepared.settings,
+        prepared.device,
+        prepared.balancer_cls,
+        prepared.balancer,
+        prepared.model,
+        prepared.data,
+        prepared.ctx,
+        prepared.train,
+    )
     fusion_cls = None if spec.fusion == NO_FUSION else component_class(cfg, "fusions", spec.fusion)
     notes = list(balancer_cls.notes(fusion_cls, len(settings["modalities"])))
-    log(f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, identity {prepared.resolved.identity}")
+    log(
+        f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, "
+        f"identity {prepared.resolved.identity}"
+    )
     evaluation = settings["evaluation"]
     train_eval = train_eval_subset(train, evaluation["train_eval_max"], spec.seed)
     bins = evaluation["ece_bins"]
-    result = fit(model, balancer, ctx, train, data.prep, settings["train"], val=data.val, log=log, train_eval=train_eval,
-                 ece_bins=bins, checkpoint=checkpoint, settings_hash=settings_hash(settings))
+    result = fit(
+        model,
+        balancer,
+        ctx,
+        train,
+        data.prep,
+        settings["train"],
+        val=data.val,
+        log=log,
+        train_eval=train_eval,
+        ece_bins=bins,
+        checkpoint=checkpoint,
+        settings_hash=settings_hash(settings),
+    )
     notes += getattr(balancer, "run_notes", [])
     record = {
         "version": METRICS_VERSION,
         "status": "ok",
-        "run": {"dataset": spec.dataset, "backbone": spec.backbone, "fusion": spec.fusion, "balancer": spec.balancer,
-                "method": spec.method, "seed": spec.seed, "modalities": settings["modalities"],
-                "num_classes": len(data.info["classes"]), "multi_label": bool(data.info.get("multi_label", False))},
+        "run": {
+            "dataset": spec.dataset,
+            "backbone": spec.backbone,
+            "fusion": spec.fusion,
+            "balancer": spec.balancer,
+            "method": spec.method,
+            "seed": spec.seed,
+            "modalities": settings["modalities"],
+            "num_classes": len(data.info["classes"]),
+            "multi_label": bool(data.info.get("multi_label", False)),
+        },
         "method_paper": balancer_cls.paper,
         "notes": notes,
         "config_hash": settings_hash(settings),
@@ -181,13 +260,25 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
 
     def execution() -> dict:
         """Everything that differs between two executions of the same run (excluded from determinism checks)."""
-        return {"seconds_per_epoch": result.seconds_per_epoch, "total_seconds": time.perf_counter() - started,
-                "peak_memory_bytes": peak_memory_bytes(device), "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
-                "resumed_after_epoch": result.resumed_after, **execution_host()}
+        return {
+            "seconds_per_epoch": result.seconds_per_epoch,
+            "total_seconds": time.perf_counter() - started,
+            "peak_memory_bytes": peak_memory_bytes(device),
+            "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
+            "resumed_after_epoch": result.resumed_after,
+            **execution_host(),
+        }
 
     if result.failure is not None:
         log(f"failed: {result.failure}")
-        return {**record, "status": "failed", "reason": result.failure, "history": result.history, **tail, "timing": execution()}, None
+        return {
+            **record,
+            "status": "failed",
+            "reason": result.failure,
+            "history": result.history,
+            **tail,
+            "timing": execution(),
+        }, None
 
     test = data.test(settings["modalities"])
     bs = settings["train"]["eval_batch_size"]
@@ -196,24 +287,37 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
     for name, state in (("last", last_state), ("best", result.best_state)):  # best last: diagnostics use it
         model.load_state_dict(state)
         test_predictions[name] = predict(model, test, data.prep, bs)
-        reported[name] = {"val": predict(model, data.val, data.prep, bs).metrics(bins), "test": test_predictions[name].metrics(bins)}
+        reported[name] = {
+            "val": predict(model, data.val, data.prep, bs).metrics(bins),
+            "test": test_predictions[name].metrics(bins),
+        }
     reported = {"best": reported["best"], "last": reported["last"]}
     diagnostics = diagnose(model, data, test, train_eval, evaluation, bs)
     best_row = result.history[result.best_epoch]
     diagnostics["ogr"] = {
         "rule": "G-Blend eq. 3 between the initial model and the selected checkpoint; per epoch in the history",
-        "from_initial_to_best": ogr((result.initial["train_eval_loss"], best_row["train_eval_loss"]),
-                                    (result.initial["val_loss"], best_row["val_loss"])),
-        "initial": result.initial, "train_eval_samples": len(train_eval)}
-    diagnostics["test_correct"] = {"ids": ids_digest(test.ids()),
-                                   **{name: correct_string(p.logits, p.labels) for name, p in test_predictions.items()}}
+        "from_initial_to_best": ogr(
+            (result.initial["train_eval_loss"], best_row["train_eval_loss"]),
+            (result.initial["val_loss"], best_row["val_loss"]),
+        ),
+        "initial": result.initial,
+        "train_eval_samples": len(train_eval),
+    }
+    diagnostics["test_correct"] = {
+        "ids": ids_digest(test.ids()),
+        **{name: correct_string(p.logits, p.labels) for name, p in test_predictions.items()},
+    }
     sample, _ = data.prep(next(iter(make_loader(test, 1, shuffle=False))))
     cost = model_cost(model, sample)
     metrics = {
         **record,
-        "selection": {"criterion": f"validation {selection_metric(train.multi_label)} (earliest best epoch)",
-                      "best_epoch": result.best_epoch, "epochs": settings["train"]["epochs"],
-                      "epochs_trained": len(result.history), "trained_on": len(train)},
+        "selection": {
+            "criterion": f"validation {selection_metric(train.multi_label)} (earliest best epoch)",
+            "best_epoch": result.best_epoch,
+            "epochs": settings["train"]["epochs"],
+            "epochs_trained": len(result.history),
+            "trained_on": len(train),
+        },
         "metrics": reported,
         "diagnostics": diagnostics,
         "cost": cost,
@@ -222,12 +326,20 @@ def execute_run(cfg: dict, spec: RunSpec, log: Callable[[str], None] = print,
         "timing": execution(),
     }
     b = reported["best"]
-    log(f"done: best epoch {result.best_epoch}, val acc {b['val']['accuracy']:.4f}, test acc {b['test']['accuracy']:.4f}")
+    log(
+        f"done: best epoch {result.best_epoch}, val acc {b['val']['accuracy']:.4f}, test acc "
+        f"{b['test']['accuracy']:.4f}"
+    )
     return metrics, result.best_state
 
 
-def train_run(cfg: dict, spec: RunSpec, out_dir: Path | None = None, log: Callable[[str], None] = print,
-              resolver: Resolver | None = None) -> dict:
+def train_run(
+    cfg: dict,
+    spec: RunSpec,
+    out_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+    resolver: Resolver | None = None,
+) -> dict:
     """One run of the grid: train (resuming from ``out_dir/checkpoint.pt`` if a previous attempt left one), evaluate,
     write ``model.pt`` (best-validation weights; none for a failed run) and ``metrics.json``, drop the checkpoint.
     ``out_dir`` defaults to the run's folder (named by its identity)."""
@@ -236,8 +348,12 @@ def train_run(cfg: dict, spec: RunSpec, out_dir: Path | None = None, log: Callab
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
     metrics, best_state = execute_run(cfg, spec, log, checkpoint=checkpoint, resolver=resolver)
-    model = {"state_dict": best_state, "config_hash": metrics["config_hash"], "identity": metrics["identity"]["identity"],
-             "status": metrics["status"]}
+    model = {
+        "state_dict": best_state,
+        "config_hash": metrics["config_hash"],
+        "identity": metrics["identity"]["identity"],
+        "status": metrics["status"],
+    }
     if metrics["status"] == "ok":
         model["epoch"] = metrics["selection"]["best_epoch"]
     else:

@@ -4,6 +4,7 @@ A group is the runs that differ only in their seed (one dataset × fold × backb
 group draws its hyperparameters from the group's space with a generator seeded by (``tuning.seed``, the group, k),
 so the same config always draws the same trials.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,11 @@ def group_space(cfg: dict, spec: RunSpec) -> dict[str, dict]:
     fusion and backbone entries."""
     space = cfg["tuning"]["space"]
     out = {f"train.{k}": v for k, v in (space.get("train") or {}).items()}
-    names = {"balancer": spec.balancer, "fusion": None if spec.fusion == NO_FUSION else spec.fusion, "backbone": spec.backbone}
+    names = {
+        "balancer": spec.balancer,
+        "fusion": None if spec.fusion == NO_FUSION else spec.fusion,
+        "backbone": spec.backbone,
+    }
     for section, axis in SECTIONS.items():
         if axis and names[section]:
             out.update({f"{section}.{k}": v for k, v in ((space.get(axis) or {}).get(names[section]) or {}).items()})

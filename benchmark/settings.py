@@ -13,6 +13,7 @@ hyperparameters). The identity is part of the path (``benchmark.paths``), so two
 and a changed setting makes a new run instead of overwriting one. Tuned values are named by the tuning they come
 from: its identity is part of the run's, and what it chose is recorded in the run's settings.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,6 +32,37 @@ from benchmark.search import apply_params, trial_params, tuning_identity
 NUMERICS_VERSION = 1
 ID_LENGTH = 12
 KINDS = ("run", "estimate", "tune_trial", "tune_best")
+
+
+@dataclass(frozen=True)
+class DatasetDirs:
+    """Where a dataset's data live, each folder named by what determines its content."""
+
+    raw: Path
+    manifest: str  # the manifest preprocessing reads, in ``raw``: the downloaded one or its Algorithm 1 subset
+    processed: Path
+    splits: Path  # <fold>.csv files
+    balance_report: str | None = None
+
+    def split_file(self, fold: str) -> Path:
+        return self.splits / f"{fold}.csv"
+
+
+def dataset_dirs(cfg: dict, dataset: str) -> DatasetDirs:
+    settings = dataset_settings(cfg, dataset)
+    raw_id = identity_of(
+        {k: v for k, v in settings.items() if k not in ("preprocess", "split", "balance", "modalities")}
+    )
+    cache_id = identity_of({"numerics": NUMERICS_VERSION, **{k: v for k, v in settings.items() if k != "split"}})
+    split_id = identity_of({"cache": cache_id, "split": settings.get("split")})
+    raw = paths.fill(paths.DATA_RAW, dataset=dataset, raw_id=raw_id)
+    processed = paths.fill(paths.DATA_PROCESSED, dataset=dataset, cache_id=cache_id)
+    manifest, report = "manifest.csv", None
+    if settings.get("balance"):
+        balance_id = identity_of({"raw": raw_id, "balance": settings["balance"]})
+        manifest = paths.BALANCED_MANIFEST.format(balance_id=balance_id)
+        report = paths.BALANCE_REPORT.format(balance_id=balance_id)
+    return DatasetDirs(raw, manifest, processed, processed / "splits" / split_id, report)
 
 
 def canonical_json(obj) -> str:
@@ -89,7 +121,11 @@ class Resolved:
     @property
     def output(self) -> Path:
         """The file whose existence means the step is done (its identity is in its path, so it is current)."""
-        return self.path / {"run": "metrics.json", "tune_best": "best.json"}[self.step.kind] if self.step.kind in ("run", "tune_best") else self.path
+        return (
+            self.path / {"run": "metrics.json", "tune_best": "best.json"}[self.step.kind]
+            if self.step.kind in ("run", "tune_best")
+            else self.path
+        )
 
     def artifacts(self) -> dict[str, Path]:
         """The prerequisites' files by the key the method reads them as."""
@@ -100,8 +136,12 @@ class Resolved:
 
     def record(self) -> dict:
         """What a result file records of its identity."""
-        return {"kind": self.step.kind, "identity": self.identity, "numerics_version": NUMERICS_VERSION,
-                "prerequisites": {p.key: p.step.identity for p in self.prerequisites}}
+        return {
+            "kind": self.step.kind,
+            "identity": self.identity,
+            "numerics_version": NUMERICS_VERSION,
+            "prerequisites": {p.key: p.step.identity for p in self.prerequisites},
+        }
 
 
 class Resolver:
@@ -111,6 +151,7 @@ class Resolver:
         self.cfg = cfg
         self._cache: dict[Step, Resolved] = {}
         self._base: dict[RunSpec, str] = {}
+        self._dirs: dict[str, DatasetDirs] = {}
 
     @property
     def tuning_on(self) -> bool:
@@ -139,9 +180,14 @@ class Resolver:
                 self._cache[step] = self._resolve_run_like(step)
         return self._cache[step]
 
+    def dataset_dirs(self, dataset: str) -> DatasetDirs:
+        if dataset not in self._dirs:
+            self._dirs[dataset] = dataset_dirs(self.cfg, dataset)
+        return self._dirs[dataset]
+
     def _data(self, spec: RunSpec) -> tuple[Path, ...]:
-        d = paths.processed_dir(spec.dataset)
-        return tuple(d / name for name in paths.PROCESSED_FILES) + (paths.fill(paths.SPLIT_FILE, dataset=spec.dataset, fold=spec.fold),)
+        d = self.dataset_dirs(spec.dataset)
+        return tuple(d.processed / name for name in paths.PROCESSED_FILES) + (d.split_file(spec.fold),)
 
     def _prerequisites(self, spec: RunSpec, settings: dict, in_trial: bool = False) -> list[Prerequisite]:
         needs = component_class(self.cfg, "balancers", spec.balancer).needs
@@ -159,10 +205,23 @@ class Resolver:
             settings["tuning"] = tuning_identity(self.cfg, spec)
             best = self.resolve(Step("tune_best", self.group_spec(spec)))
             prerequisites.append(Prerequisite("tuning_best", best.path / "best.json", best))
-        identity = identity_of({"kind": step.kind, "numerics": NUMERICS_VERSION, "settings": settings,
-                                "prerequisites": {p.key: p.step.identity for p in prerequisites}})
-        fields = dict(dataset=spec.dataset, fold=spec.fold, backbone=spec.backbone, fusion=spec.fusion, method=spec.method,
-                      seed=spec.seed, id=identity)
+        identity = identity_of(
+            {
+                "kind": step.kind,
+                "numerics": NUMERICS_VERSION,
+                "settings": settings,
+                "prerequisites": {p.key: p.step.identity for p in prerequisites},
+            }
+        )
+        fields = dict(
+            dataset=spec.dataset,
+            fold=spec.fold,
+            backbone=spec.backbone,
+            fusion=spec.fusion,
+            method=spec.method,
+            seed=spec.seed,
+            id=identity,
+        )
         path = paths.fill(paths.RUN_DIR if step.kind == "run" else paths.ESTIMATE_FILE, **fields)
         return Resolved(step, canonical_json(settings), identity, path, tuple(prerequisites), self._data(spec))
 
@@ -174,22 +233,54 @@ class Resolver:
         for k in range(self.cfg["tuning"]["trials"]):
             settings = apply_params(self.base_settings(spec), trial_params(self.cfg, spec, k))
             prerequisites = self._prerequisites(spec, settings, in_trial=True)
-            identity = identity_of({"kind": "tune_trial", "numerics": NUMERICS_VERSION, "settings": settings, "trial": k,
-                                    "prerequisites": {p.key: p.step.identity for p in prerequisites}})
+            identity = identity_of(
+                {
+                    "kind": "tune_trial",
+                    "numerics": NUMERICS_VERSION,
+                    "settings": settings,
+                    "trial": k,
+                    "prerequisites": {p.key: p.step.identity for p in prerequisites},
+                }
+            )
             trials.append((k, settings, identity, prerequisites))
-        identity = identity_of({"kind": "tune_best", "numerics": NUMERICS_VERSION, "settings": group_settings,
-                                "trials": [t[2] for t in trials]})
-        folder = paths.fill(paths.TUNING_DIR, dataset=spec.dataset, fold=spec.fold, backbone=spec.backbone, fusion=spec.fusion,
-                            method=spec.method, id=identity)
+        identity = identity_of(
+            {
+                "kind": "tune_best",
+                "numerics": NUMERICS_VERSION,
+                "settings": group_settings,
+                "trials": [t[2] for t in trials],
+            }
+        )
+        folder = paths.fill(
+            paths.TUNING_DIR,
+            dataset=spec.dataset,
+            fold=spec.fold,
+            backbone=spec.backbone,
+            fusion=spec.fusion,
+            method=spec.method,
+            id=identity,
+        )
         data = self._data(spec)
         resolved_trials = []
         for k, settings, trial_identity, prerequisites in trials:
-            r = Resolved(Step("tune_trial", spec, k), canonical_json(settings), trial_identity, folder / f"trial{k}.json",
-                         tuple(prerequisites), data)
+            r = Resolved(
+                Step("tune_trial", spec, k),
+                canonical_json(settings),
+                trial_identity,
+                folder / f"trial{k}.json",
+                tuple(prerequisites),
+                data,
+            )
             self._cache[r.step] = r
             resolved_trials.append(r)
-        best = Resolved(Step("tune_best", spec), canonical_json(group_settings), identity, folder,
-                        tuple(Prerequisite(f"trial{r.step.trial}", r.path, r) for r in resolved_trials), data)
+        best = Resolved(
+            Step("tune_best", spec),
+            canonical_json(group_settings),
+            identity,
+            folder,
+            tuple(Prerequisite(f"trial{r.step.trial}", r.path, r) for r in resolved_trials),
+            data,
+        )
         self._cache[best.step] = best
 
     # --- what a job computes with ------------------------------------------------------------------------
@@ -201,12 +292,19 @@ class Resolver:
             return settings
         path = resolved.artifacts()["tuning_best"]
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: tuning is enabled, so the tune stage must run first "
-                                    "(snakemake does it; by hand: python -m benchmark tune-trial / tune-select)")
+            raise FileNotFoundError(
+                f"{path} does not exist: tuning is enabled, so the tune stage must run first "
+                "(snakemake does it; by hand: python -m benchmark tune-trial / tune-select)"
+            )
         best = json.loads(path.read_text())
         settings = apply_params(settings, best["params"])
-        settings["tuning"] = {**settings["tuning"], "chosen": best["params"], "best_trial": best["trial"],
-                              "val_score": best["val_score"], "metric": best["metric"]}
+        settings["tuning"] = {
+            **settings["tuning"],
+            "chosen": best["params"],
+            "best_trial": best["trial"],
+            "val_score": best["val_score"],
+            "metric": best["metric"],
+        }
         return settings
 
 
@@ -226,9 +324,16 @@ def experiment_record(cfg: dict, resolver: Resolver | None = None) -> dict:
         if str(r.path) not in steps:
             steps[str(r.path)] = None
             todo += [p.step for p in r.prerequisites]
-    record = {"experiment": cfg["experiment"], "numerics_version": NUMERICS_VERSION, "leaderboard": cfg.get("leaderboard", {}),
-              "runs": [str(r.path) for r in resolved], "steps": sorted(steps),
-              "not_applicable": [f"{s.dataset}/{s.fold}/{s.backbone}/{s.fusion}/{s.method}/seed{s.seed}: {reason}" for s, reason in skipped]}
+    record = {
+        "experiment": cfg["experiment"],
+        "numerics_version": NUMERICS_VERSION,
+        "leaderboard": cfg.get("leaderboard", {}),
+        "runs": [str(r.path) for r in resolved],
+        "steps": sorted(steps),
+        "not_applicable": [
+            f"{s.dataset}/{s.fold}/{s.backbone}/{s.fusion}/{s.method}/seed{s.seed}: {reason}" for s, reason in skipped
+        ],
+    }
     return {"identity": identity_of(record), **record}
 
 
@@ -241,20 +346,31 @@ def _run_settings(cfg: dict, spec: RunSpec) -> dict:
     if unknown:
         raise ValueError(f"dataset '{spec.dataset}' has no modality '{unknown[0]}'; it has {', '.join(all_modalities)}")
     fusion = "concat" if spec.fusion == NO_FUSION else spec.fusion  # one modality: a linear classifier
-    return copy.deepcopy({
-        "dataset": dataset_settings(cfg, spec.dataset),
-        "modalities": modalities,
-        "backbone": {"name": spec.backbone, "params": component_params(cfg, "backbones", spec.backbone),
-                     "class": _qualname(component_class(cfg, "backbones", spec.backbone))},
-        "fusion": {"name": spec.fusion, "params": component_params(cfg, "fusions", fusion),
-                   "class": _qualname(component_class(cfg, "fusions", fusion))},
-        "balancer": {"name": spec.balancer, "params": component_params(cfg, "balancers", spec.balancer),
-                     "class": _qualname(balancer_cls)},
-        "train": train_settings(cfg, spec.backbone),
-        "evaluation": cfg["evaluation"],
-        "seed": spec.seed,
-        "fold": spec.fold,
-    })
+    return copy.deepcopy(
+        {
+            "dataset": dataset_settings(cfg, spec.dataset),
+            "modalities": modalities,
+            "backbone": {
+                "name": spec.backbone,
+                "params": component_params(cfg, "backbones", spec.backbone),
+                "class": _qualname(component_class(cfg, "backbones", spec.backbone)),
+            },
+            "fusion": {
+                "name": spec.fusion,
+                "params": component_params(cfg, "fusions", fusion),
+                "class": _qualname(component_class(cfg, "fusions", fusion)),
+            },
+            "balancer": {
+                "name": spec.balancer,
+                "params": component_params(cfg, "balancers", spec.balancer),
+                "class": _qualname(balancer_cls),
+            },
+            "train": train_settings(cfg, spec.backbone),
+            "evaluation": cfg["evaluation"],
+            "seed": spec.seed,
+            "fold": spec.fold,
+        }
+    )
 
 
 def _qualname(cls: type) -> str:

@@ -4,6 +4,7 @@ Model selection uses the validation split only: the best-validation epoch (earli
 mAP for multi-label data (``selection_metric``).
 The test split is not touched here at all; ``benchmark.run`` evaluates it once per reported checkpoint.
 """
+
 from __future__ import annotations
 
 import math
@@ -116,10 +117,20 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: CachedSplit, prep: BatchPreparer,
-        settings: dict, val: CachedSplit | None = None, log: Callable[[str], None] = print,
-        train_eval: CachedSplit | None = None, ece_bins: int = 15, checkpoint: Path | None = None,
-        settings_hash: str = "") -> FitResult:
+def fit(
+    model: MultimodalModel,
+    balancer: Balancer,
+    ctx: RunContext,
+    train: CachedSplit,
+    prep: BatchPreparer,
+    settings: dict,
+    val: CachedSplit | None = None,
+    log: Callable[[str], None] = print,
+    train_eval: CachedSplit | None = None,
+    ece_bins: int = 15,
+    checkpoint: Path | None = None,
+    settings_hash: str = "",
+) -> FitResult:
     """Train ``model`` (already configured by the balancer) for settings['epochs'] epochs on ``train``; with
     ``val``, keep the best-validation-accuracy weights. With ``train_eval`` (a fixed part of the training split)
     and ``val``, every checkpoint's training and validation losses give the OGR between consecutive epochs.
@@ -134,8 +145,12 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
     ctx.train, ctx.prep, ctx.settings, ctx.log = train, prep, settings, log
     balancer.setup(model, ctx)
     optimizer = make_optimizer(model, settings["optimizer"])
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings["lr_step"]["step_size"], settings["lr_step"]["gamma"])
-    loader = make_loader(train, settings["batch_size"], shuffle=True, seed=ctx.seed, pin_memory=ctx.device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, settings["lr_step"]["step_size"], settings["lr_step"]["gamma"]
+    )
+    loader = make_loader(
+        train, settings["batch_size"], shuffle=True, seed=ctx.seed, pin_memory=ctx.device.type == "cuda"
+    )
     result = FitResult(history=[], seconds_per_epoch=[])
     best_acc = -1.0  # the best validation score by ``criterion`` so far
     criterion = f"val_{selection_metric(train.multi_label)}"
@@ -154,8 +169,10 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
         result.resumed_after = saved["epoch"]
         log(f"resumed from {checkpoint} after epoch {saved['epoch'] + 1}/{settings['epochs']}")
     elif track_ogr:
-        result.initial = {"train_eval_loss": predict(model, train_eval, prep, bs).metrics(ece_bins)["loss"],
-                          "val_loss": predict(model, val, prep, bs).metrics(ece_bins)["loss"]}
+        result.initial = {
+            "train_eval_loss": predict(model, train_eval, prep, bs).metrics(ece_bins)["loss"],
+            "val_loss": predict(model, val, prep, bs).metrics(ece_bins)["loss"],
+        }
     previous = result.history[-1] if result.history else result.initial
     for epoch in range(first_epoch, settings["epochs"]):
         start = time.perf_counter()
@@ -181,7 +198,9 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
         scheduler.step()
         row = {"epoch": epoch, "lr": lr, "train_loss": (loss_sum / seen).item(), "train_acc": (correct / seen).item()}
         if not math.isfinite(row["train_loss"]):  # checked once per epoch: no host sync inside the step
-            result.failure = f"training loss became {row['train_loss']} in epoch {epoch + 1} (diverged); training stopped"
+            result.failure = (
+                f"training loss became {row['train_loss']} in epoch {epoch + 1} (diverged); training stopped"
+            )
             result.history.append(row)
             result.seconds_per_epoch.append(time.perf_counter() - start)
             log(f"[{epoch + 1}/{settings['epochs']}] {result.failure}")
@@ -192,19 +211,34 @@ def fit(model: MultimodalModel, balancer: Balancer, ctx: RunContext, train: Cach
                 best_acc, result.best_epoch, result.best_state = row[criterion], epoch, _cpu_state(model)
         if track_ogr:
             row["train_eval_loss"] = predict(model, train_eval, prep, bs).metrics(ece_bins)["loss"]
-            row["ogr"] = ogr((previous["train_eval_loss"], row["train_eval_loss"]), (previous["val_loss"], row["val_loss"]))
+            row["ogr"] = ogr(
+                (previous["train_eval_loss"], row["train_eval_loss"]), (previous["val_loss"], row["val_loss"])
+            )
             previous = row
         balancer.on_epoch_end(epoch, row)
         row.update(balancer.epoch_summary())
         result.seconds_per_epoch.append(time.perf_counter() - start)
         result.history.append(row)
-        log(f"[{epoch + 1}/{settings['epochs']}] " + " ".join(f"{k}={v:.4g}" for k, v in row.items())
-            + f" ({result.seconds_per_epoch[-1]:.1f}s)")
+        log(
+            f"[{epoch + 1}/{settings['epochs']}] "
+            + " ".join(f"{k}={v:.4g}" for k, v in row.items())
+            + f" ({result.seconds_per_epoch[-1]:.1f}s)"
+        )
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {
-                "settings_hash": settings_hash, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": rng_state(loader.generator),
-                "result": result, "best_acc": best_acc})
+            save_checkpoint(
+                checkpoint,
+                {
+                    "settings_hash": settings_hash,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "balancer": balancer.state_dict(),
+                    "rng": rng_state(loader.generator),
+                    "result": result,
+                    "best_acc": best_acc,
+                },
+            )
         if balancer.finished(epoch):
             log(f"[{epoch + 1}/{settings['epochs']}] the method ends training here")
             break

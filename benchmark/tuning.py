@@ -12,6 +12,7 @@ the best trial (the earliest on ties); the final multi-seed runs read it, record
 leaderboard lists it with the budget. With ``tuning.enabled: false`` the grid runs the config's values (the
 papers' defaults) and the leaderboard says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,20 @@ from benchmark.train import fit, selection_metric
 
 def _estimate_in_trial(cfg: dict, trial: Resolved, settings: dict, out_path: Path, resolver: Resolver, log) -> None:
     s = trial.spec
-    estimate_gblend(cfg, s.dataset, s.backbone, s.fusion, s.seed, out_path, log=log, fold=s.fold, modality=s.modality,
-                    settings=settings, resolver=resolver, resolved=trial)
+    estimate_gblend(
+        cfg,
+        s.dataset,
+        s.backbone,
+        s.fusion,
+        s.seed,
+        out_path,
+        log=log,
+        fold=s.fold,
+        modality=s.modality,
+        settings=settings,
+        resolver=resolver,
+        resolved=trial,
+    )
 
 
 #: how a trial makes the artefacts that belong to its own hyperparameters (``Artefact.made_by_trials``), from the
@@ -40,8 +53,14 @@ def _estimate_in_trial(cfg: dict, trial: Resolved, settings: dict, out_path: Pat
 MADE_IN_TRIAL = {"gblend_weights": _estimate_in_trial}
 
 
-def run_trial(cfg: dict, spec: RunSpec, trial: int, out_path: Path | None = None, log: Callable[[str], None] = print,
-              resolver: Resolver | None = None) -> dict:
+def run_trial(
+    cfg: dict,
+    spec: RunSpec,
+    trial: int,
+    out_path: Path | None = None,
+    log: Callable[[str], None] = print,
+    resolver: Resolver | None = None,
+) -> dict:
     """Train one trial and score it on validation; writes ``out_path`` (default: the trial's file in its tuning
     folder) with the params, score, history and the parts of the dataset it loaded."""
     resolver = resolver or Resolver(cfg)
@@ -60,21 +79,46 @@ def run_trial(cfg: dict, spec: RunSpec, trial: int, out_path: Path | None = None
     prepared = prepare_run(cfg, spec, artifacts, settings=settings, resolver=resolver, resolved=resolved)
     metric = selection_metric(prepared.train.multi_label)
     checkpoint, config_hash = out_path.with_name(f"trial{trial}.checkpoint.pt"), settings_hash(prepared.settings)
-    result = fit(prepared.model, prepared.balancer, prepared.ctx, prepared.train, prepared.data.prep, prepared.settings["train"],
-                 val=prepared.data.val, log=log, checkpoint=checkpoint, settings_hash=config_hash)
+    result = fit(
+        prepared.model,
+        prepared.balancer,
+        prepared.ctx,
+        prepared.train,
+        prepared.data.prep,
+        prepared.settings["train"],
+        val=prepared.data.val,
+        log=log,
+        checkpoint=checkpoint,
+        settings_hash=config_hash,
+    )
     ok = result.failure is None and result.best_epoch is not None
     score = result.history[result.best_epoch][f"val_{metric}"] if ok else None  # the selected epoch's score
-    record = {"trial": trial, "params": params, "config_hash": config_hash, "identity": resolved.record(),
-              "status": "failed" if result.failure else "ok", "reason": result.failure,
-              "metric": f"validation {metric}", "val_score": score, "best_epoch": result.best_epoch,
-              "seed": spec.seed, "loaded_parts": sorted({part for _, part in cache.LOADED_PARTS}), "history": result.history}
+    record = {
+        "trial": trial,
+        "params": params,
+        "config_hash": config_hash,
+        "identity": resolved.record(),
+        "status": "failed" if result.failure else "ok",
+        "reason": result.failure,
+        "metric": f"validation {metric}",
+        "val_score": score,
+        "best_epoch": result.best_epoch,
+        "seed": spec.seed,
+        "loaded_parts": sorted({part for _, part in cache.LOADED_PARTS}),
+        "history": result.history,
+    }
     write_json(out_path, record)
     checkpoint.unlink(missing_ok=True)
     return record
 
 
-def select_best(cfg: dict, spec: RunSpec, out_path: Path | None = None, log: Callable[[str], None] = print,
-                resolver: Resolver | None = None) -> dict:
+def select_best(
+    cfg: dict,
+    spec: RunSpec,
+    out_path: Path | None = None,
+    log: Callable[[str], None] = print,
+    resolver: Resolver | None = None,
+) -> dict:
     """Read the group's trials and write the best one (highest validation score, earliest on ties) to ``out_path``
     (default: the group's best.json)."""
     resolver = resolver or Resolver(cfg)
@@ -85,10 +129,18 @@ def select_best(cfg: dict, spec: RunSpec, out_path: Path | None = None, log: Cal
     if not scored:
         raise RuntimeError(f"every trial of {group.path} failed; see its trial files")
     best = max(scored, key=lambda t: (t["val_score"], -t["trial"]))
-    out = {"params": best["params"], "trial": best["trial"], "val_score": best["val_score"], "metric": best["metric"],
-           "identity": group.record(),
-           "budget": {"trials": len(trials), "epochs_trained": sum(len(t["history"]) for t in trials)},
-           "trials": [{k: t[k] for k in ("trial", "params", "status", "val_score")} for t in trials]}
+    out = {
+        "params": best["params"],
+        "trial": best["trial"],
+        "val_score": best["val_score"],
+        "metric": best["metric"],
+        "identity": group.record(),
+        "budget": {"trials": len(trials), "epochs_trained": sum(len(t["history"]) for t in trials)},
+        "trials": [{k: t[k] for k in ("trial", "params", "status", "val_score")} for t in trials],
+    }
     write_json(out_path, out)
-    log(f"best of {len(trials)} trials: trial {best['trial']} ({best['metric']} {best['val_score']:.4f}): {best['params']}")
+    log(
+        f"best of {len(trials)} trials: trial {best['trial']} ({best['metric']} {best['val_score']:.4f}): "
+        f"{best['params']}"
+    )
     return out

@@ -5,6 +5,7 @@ Use them with config entries, e.g.
     fusions:   {max: {class: "examples.my_methods:MaxFusion"}}
 and the names in grid.balancers / grid.fusions.
 """
+
 import torch
 from torch.nn import functional as F
 

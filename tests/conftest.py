@@ -37,8 +37,14 @@ def default_config() -> dict:
 def tiny_config(**grid) -> dict:
     """The default config shrunk to seconds: few small clips, one epoch, small CNN."""
     cfg = default_config()
-    cfg["grid"] = {"datasets": ["synthetic-av"], "backbones": ["small_cnn"], "fusions": ["concat"],
-                   "balancers": ["joint", "ogm"], "seeds": [0], **grid}
+    cfg["grid"] = {
+        "datasets": ["synthetic-av"],
+        "backbones": ["small_cnn"],
+        "fusions": ["concat"],
+        "balancers": ["joint", "ogm"],
+        "seeds": [0],
+        **grid,
+    }
     cfg["train"]["epochs"] = 1
     cfg["train"]["per_backbone"] = {}
     cfg["datasets"]["synthetic-av"]["generate"].update(num_clips=48, size=32, fps=4)
@@ -53,9 +59,14 @@ def cfg() -> dict:
     return copy.deepcopy(default_config())
 
 
-def small_model(fusion: str = "concat", unimodal_heads: bool = False, num_classes: int = 3, seed: int = 0) -> MultimodalModel:
+def small_model(
+    fusion: str = "concat", unimodal_heads: bool = False, num_classes: int = 3, seed: int = 0
+) -> MultimodalModel:
     torch.manual_seed(seed)
-    encoders = {"audio": SmallCNN("spectrogram", (1, 16, 16), width=2), "visual": SmallCNN("frames", (2, 3, 8, 8), width=2)}
+    encoders = {
+        "audio": SmallCNN("spectrogram", (1, 16, 16), width=2),
+        "visual": SmallCNN("frames", (2, 3, 8, 8), width=2),
+    }
     fusion_module = FUSIONS.get(fusion)({m: e.out_dim for m, e in encoders.items()}, num_classes)
     return MultimodalModel(encoders, fusion_module, num_classes, unimodal_heads=unimodal_heads)
 
@@ -66,23 +77,52 @@ def small_batch(n: int = 6, num_classes: int = 3, seed: int = 0) -> tuple[dict, 
     return inputs, torch.arange(n) % num_classes
 
 
-@pytest.fixture(scope="session")
-def tiny_workspace(tmp_path_factory) -> Path:
-    """A working directory with the tiny synthetic dataset generated and preprocessed (shared by tests)."""
+def data_dirs(cfg: dict, dataset: str = "synthetic-av"):
+    """Where the DAG keeps a dataset's data for ``cfg`` (folders named by their settings; relative paths)."""
+    from benchmark.config import validate_config
+    from benchmark.settings import dataset_dirs
+
+    return dataset_dirs(validate_config(cfg), dataset)
+
+
+def build_data(root: Path, cfg: dict, dataset: str = "synthetic-av"):
+    """Download (generate), preprocess and split a dataset under ``root`` where the DAG would put it."""
     from benchmark.config import dataset_settings, validate_config
     from benchmark.data.datasets import DATASETS
     from benchmark.data.preprocess import preprocess
     from benchmark.data.splits import write_splits
 
+    cfg = validate_config(cfg)
+    settings = dataset_settings(cfg, dataset)
+    dirs = data_dirs(cfg, dataset)
+    ds = DATASETS.get(dataset)(settings)
+    ds.download(root / dirs.raw, workers=2)
+    preprocess(ds, root / dirs.raw, root / dirs.processed, settings["preprocess"], workers=2, log=lambda s: None)
+    write_splits(ds, root / dirs.raw, root / dirs.processed, log=lambda s: None, splits_dir=root / dirs.splits)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> Path:
+    """A working directory with the tiny synthetic dataset generated and preprocessed (shared by tests)."""
+    from benchmark.config import validate_config
+
     root = tmp_path_factory.mktemp("tiny")
     cfg = validate_config(tiny_config())
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    settings = dataset_settings(cfg, "synthetic-av")
-    ds = DATASETS.get("synthetic-av")(settings)
-    ds.download(root / "data/raw/synthetic-av", workers=2)
-    preprocess(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", settings["preprocess"], workers=2, log=lambda s: None)
-    write_splits(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", log=lambda s: None)
+    build_data(root, cfg)
     return root
+
+
+def tiny_data_dirs():
+    """The data folders of the tiny config (relative: tests that use them run inside the tiny workspace)."""
+    return data_dirs(tiny_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tiny_workspace):
+    """The tiny workspace's data folders (relative to it)."""
+    return data_dirs(yaml.safe_load((tiny_workspace / "config.yaml").read_text()))
 
 
 @pytest.fixture

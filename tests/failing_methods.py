@@ -1,5 +1,6 @@
 """Methods that fail on purpose, named in test configs as user classes (``failing_methods:CrashOnce``): a training
 job that crashes once (a node lost, a preemption) and one that always crashes (out of memory)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Small fixture trees in each real dataset's native layout, naming and list formats, written with ffmpeg."""
+
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,9 @@ from benchmark.data.synthetic import _write_wav, synth_audio, synth_frames
 SR, FPS, SIZE = 16000, 4, 32
 
 
-def write_media(path: Path, label: int, seconds: float = 2.0, audio: bool = True, video: bool = True, seed: int = 0) -> Path:
+def write_media(
+    path: Path, label: int, seconds: float = 2.0, audio: bool = True, video: bool = True, seed: int = 0
+) -> Path:
     """A clip whose container and codecs follow the file extension (.wav audio only; .flv, .mp4, .avi)."""
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,7 +26,9 @@ def write_media(path: Path, label: int, seconds: float = 2.0, audio: bool = True
         wav = Path(tmp) / "a.wav"
         _write_wav(wav, sound, SR)
         if path.suffix == ".wav":
-            ffmpeg.input(str(wav)).output(str(path), acodec="pcm_s16le").overwrite_output().run(cmd=ffmpeg_exe(), quiet=True)
+            ffmpeg.input(str(wav)).output(str(path), acodec="pcm_s16le").overwrite_output().run(
+                cmd=ffmpeg_exe(), quiet=True
+            )
             return path
         frames = synth_frames(label % 8, rng, FPS, seconds, SIZE, 0.3, 0.1)
         streams = []
@@ -31,14 +36,17 @@ def write_media(path: Path, label: int, seconds: float = 2.0, audio: bool = True
             streams.append(ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{SIZE}x{SIZE}", framerate=FPS))
         if audio:
             streams.append(ffmpeg.input(str(wav)))
-        codecs = {".flv": ("flv1", "libmp3lame"), ".avi": ("mpeg4", "libmp3lame"), ".mp4": ("libx264", "aac")}[path.suffix]
+        codecs = {".flv": ("flv1", "libmp3lame"), ".avi": ("mpeg4", "libmp3lame"), ".mp4": ("libx264", "aac")}[
+            path.suffix
+        ]
         kwargs = {}
         if video:
             kwargs.update(vcodec=codecs[0], pix_fmt="yuv420p")
         if audio:
             kwargs.update(acodec=codecs[1], ar=22050 if path.suffix == ".flv" else SR)
         ffmpeg.output(*streams, str(path), **kwargs).overwrite_output().run(
-            cmd=ffmpeg_exe(), input=frames.tobytes() if video else None, quiet=True)
+            cmd=ffmpeg_exe(), input=frames.tobytes() if video else None, quiet=True
+        )
     return path
 
 
@@ -55,7 +63,9 @@ def cremad_tree(root: Path, actors=range(1001, 1007), extra_listed: int = 1) -> 
     listed = stems + ["1091_IEO_HAP_HI"][:extra_listed]
     with (root / "summaryTable.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["", "FileName", "VoiceVote", "VoiceLevel", "FaceVote", "FaceLevel", "MultiModalVote", "MultiModalLevel"])
+        w.writerow(
+            ["", "FileName", "VoiceVote", "VoiceLevel", "FaceVote", "FaceLevel", "MultiModalVote", "MultiModalLevel"]
+        )
         for i, stem in enumerate(listed):
             w.writerow([i, stem, stem.split("_")[2][0], 50, "", "", "", ""])
     return stems
@@ -90,8 +100,12 @@ def kinetics_tree(root: Path, lists: Path) -> list[str]:
             split = "train" if i < 3 else "validate"
             ytid, start = f"yt{c}{i}abcdefg", 10 * i
             write_media(root / split / label / f"{ytid}_{start:06d}_{start + 10:06d}.mp4", c, seed=c * 10 + i)
-            rows[split].append({"label": label, "youtube_id": ytid, "time_start": start, "time_end": start + 10, "split": split})
-    rows["train"].append({"label": "bowling", "youtube_id": "ytgoneabcdef", "time_start": 0, "time_end": 10, "split": "train"})
+            rows[split].append(
+                {"label": label, "youtube_id": ytid, "time_start": start, "time_end": start + 10, "split": split}
+            )
+    rows["train"].append(
+        {"label": "bowling", "youtube_id": "ytgoneabcdef", "time_start": 0, "time_end": 10, "split": "train"}
+    )
     for split, entries in rows.items():
         with (lists / f"{split}.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["label", "youtube_id", "time_start", "time_end", "split"])
@@ -126,7 +140,9 @@ def ucf101_tree(root: Path) -> None:
             entries.append((cls, name, g))
     for k in (1, 2, 3):  # fold k tests on groups 2k-1, 2k
         test_groups = {2 * k - 1, 2 * k}
-        (lists / f"trainlist0{k}.txt").write_text("".join(f"{c}/{n}.avi {classes.index(c) + 1}\n" for c, n, g in entries if g not in test_groups))
+        (lists / f"trainlist0{k}.txt").write_text(
+            "".join(f"{c}/{n}.avi {classes.index(c) + 1}\n" for c, n, g in entries if g not in test_groups)
+        )
         (lists / f"testlist0{k}.txt").write_text("".join(f"{c}/{n}.avi\n" for c, n, g in entries if g in test_groups))
 
 
@@ -137,7 +153,13 @@ def video_folder_tree(root: Path, with_split: bool) -> None:
         for i in range(6):
             rel = f"clips/{label}/{i}.mp4"
             write_media(root / rel, c, seed=c * 10 + i)
-            rows.append({"path": rel, "label": label, **({"split": ["train", "train", "train", "val", "test", "test"][i]} if with_split else {})})
+            rows.append(
+                {
+                    "path": rel,
+                    "label": label,
+                    **({"split": ["train", "train", "train", "val", "test", "test"][i]} if with_split else {}),
+                }
+            )
     with (root / "labels.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

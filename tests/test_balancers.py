@@ -1,4 +1,5 @@
 """Each balancing rule on a hand-computed case, and at gradient level: which parameters, scaled by how much."""
+
 from __future__ import annotations
 
 import math
@@ -39,15 +40,16 @@ def is_conv_weight(model, name: str) -> bool:
 
 # --- OGM / OGM-GE ---------------------------------------------------------------------------------------
 
+
 def test_ogm_scores_and_coefficients_hand_computed():
     y = torch.tensor([0, 1])
-    audio = torch.log(torch.tensor([[0.8, 0.2], [0.4, 0.6]]))   # p(y) = 0.8, 0.6 -> s_a = 1.4
+    audio = torch.log(torch.tensor([[0.8, 0.2], [0.4, 0.6]]))  # p(y) = 0.8, 0.6 -> s_a = 1.4
     visual = torch.log(torch.tensor([[0.5, 0.5], [0.7, 0.3]]))  # p(y) = 0.5, 0.3 -> s_v = 0.8
     scores = ogm_scores({"audio": audio, "visual": visual}, y)
     assert scores.tolist() == pytest.approx([1.4, 0.8], abs=1e-6)
     rho, k = ogm_coefficients(scores, alpha=0.5)
     assert rho.tolist() == pytest.approx([1.75, 0.8 / 1.4], abs=1e-6)  # ρ_a = s_a/s_v, ρ_v = s_v/s_a
-    assert k.tolist() == pytest.approx([0.2960944, 1.0], abs=1e-6)    # 1 - tanh(0.5 * 1.75); visual untouched
+    assert k.tolist() == pytest.approx([0.2960944, 1.0], abs=1e-6)  # 1 - tanh(0.5 * 1.75); visual untouched
 
 
 def test_ogm_tie_slows_audio_as_the_official_code():
@@ -85,7 +87,10 @@ def test_ogm_scales_only_the_dominant_encoders_conv_weights():
         out = model(inputs)
         w, b = model.fusion.head.weight, model.fusion.head.bias
         d = out.features["audio"].shape[1]
-        manual = {"audio": out.features["audio"] @ w[:, :d].T + b / 2, "visual": out.features["visual"] @ w[:, d:].T + b / 2}
+        manual = {
+            "audio": out.features["audio"] @ w[:, :d].T + b / 2,
+            "visual": out.features["visual"] @ w[:, d:].T + b / 2,
+        }
         _, k_expected = ogm_coefficients(ogm_scores(manual, y), 0.5)
     k = torch.stack([ogm.k["audio"], ogm.k["visual"]])
     torch.testing.assert_close(k, k_expected)
@@ -112,7 +117,9 @@ def test_ogm_modulate_all_scales_every_encoder_parameter():
             torch.testing.assert_close(g, ogm.k[name.split(".")[1]] * ref[name])
         else:
             torch.testing.assert_close(g, ref[name])
-    assert len(modulated_parameters(model.encoders["audio"], "all")) > len(modulated_parameters(model.encoders["audio"], "conv"))
+    assert len(modulated_parameters(model.encoders["audio"], "all")) > len(
+        modulated_parameters(model.encoders["audio"], "conv")
+    )
 
 
 def test_ogm_window_is_inclusive_and_nothing_changes_outside():
@@ -154,6 +161,7 @@ def test_ogm_ge_adds_noise_to_both_encoders_conv_weights_only():
 
 # --- Multi-Loss / MLB -----------------------------------------------------------------------------------
 
+
 def test_mlb_coefficients_hand_computed():
     r, k = mlb_coefficients(torch.tensor([0.8, 0.4]), alpha=0.5, beta_max=10)
     assert r.tolist() == pytest.approx([0.5, 2.0])
@@ -184,7 +192,9 @@ def test_mlb_scales_encoder_unimodal_head_and_fused_head_slice(fusion):
     got = grads_after(model, mlb, inputs, y)
     with torch.no_grad():
         out = model(inputs)
-        scores = torch.stack([torch.softmax(out.unimodal[m], 1).gather(1, y[:, None]).mean() for m in ("audio", "visual")])
+        scores = torch.stack(
+            [torch.softmax(out.unimodal[m], 1).gather(1, y[:, None]).mean() for m in ("audio", "visual")]
+        )
     _, k = mlb_coefficients(scores, 0.5, 10)
     k = dict(zip(("audio", "visual"), k))
     assert not torch.allclose(k["audio"], torch.tensor(1.0))
@@ -204,6 +214,7 @@ def test_mlb_scales_encoder_unimodal_head_and_fused_head_slice(fusion):
 
 # --- G-Blend --------------------------------------------------------------------------------------------
 
+
 def test_gblend_weights_hand_computed():
     G = {"audio": 0.2, "visual": 0.5, "fused": 0.4}
     O = {"audio": 0.4, "visual": 0.5, "fused": 0.2}
@@ -214,9 +225,11 @@ def test_gblend_weights_hand_computed():
 
 def test_gblend_weights_from_train_and_validation_losses():
     # per head: loss on the held-out set V and the train subset T' at N (before) and N+n (after)
-    losses = {"audio": ({"V": 2.0, "T'": 2.1}, {"V": 1.2, "T'": 0.6}),    # G = 0.8, O = 0.6 + 0.1 = 0.7
-              "visual": ({"V": 2.1, "T'": 2.1}, {"V": 1.6, "T'": 1.4}),   # G = 0.5, O = 0.2
-              "fused": ({"V": 2.0, "T'": 2.0}, {"V": 1.0, "T'": 0.2})}    # G = 1.0, O = 0.8
+    losses = {
+        "audio": ({"V": 2.0, "T'": 2.1}, {"V": 1.2, "T'": 0.6}),  # G = 0.8, O = 0.6 + 0.1 = 0.7
+        "visual": ({"V": 2.1, "T'": 2.1}, {"V": 1.6, "T'": 1.4}),  # G = 0.5, O = 0.2
+        "fused": ({"V": 2.0, "T'": 2.0}, {"V": 1.0, "T'": 0.2}),
+    }  # G = 1.0, O = 0.8
     G, O = {}, {}
     for head, (before, after) in losses.items():
         G[head], O[head] = generalization_overfitting(before, after, "loss")
@@ -244,11 +257,17 @@ def test_gblend_loss_is_the_weighted_sum_of_head_losses(tmp_path):
     inputs, y = small_batch()
     model = small_model("concat", unimodal_heads=True)
     path = tmp_path / "w.json"
-    path.write_text(json.dumps({"weights": {"audio": 0.2, "visual": 0.5, "fused": 0.3}, "init_fingerprint": fingerprint(model)}))
+    path.write_text(
+        json.dumps({"weights": {"audio": 0.2, "visual": 0.5, "fused": 0.3}, "init_fingerprint": fingerprint(model)})
+    )
     gb = GBlend()
     gb.setup(model, RunContext(**CTX, artifacts={"gblend_weights": path}))
     out = model(inputs)
-    expected = 0.3 * F.cross_entropy(out.logits, y) + 0.2 * F.cross_entropy(out.unimodal["audio"], y) + 0.5 * F.cross_entropy(out.unimodal["visual"], y)
+    expected = (
+        0.3 * F.cross_entropy(out.logits, y)
+        + 0.2 * F.cross_entropy(out.unimodal["audio"], y)
+        + 0.5 * F.cross_entropy(out.unimodal["visual"], y)
+    )
     torch.testing.assert_close(gb.loss(out, y), expected)
 
 
@@ -258,10 +277,18 @@ def test_gblend_refuses_weights_estimated_from_another_initial_model(tmp_path):
     from benchmark.models.model import fingerprint
 
     path = tmp_path / "w.json"
-    path.write_text(json.dumps({"weights": {"audio": 0.2, "visual": 0.5, "fused": 0.3},
-                                "init_fingerprint": fingerprint(small_model("concat", unimodal_heads=True, seed=1))}))
+    path.write_text(
+        json.dumps(
+            {
+                "weights": {"audio": 0.2, "visual": 0.5, "fused": 0.3},
+                "init_fingerprint": fingerprint(small_model("concat", unimodal_heads=True, seed=1)),
+            }
+        )
+    )
     with pytest.raises(ValueError, match="different initial model"):
-        GBlend().setup(small_model("concat", unimodal_heads=True, seed=0), RunContext(**CTX, artifacts={"gblend_weights": path}))
+        GBlend().setup(
+            small_model("concat", unimodal_heads=True, seed=0), RunContext(**CTX, artifacts={"gblend_weights": path})
+        )
 
 
 def test_joint_is_plain_cross_entropy():

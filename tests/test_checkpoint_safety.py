@@ -1,4 +1,5 @@
 """Checkpoints load with ``weights_only=True``: every RNG stream survives, and a file that would run code is refused."""
+
 from __future__ import annotations
 
 import random
@@ -26,9 +27,13 @@ class _Payload:
 
 
 def _draws(generator: torch.Generator) -> dict:
-    return {"torch": torch.rand(5), "loader": torch.randperm(20, generator=generator),
-            "numpy": np.random.rand(5), "numpy_normal": np.random.standard_normal(3),
-            "python": [random.random() for _ in range(5)]}
+    return {
+        "torch": torch.rand(5),
+        "loader": torch.randperm(20, generator=generator),
+        "numpy": np.random.rand(5),
+        "numpy_normal": np.random.standard_normal(3),
+        "python": [random.random() for _ in range(5)],
+    }
 
 
 def _training_state(generator: torch.Generator):
@@ -44,14 +49,29 @@ def _training_state(generator: torch.Generator):
     np.random.standard_normal()  # an odd number of normals: NumPy's state caches the second one (has_gauss = 1)
     generator.manual_seed(5)
     torch.randperm(7, generator=generator)
-    history = [{"epoch": 0, "lr": 0.1, "train_loss": 1.25, "train_acc": 0.5, "val_accuracy": 0.4},
-               {"epoch": 1, "lr": 0.05, "train_loss": 0.75, "train_acc": 0.625, "val_accuracy": 0.45, "ogr": float("nan")}]
-    result = FitResult(history=history, seconds_per_epoch=[0.5, 0.25], best_epoch=1,
-                       best_state={k: v.detach().clone() for k, v in model.state_dict().items()},
-                       initial={"train_eval_loss": 1.5, "val_loss": 1.6})
-    state = {"settings_hash": "abc123", "epoch": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "balancer": {"coef": torch.tensor([0.5, 0.25]), "steps": 3, "note": None},
-             "rng": rng_state(generator), "result": result, "history": history, "best_acc": 0.45}
+    history = [
+        {"epoch": 0, "lr": 0.1, "train_loss": 1.25, "train_acc": 0.5, "val_accuracy": 0.4},
+        {"epoch": 1, "lr": 0.05, "train_loss": 0.75, "train_acc": 0.625, "val_accuracy": 0.45, "ogr": float("nan")},
+    ]
+    result = FitResult(
+        history=history,
+        seconds_per_epoch=[0.5, 0.25],
+        best_epoch=1,
+        best_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        initial={"train_eval_loss": 1.5, "val_loss": 1.6},
+    )
+    state = {
+        "settings_hash": "abc123",
+        "epoch": 1,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "balancer": {"coef": torch.tensor([0.5, 0.25]), "steps": 3, "note": None},
+        "rng": rng_state(generator),
+        "result": result,
+        "history": history,
+        "best_acc": 0.45,
+    }
     return model, optimizer, scheduler, state
 
 

@@ -1,5 +1,6 @@
 """Every balancer × fusion the grid schedules trains one epoch on the built-in data with every backbone; every
 combination it does not schedule has a reason."""
+
 from __future__ import annotations
 
 import math
@@ -7,21 +8,20 @@ import math
 import pytest
 import torch
 
-from benchmark.config import component_class, dataset_settings, registry, validate_config
-from benchmark.data.datasets import DATASETS
-from benchmark.data.preprocess import preprocess
-from benchmark.data.splits import write_splits
+from benchmark.config import component_class, registry, validate_config
 from benchmark.estimate import estimate_gblend
 from benchmark.grid import grid_runs
 from benchmark.run import execute_run, train_run
-from tests.conftest import tiny_config
+from tests.conftest import build_data, tiny_config
 
 pytestmark = pytest.mark.slow
 BACKBONES = ["small_cnn", "resnet18", "conformer", "r2plus1d_18"]
 
 
 def micro_config(backbone: str) -> dict:
-    cfg = tiny_config(backbones=[backbone], fusions=registry("fusions").names(), balancers=registry("balancers").names())
+    cfg = tiny_config(
+        backbones=[backbone], fusions=registry("fusions").names(), balancers=registry("balancers").names()
+    )
     cfg["datasets"]["synthetic-av"]["generate"].update(num_clips=32, size=16)
     cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=8)
     cfg["datasets"]["synthetic-av"]["preprocess"]["audio"].update(n_mels=16, hop_length=4000)
@@ -34,11 +34,7 @@ def micro_config(backbone: str) -> dict:
 @pytest.fixture(scope="module")
 def micro_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("micro")
-    settings = dataset_settings(micro_config("small_cnn"), "synthetic-av")
-    ds = DATASETS.get("synthetic-av")(settings)
-    ds.download(root / "data/raw/synthetic-av", workers=2)
-    preprocess(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", settings["preprocess"], workers=2, log=lambda s: None)
-    write_splits(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", log=lambda s: None)
+    build_data(root, micro_config("small_cnn"))
     return root
 
 
@@ -71,7 +67,9 @@ def test_every_scheduled_combination_trains_and_every_other_has_a_reason(micro_w
     mixing = {f for f in fusions if not component_class(cfg, "fusions", f).modality_logits_exact}
     expected = {("mmcosine", f) for f in mixing}
     merged = {f for f in fusions if not component_class(cfg, "fusions", f).per_modality_features}  # mid_concat
-    expected |= {(b, f) for b in balancers for f in merged if component_class(cfg, "balancers", b).needs_modality_features}
+    expected |= {
+        (b, f) for b in balancers for f in merged if component_class(cfg, "balancers", b).needs_modality_features
+    }
     if not component_class(cfg, "backbones", backbone).has_blocks():  # fusions between blocks need blocks
         expected |= {(b, f) for b in balancers for f in fusions if component_class(cfg, "fusions", f).needs_blocks}
     assert set(not_scheduled) == expected

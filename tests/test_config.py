@@ -1,4 +1,5 @@
 """Bad configs stop before any job is built, with a message naming the key path."""
+
 from __future__ import annotations
 
 import subprocess
@@ -48,7 +49,45 @@ def test_out_of_range_value(cfg):
     assert error_of(cfg).key == "balancers.mlb.beta_max"
 
 
-@pytest.mark.parametrize("axis,bad", [("balancers", "ogmm"), ("fusions", "concatt"), ("backbones", "resnet19"), ("datasets", "cremad2")])
+@pytest.mark.parametrize(
+    "axis,name,key,value,message",
+    [
+        ("balancers", "ogm_ge", "alpha", "0.8", "valid number"),  # a string is not converted
+        ("balancers", "ogm_ge", "alpha", True, "valid number"),  # nor a bool
+        ("balancers", "ogm_ge", "alpha", -0.1, "greater than 0"),
+        ("balancers", "ogm_ge", "modulate", "linear", "'conv' or 'all'"),
+        ("balancers", "ogm_ge", "end_epoch", 2.5, "valid integer"),
+        ("balancers", "gblend", "holdout_fraction", 0.5, "less than 0.5"),
+        ("balancers", "gblend", "estimate_epochs", 0, "greater than or equal to 1"),
+        ("balancers", "mslr", "initial", {"audio": 0}, "greater than 0 at audio"),
+        ("balancers", "dropout", "p", 1.0, "less than 1"),
+        ("fusions", "transformer", "heads", 0, "greater than or equal to 1"),
+        ("fusions", "nl_gate", "queries", [], "at least 1 item"),
+        ("backbones", "small_cnn", "weights", 3, "valid string"),
+    ],
+)
+def test_parameters_are_checked_against_what_the_class_declares(cfg, axis, name, key, value, message):
+    cfg[axis].setdefault(name, {})[key] = value
+    if name not in cfg["grid"][0][axis]:
+        cfg["grid"][0][axis].append(name)
+    err = error_of(cfg)
+    assert err.key == f"{axis}.{name}.{key}" and message in str(err), str(err)
+    cfg[axis][name].pop(key)
+    validate_config(cfg)  # the declared default is valid
+
+
+def test_a_built_in_methods_parameters_have_no_schema_entry_of_their_own():
+    """Declared once, in the class: adding a built-in method touches its own module only."""
+    from benchmark.config import load_schema
+
+    schema = load_schema()
+    for axis in ("balancers", "fusions", "backbones"):
+        assert "properties" not in schema["properties"][axis], axis
+
+
+@pytest.mark.parametrize(
+    "axis,bad", [("balancers", "ogmm"), ("fusions", "concatt"), ("backbones", "resnet19"), ("datasets", "cremad2")]
+)
 def test_unknown_name_in_grid_lists_known_names(cfg, axis, bad):
     cfg["grid"][0][axis].append(bad)
     err = error_of(cfg)
@@ -84,7 +123,8 @@ def test_user_class_parameters_are_checked(cfg, tmp_path, monkeypatch):
         "from benchmark.balancers.joint import Joint\n"
         "class Mine(Joint):\n"
         "    def __init__(self, *, gamma: float = 1.0):\n"
-        "        super().__init__()\n        self.gamma = gamma\n")
+        "        super().__init__()\n        self.gamma = gamma\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg["balancers"]["mine"] = {"class": "my_methods:Mine", "gama": 2}
     cfg["grid"][0]["balancers"].append("mine")
@@ -114,25 +154,76 @@ def test_snakemake_stops_on_a_bad_config_before_building_jobs(tmp_path, cfg):
     cfg["train"]["epohcs"] = 3
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                          "--configfile", str(bad), "--cores", "1"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(bad),
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode != 0
     assert "train.epohcs" in res.stdout + res.stderr
     assert "Job stats" not in res.stdout + res.stderr
 
 
 def test_cli_list_and_check():
-    out = subprocess.run([sys.executable, "-m", "benchmark", "list", "balancers"], capture_output=True, text=True, check=True).stdout.split()
-    assert out == sorted(["joint", "unimodal", "ogm", "ogm_ge", "multi_loss", "mlb", "gblend", "gblend_online", "aux_loss",
-                          "mslr", "agm", "pmr", "mmcosine", "modality_dropout", "dropout", "pretrain", "early_stop"])
-    expected = {"fusions": ["concat", "sum", "mid_mlp", "film", "gated", "transformer", "lmf"],
-                "backbones": ["resnet18", "small_cnn", "conformer", "r2plus1d_18"], "datasets": ["synthetic-av"]}
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark", "list", "balancers"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == sorted(
+        [
+            "joint",
+            "unimodal",
+            "ogm",
+            "ogm_ge",
+            "multi_loss",
+            "mlb",
+            "gblend",
+            "gblend_online",
+            "aux_loss",
+            "mslr",
+            "agm",
+            "pmr",
+            "mmcosine",
+            "modality_dropout",
+            "dropout",
+            "pretrain",
+            "early_stop",
+        ]
+    )
+    expected = {
+        "fusions": ["concat", "sum", "mid_mlp", "film", "gated", "transformer", "lmf"],
+        "backbones": ["resnet18", "small_cnn", "conformer", "r2plus1d_18"],
+        "datasets": ["synthetic-av"],
+    }
     for axis, names in expected.items():
-        listed = subprocess.run([sys.executable, "-m", "benchmark", "list", axis], capture_output=True, text=True, check=True).stdout.split()
+        listed = subprocess.run(
+            [sys.executable, "-m", "benchmark", "list", axis], capture_output=True, text=True, check=True
+        ).stdout.split()
         assert set(names) <= set(listed), axis
-    res = subprocess.run([sys.executable, "-m", "benchmark", "check", "--config", str(REPO / "config.yaml")], capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmark", "check", "--config", str(REPO / "config.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     runs, _ = grid_runs(validate_config(yaml.safe_load((REPO / "config.yaml").read_text())))
-    assert res.returncode == 0 and f"{len(runs)} training runs" in res.stdout and "n/a: synthetic-av/small_cnn/gated/mmcosine" in res.stdout
+    assert (
+        res.returncode == 0
+        and f"{len(runs)} training runs" in res.stdout
+        and "n/a: synthetic-av/small_cnn/gated/mmcosine" in res.stdout
+    )
 
 
 def test_per_backbone_training_overrides(cfg):
@@ -141,7 +232,11 @@ def test_per_backbone_training_overrides(cfg):
     cfg["train"]["per_backbone"] = {"resnet18": {"epochs": 2, "optimizer": {"lr": 0.5}}}
     out = validate_config(cfg)
     r18, small = train_settings(out, "resnet18"), train_settings(out, "small_cnn")
-    assert r18["epochs"] == 2 and r18["optimizer"]["lr"] == 0.5 and r18["optimizer"]["momentum"] == small["optimizer"]["momentum"]
+    assert (
+        r18["epochs"] == 2
+        and r18["optimizer"]["lr"] == 0.5
+        and r18["optimizer"]["momentum"] == small["optimizer"]["momentum"]
+    )
     assert small["epochs"] == cfg["train"]["epochs"] and "per_backbone" not in r18
     cfg["train"]["per_backbone"] = {"resnet18": {"epohcs": 2}}
     assert error_of(cfg).key == "train.per_backbone.resnet18.epohcs"

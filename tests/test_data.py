@@ -1,4 +1,5 @@
 """Dataset generation and preprocessing on real H.264/AAC clips: shapes, dtypes, determinism, bad clips."""
+
 from __future__ import annotations
 
 import csv
@@ -24,14 +25,14 @@ def settings(**generate):
     return dataset_settings(validate_config(cfg), "synthetic-av")
 
 
-def test_generated_layout_and_preprocessed_tensors(tiny_workspace):
-    raw = tiny_workspace / "data/raw/synthetic-av"
+def test_generated_layout_and_preprocessed_tensors(tiny_workspace, tiny_dirs):
+    raw = tiny_workspace / tiny_dirs.raw
     rows = read_manifest(raw / "manifest.csv")
     assert len(rows) == 48 and all((raw / r["path"]).stat().st_size > 0 for r in rows)
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     for split in ("train", "val", "test"):  # stratified: every class in every split
         assert len({r["label"] for r in rows if r["split"] == split}) == 8
-    processed = tiny_workspace / "data/processed/synthetic-av"
+    processed = tiny_workspace / tiny_dirs.processed
     info = json.loads((processed / "info.json").read_text())
     assert info["clips"] == 48 and info["rejected"] == 0
     data = torch.load(processed / "clips.pt", weights_only=True)
@@ -41,28 +42,35 @@ def test_generated_layout_and_preprocessed_tensors(tiny_workspace):
     assert data["visual"].dtype == torch.uint8 and tuple(data["visual"].shape) == frames_expected
     assert data["audio"].dtype == torch.float16 and data["audio"].shape[:2] == (n, 1)
     assert data["audio"].shape[2] == s["audio"]["n_mels"]
-    assert data["audio"].shape[3] == int(s["audio"]["sample_rate"] * s["audio"]["duration"]) // s["audio"]["hop_length"] + 1
+    assert (
+        data["audio"].shape[3]
+        == int(s["audio"]["sample_rate"] * s["audio"]["duration"]) // s["audio"]["hop_length"] + 1
+    )
     assert torch.isfinite(data["audio"].float()).all()
     assert data["label"].dtype == torch.long and len(data["clip_id"]) == n
     # the split step follows the manifest's split column: every part exactly as listed
     for part in ("train", "val", "test"):
-        assert set(load_part(processed, "main", part).ids()) == {r["clip_id"] for r in rows if r["split"] == part}
+        assert set(load_part(processed, "main", part, splits_dir=tiny_workspace / tiny_dirs.splits).ids()) == {
+            r["clip_id"] for r in rows if r["split"] == part
+        }
 
 
-def test_generation_is_deterministic_for_a_seed(tmp_path, tiny_workspace):
+def test_generation_is_deterministic_for_a_seed(tmp_path, tiny_workspace, tiny_dirs):
     s = settings()
     ds = DATASETS.get("synthetic-av")(s)
     ds.download(tmp_path / "raw", workers=2)
     preprocess(ds, tmp_path / "raw", tmp_path / "proc", s["preprocess"], workers=2, log=lambda m: None)
     a = torch.load(tmp_path / "proc/clips.pt", weights_only=True)
-    b = torch.load(tiny_workspace / "data/processed/synthetic-av/clips.pt", weights_only=True)
+    b = torch.load(tiny_workspace / tiny_dirs.processed / "clips.pt", weights_only=True)
     for key in ("audio", "visual", "label"):
         assert torch.equal(a[key], b[key]), key
     other = settings(seed=1)
     ds1 = DATASETS.get("synthetic-av")(other)
     ds1.download(tmp_path / "raw1", workers=2)
     clip = "clips/clip_00000.mp4"
-    assert not np.array_equal(decode_frames(tmp_path / "raw1" / clip, 2, 16), decode_frames(tmp_path / "raw" / clip, 2, 16))
+    assert not np.array_equal(
+        decode_frames(tmp_path / "raw1" / clip, 2, 16), decode_frames(tmp_path / "raw" / clip, 2, 16)
+    )
 
 
 def test_classes_are_three_bits_split_between_the_modalities():
@@ -86,9 +94,9 @@ def _clip_without(stream: str, src, dst) -> None:
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(src), flag, "-c", "copy", str(dst)], check=True)
 
 
-def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace):
+def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace, tiny_dirs):
     raw = tmp_path / "raw"
-    shutil.copytree(tiny_workspace / "data/raw/synthetic-av", raw)
+    shutil.copytree(tiny_workspace / tiny_dirs.raw, raw)
     rows = read_manifest(raw / "manifest.csv")
     good = raw / rows[0]["path"]
     (raw / "clips/truncated.mp4").write_bytes(good.read_bytes()[:2000])
@@ -96,8 +104,14 @@ def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace)
     _clip_without("audio", good, raw / "clips/silent.mp4")
     _clip_without("video", good, raw / "clips/blind.mp4")
     (raw / "clips/folder.mp4").mkdir()  # a path that cannot be read as a file
-    planted = {"truncated": "corrupt or truncated file", "empty": "empty file (0 bytes)", "silent": "no audio stream",
-               "blind": "no video stream", "missing": "file not found", "folder": "unreadable file"}
+    planted = {
+        "truncated": "corrupt or truncated file",
+        "empty": "empty file (0 bytes)",
+        "silent": "no audio stream",
+        "blind": "no video stream",
+        "missing": "file not found",
+        "folder": "unreadable file",
+    }
     extra = [{"clip_id": k, "path": f"clips/{k}.mp4", "label": "class0", "split": "train"} for k in planted]
     extra.append({"clip_id": "badlabel", "path": rows[0]["path"], "label": "class99", "split": "train"})
     planted["badlabel"] = "label not in class list"
@@ -137,9 +151,15 @@ def test_train_time_augmentation_is_per_clip_seeded_and_training_only():
     torch.manual_seed(1)
     cropped = augment_frames(x.clone(), hflip=False, crop_scale=(0.25, 0.5))
     assert cropped.shape == x.shape and not torch.equal(cropped, x)
-    prep = BatchPreparer({"visual": {"source": "video"}}, {"mean": [0.0] * 3, "std": [1 / 255] * 3, "augment": {"hflip": True}},
-                         torch.device("cpu"))
-    batch = {"visual": torch.randint(0, 255, (8, 2, 3, 4, 4), dtype=torch.uint8), "label": torch.zeros(8, dtype=torch.long)}
+    prep = BatchPreparer(
+        {"visual": {"source": "video"}},
+        {"mean": [0.0] * 3, "std": [1 / 255] * 3, "augment": {"hflip": True}},
+        torch.device("cpu"),
+    )
+    batch = {
+        "visual": torch.randint(0, 255, (8, 2, 3, 4, 4), dtype=torch.uint8),
+        "label": torch.zeros(8, dtype=torch.long),
+    }
     assert torch.equal(prep(batch)[0]["visual"], batch["visual"].float())  # evaluation: never augmented
     torch.manual_seed(2)
     assert not torch.equal(prep(batch, train=True)[0]["visual"], batch["visual"].float())

@@ -1,5 +1,6 @@
 """The G-Blend paper's full setting: multi-label targets and metrics, Algorithm 1, optical flow, K clips per video,
 the regularisation and architecture baselines, modality subsets, and a three-modality multi-label DAG run."""
+
 from __future__ import annotations
 
 import math
@@ -13,16 +14,23 @@ from torch.nn import functional as F
 
 from benchmark.balancers.base import BALANCERS, RunContext
 from benchmark.balancers.gblend import carve_holdout
-from benchmark.config import ConfigError, dataset_settings, validate_config
+from benchmark.config import ConfigError, dataset_settings, load_config, validate_config
 from benchmark.data.balance import balance_multilabel
 from benchmark.data.preprocess import optical_flow, window_starts
 from benchmark.grid import RunSpec, grid_runs
-from benchmark.settings import Resolver
-from benchmark.metrics import accuracy, classification_metrics, mean_auc, multilabel_average_precision, roc_auc, task_loss
+from benchmark.metrics import (
+    accuracy,
+    classification_metrics,
+    mean_auc,
+    multilabel_average_precision,
+    roc_auc,
+    task_loss,
+)
 from benchmark.models.backbones import BACKBONES, ResNet18, SmallCNN
 from benchmark.models.fusions import FUSIONS
 from benchmark.models.stream_fusions import temporal_vectors
-from tests.conftest import REPO, default_config, tiny_config
+from benchmark.settings import Resolver
+from tests.conftest import REPO, data_dirs, default_config, tiny_config
 
 
 # --- multi-label metrics and loss ----------------------------------------------------------------------------------
@@ -34,8 +42,10 @@ def test_multilabel_loss_is_mean_binary_cross_entropy_by_hand():
 
 
 def test_multilabel_map_mauc_and_topk_by_hand():
-    # class 0: scores 0.9 (+), 0.8 (−), 0.1 (+) -> AP = (1/2)(1/1) + (1/2)(2/3) = 5/6; AUC = 1/2 (pairs: (0.9>0.8) yes, (0.1>0.8) no)
-    # class 1: scores 0.2 (−), 0.7 (+), 0.7 (−) -> AP: the tie at 0.7 is one threshold, P = 1/2 -> AP = 1/2; AUC = (1 + 0.5)/2 = 3/4
+    # class 0: scores 0.9 (+), 0.8 (−), 0.1 (+) -> AP = (1/2)(1/1) + (1/2)(2/3) = 5/6; AUC = 1/2 (pairs: (0.9>0.8)
+    # yes, (0.1>0.8) no)
+    # class 1: scores 0.2 (−), 0.7 (+), 0.7 (−) -> AP: the tie at 0.7 is one threshold, P = 1/2 -> AP = 1/2; AUC = (1
+    # + 0.5)/2 = 3/4
     probs = torch.tensor([[0.9, 0.2], [0.8, 0.7], [0.1, 0.7]])
     y = torch.tensor([[1, 0], [0, 1], [1, 0]])
     logits = torch.logit(probs.double())
@@ -43,7 +53,8 @@ def test_multilabel_map_mauc_and_topk_by_hand():
     assert roc_auc(logits[:, 1], y[:, 1]) == pytest.approx(0.75)
     assert multilabel_average_precision(logits, y) == pytest.approx((5 / 6 + 1 / 2) / 2)
     assert mean_auc(logits, y) == pytest.approx((0.5 + 0.75) / 2)
-    # top-1 "hit": the highest-scored class is a label — rows 0 yes (0.9, class 0), 1 no (class 0), 2 yes (class 1?) no: 0.7 is class 1, label 0
+    # top-1 "hit": the highest-scored class is a label — rows 0 yes (0.9, class 0), 1 no (class 0), 2 yes (class 1?)
+    # no: 0.7 is class 1, label 0
     assert accuracy(logits, y) == pytest.approx(1 / 3)
     assert accuracy(logits, y, k=2) == pytest.approx(1.0)
 
@@ -84,8 +95,14 @@ class ScriptedDraws:
 
 
 def test_algorithm_1_on_a_hand_traced_manifest():
-    rows = [{"clip_id": "c0", "label": "a;b"}, {"clip_id": "c1", "label": "a"}, {"clip_id": "c2", "label": "a;rare"},
-            {"clip_id": "c3", "label": "b"}, {"clip_id": "c4", "label": "rare2"}, {"clip_id": "c5", "label": "a;b"}]
+    rows = [
+        {"clip_id": "c0", "label": "a;b"},
+        {"clip_id": "c1", "label": "a"},
+        {"clip_id": "c2", "label": "a;rare"},
+        {"clip_id": "c3", "label": "b"},
+        {"clip_id": "c4", "label": "rare2"},
+        {"clip_id": "c5", "label": "a;b"},
+    ]
     # volumes in D: a 4, b 3, rare 1, rare2 1 -> with M = 2, 'rare' and 'rare2' are removed; c4 has no label left
     # N = 2. Visit order c0, c1, c2, c3, c4, c5:
     #  c0 {a, b}: V'a = V'b = 0, b rarer in D -> c = b; r in [0, 3]: draw 1 < 2 - 0 -> select (V'a 1, V'b 1)
@@ -134,14 +151,19 @@ def test_balance_needs_a_multilabel_dataset_and_names_the_key():
 
 def test_balance_settings_do_not_change_other_datasets_hashes():
     cfg = validate_config(default_config())
-    assert "balance" not in dataset_settings(cfg, "synthetic-av") and "modalities" not in dataset_settings(cfg, "synthetic-av")
+    assert "balance" not in dataset_settings(cfg, "synthetic-av") and "modalities" not in dataset_settings(
+        cfg, "synthetic-av"
+    )
     assert dataset_settings(cfg, "synthetic-ml")["balance"]["target_class_volume"] == 60
 
 
-# --- optical flow, K clips per video -----------------------------------------------------------------------------------
+# --- optical flow, K clips per video -----------------------------------------------------------------------------
 def test_optical_flow_of_a_one_pixel_shift():
     yy, xx = np.mgrid[0:32, 0:32]
-    pattern = lambda shift: (127 + 100 * np.sin(2 * np.pi * (xx - shift) / 16) * np.cos(2 * np.pi * yy / 16)).astype(np.uint8)  # noqa: E731
+
+    def pattern(shift):
+        return (127 + 100 * np.sin(2 * np.pi * (xx - shift) / 16) * np.cos(2 * np.pi * yy / 16)).astype(np.uint8)
+
     frames = np.stack([np.repeat(pattern(s)[..., None], 3, axis=2) for s in (0, 1)])
     flow = optical_flow(frames, np.array([0, 1]), bound=4.0).astype(np.float64)
     decoded = flow / 255.0 * 8.0 - 4.0  # the uint8 code back to pixels
@@ -174,7 +196,17 @@ def test_single_label_methods_are_na_on_multilabel_data_and_others_run():
         reason = BALANCERS.get(name).not_applicable(concat, 3, multi_label=True)
         assert reason and reason.startswith("needs single-label data"), name
         assert BALANCERS.get(name).not_applicable(concat, 3, multi_label=False) is None
-    for name in ("joint", "gblend", "gblend_online", "multi_loss", "aux_loss", "dropout", "pretrain", "early_stop", "mslr"):
+    for name in (
+        "joint",
+        "gblend",
+        "gblend_online",
+        "multi_loss",
+        "aux_loss",
+        "dropout",
+        "pretrain",
+        "early_stop",
+        "mslr",
+    ):
         assert BALANCERS.get(name).not_applicable(concat, 3, multi_label=True) is None, name
 
 
@@ -187,8 +219,11 @@ def test_gblend_loss_on_multilabel_targets_is_the_weighted_bce_sum():
     gb = BALANCERS.get("aux_loss")()
     gb.setup(model, RunContext(modalities=["audio", "visual"], num_epochs=1, device=torch.device("cpu")))
     out = model(inputs)
-    by_hand = (F.binary_cross_entropy_with_logits(out.logits, y) + F.binary_cross_entropy_with_logits(out.unimodal["audio"], y)
-               + F.binary_cross_entropy_with_logits(out.unimodal["visual"], y)) / 3
+    by_hand = (
+        F.binary_cross_entropy_with_logits(out.logits, y)
+        + F.binary_cross_entropy_with_logits(out.unimodal["audio"], y)
+        + F.binary_cross_entropy_with_logits(out.unimodal["visual"], y)
+    ) / 3
     assert gb.loss(out, y).item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
@@ -202,7 +237,9 @@ def test_early_stop_trains_a_fraction_of_the_schedule():
 
 
 # --- fusions between encoder blocks ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls,kind,shape,blocks", [(SmallCNN, "frames", (2, 3, 16, 16), 4), (ResNet18, "spectrogram", (1, 32, 32), 5)])
+@pytest.mark.parametrize(
+    "cls,kind,shape,blocks", [(SmallCNN, "frames", (2, 3, 16, 16), 4), (ResNet18, "spectrogram", (1, 32, 32), 5)]
+)
 def test_blocks_compose_to_the_backbones_forward(cls, kind, shape, blocks):
     torch.manual_seed(0)
     enc = cls(kind, shape).eval()
@@ -217,8 +254,16 @@ def _streams(fusion: str, **params):
     from benchmark.models.model import build_model
 
     info = {"audio": {"source": "audio", "shape": [1, 16, 12]}, "visual": {"source": "video", "shape": [3, 3, 16, 16]}}
-    model = build_model(modality_info=info, num_classes=4, backbone_cls=SmallCNN, backbone_params={"width": 4},
-                        fusion_cls=FUSIONS.get(fusion), fusion_params=params, unimodal_heads=False, seed=0).eval()
+    model = build_model(
+        modality_info=info,
+        num_classes=4,
+        backbone_cls=SmallCNN,
+        backbone_params={"width": 4},
+        fusion_cls=FUSIONS.get(fusion),
+        fusion_params=params,
+        unimodal_heads=False,
+        seed=0,
+    ).eval()
     g = torch.Generator().manual_seed(1)
     return model, {"audio": torch.randn(2, 1, 16, 12, generator=g), "visual": torch.randn(2, 3, 3, 16, 16, generator=g)}
 
@@ -283,25 +328,48 @@ def test_mid_concat_tiles_the_other_streams_time_vectors_into_the_frames():
 
 def test_block_fusions_are_na_on_backbones_without_blocks_and_methods_without_features():
     cfg = default_config()
-    cfg["grid"] = {"datasets": ["synthetic-av"], "backbones": ["small_cnn", "conformer"], "fusions": ["se_gate", "mid_concat"],
-                   "balancers": ["joint", "ogm_ge", "dropout"], "seeds": [0]}
+    cfg["grid"] = {
+        "datasets": ["synthetic-av"],
+        "backbones": ["small_cnn", "conformer"],
+        "fusions": ["se_gate", "mid_concat"],
+        "balancers": ["joint", "ogm_ge", "dropout"],
+        "seeds": [0],
+    }
     runs, skipped = grid_runs(validate_config(cfg))
     reasons = {(s.backbone, s.fusion, s.balancer): r for s, r in skipped}
     assert "no block structure" in reasons[("conformer", "se_gate", "joint")]
     assert "per-modality" in reasons[("small_cnn", "mid_concat", "ogm_ge")]
-    assert {(s.fusion, s.balancer) for s in runs} == {("se_gate", "joint"), ("se_gate", "ogm_ge"), ("se_gate", "dropout"),
-                                                     ("mid_concat", "joint"), ("mid_concat", "dropout")}
+    assert {(s.fusion, s.balancer) for s in runs} == {
+        ("se_gate", "joint"),
+        ("se_gate", "ogm_ge"),
+        ("se_gate", "dropout"),
+        ("mid_concat", "joint"),
+        ("mid_concat", "dropout"),
+    }
 
 
 # --- modality subsets -----------------------------------------------------------------------------------------------
 def test_grid_modality_subsets_are_runs_of_their_own():
     cfg = default_config()
-    cfg["grid"] = {"datasets": ["synthetic-ml"], "backbones": ["small_cnn"], "fusions": ["concat"], "balancers": ["gblend", "unimodal"],
-                   "seeds": [0], "modalities": [["flow", "visual"], ["audio", "visual", "flow"], ["audio", "flow"]]}
+    cfg["grid"] = {
+        "datasets": ["synthetic-ml"],
+        "backbones": ["small_cnn"],
+        "fusions": ["concat"],
+        "balancers": ["gblend", "unimodal"],
+        "seeds": [0],
+        "modalities": [["flow", "visual"], ["audio", "visual", "flow"], ["audio", "flow"]],
+    }
     cfg = validate_config(cfg)
     runs, _ = grid_runs(cfg)
     methods = sorted(s.method for s in runs)
-    assert methods == ["gblend", "gblend-audio+flow", "gblend-visual+flow", "unimodal-audio", "unimodal-flow", "unimodal-visual"]
+    assert methods == [
+        "gblend",
+        "gblend-audio+flow",
+        "gblend-visual+flow",
+        "unimodal-audio",
+        "unimodal-flow",
+        "unimodal-visual",
+    ]
     spec = RunSpec.from_method("synthetic-ml", "small_cnn", "concat", "gblend-visual+flow", 0)
     resolved = Resolver(cfg).run(spec)
     assert resolved.settings["modalities"] == ["visual", "flow"]
@@ -316,9 +384,12 @@ def test_grid_modality_subsets_are_runs_of_their_own():
 # --- through the DAG ------------------------------------------------------------------------------------------------
 def gblend_setting_config() -> dict:
     """synthetic-ml (multi-label, audio + RGB + flow, 2 clips per video) shrunk to a couple of minutes."""
-    cfg = tiny_config(datasets=["synthetic-ml"], fusions=["concat", "se_gate", "mid_concat"],
-                      balancers=["joint", "unimodal", "gblend", "ogm", "early_stop"],
-                      modalities=[["audio", "visual", "flow"], ["visual", "flow"]])
+    cfg = tiny_config(
+        datasets=["synthetic-ml"],
+        fusions=["concat", "se_gate", "mid_concat"],
+        balancers=["joint", "unimodal", "gblend", "ogm", "early_stop"],
+        modalities=[["audio", "visual", "flow"], ["visual", "flow"]],
+    )
     ml = cfg["datasets"]["synthetic-ml"]
     ml["generate"].update(num_clips=64, size=32, fps=4)
     ml["balance"] = {"min_class_volume": 4, "target_class_volume": 6, "seed": 0}
@@ -330,42 +401,78 @@ def gblend_setting_config() -> dict:
 
 @pytest.mark.slow
 def test_three_modality_multilabel_run_through_the_dag(tmp_path):
-    from tests.test_workflow import job_counts, snakemake
+    from tests.test_workflow import job_counts, resolved, run_path, snakemake
 
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(gblend_setting_config()))
     dry = snakemake(tmp_path, "-n", configfile=tmp_path / "cfg.yaml")
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = job_counts(dry.stdout)
-    assert counts["balance"] == 1 and counts["estimate"] == 2 and counts["estimate_subset"] == 2
+    assert counts["balance"] == 1 and counts["estimate"] == 4  # all modalities and the [visual, flow] subset, 2 fusions
     res = snakemake(tmp_path, configfile=tmp_path / "cfg.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
 
-    report = yaml.safe_load((tmp_path / "data/raw/synthetic-ml/balance.json").read_text())
-    assert report["clips_after"] < report["clips_before"] == 64 and max(v for k, v in report["volume_after"].items() if k.startswith("class")) <= 6
-    clips = torch.load(tmp_path / "data/processed/synthetic-ml/clips.pt", weights_only=True)
+    dirs = data_dirs(load_config([tmp_path / "cfg.yaml"], base=REPO / "config.yaml"), "synthetic-ml")
+    assert dirs.manifest.startswith("manifest.balanced-")
+    report = yaml.safe_load((tmp_path / dirs.raw / dirs.balance_report).read_text())
+    assert (
+        report["clips_after"] < report["clips_before"] == 64
+        and max(v for k, v in report["volume_after"].items() if k.startswith("class")) <= 6
+    )
+    clips = torch.load(tmp_path / dirs.processed / "clips.pt", weights_only=True)
     assert clips["label"].shape == (2 * report["clips_after"], 14) and clips["flow"].shape[1:] == (2, 2, 16, 16)
-    split = pd.read_csv(tmp_path / "data/processed/synthetic-ml/splits/main.csv")
+    split = pd.read_csv(tmp_path / dirs.split_file("main"))
     split["video"] = split["clip_id"].str.split("#").str[0]
     assert (split.groupby("video")["split"].nunique() == 1).all() and (split.groupby("video").size() == 2).all()
 
-    board = pd.read_csv(tmp_path / "results/leaderboard.csv", keep_default_na=False, na_values=[""])  # 'n/a' is a status
+    board = pd.read_csv(
+        tmp_path / "results/default/leaderboard.csv", keep_default_na=False, na_values=[""]
+    )  # 'n/a' is a status
     ok = board[board["status"] == "ok"]
-    assert set(ok["method"]) == {"joint", "joint [visual+flow]", "gblend", "gblend [visual+flow]", "early_stop",
-                                 "early_stop [visual+flow]", "audio-only", "visual-only", "flow-only"}
-    for col in ("test_map_mean", "test_mauc_mean", "test_acc_mean", "test_top5_mean", "test_video_acc_mean", "test_video_top5_mean"):
+    assert set(ok["method"]) == {
+        "joint",
+        "joint [visual+flow]",
+        "gblend",
+        "gblend [visual+flow]",
+        "early_stop",
+        "early_stop [visual+flow]",
+        "audio-only",
+        "visual-only",
+        "flow-only",
+    }
+    for col in (
+        "test_map_mean",
+        "test_mauc_mean",
+        "test_acc_mean",
+        "test_top5_mean",
+        "test_video_acc_mean",
+        "test_video_top5_mean",
+    ):
         assert ok[col].between(0, 1).all(), col
     na = board[board["status"] == "n/a"].set_index(["method", "fusion"])["reason"]
-    assert na[("ogm", "concat")].startswith("needs single-label data") and "per-modality" in na[("gblend", "mid_concat")]
-    md = (tmp_path / "results/leaderboard.md").read_text()
-    assert "| test mAP | Δ vs joint | p | mAUC | top-1 | top-5 | video top-1 | video top-5 | video mAP | video mAUC |" in md
+    assert (
+        na[("ogm", "concat")].startswith("needs single-label data") and "per-modality" in na[("gblend", "mid_concat")]
+    )
+    md = (tmp_path / "results/default/leaderboard.md").read_text()
+    assert (
+        "| test mAP | Δ vs joint | p | mAUC | top-1 | top-5 | video top-1 | video top-5 | video mAP | video mAUC |"
+        in md
+    )
     assert "early stopping: trained 1 of 2 epochs" in md
 
-    metrics = yaml.safe_load((tmp_path / "results/runs/synthetic-ml/main/small_cnn/concat/gblend-visual+flow/seed0/metrics.json").read_text())
+    overlay = tmp_path / "cfg.yaml"
+    metrics = yaml.safe_load(
+        (run_path(tmp_path, overlay, "gblend-visual+flow", dataset="synthetic-ml") / "metrics.json").read_text()
+    )
     assert metrics["run"]["modalities"] == ["visual", "flow"] and metrics["run"]["multi_label"] is True
     assert metrics["selection"]["criterion"].startswith("validation mAP")
-    weights = yaml.safe_load((tmp_path / "results/gblend/synthetic-ml/main/small_cnn/concat/seed0-visual+flow.json").read_text())
+    estimate = resolved(
+        overlay, RunSpec.from_method("synthetic-ml", "small_cnn", "concat", "gblend-visual+flow", 0), "estimate"
+    )
+    weights = yaml.safe_load((tmp_path / estimate.path).read_text())
     assert set(weights["weights"]) == {"visual", "flow", "fused"}
-    es = yaml.safe_load((tmp_path / "results/runs/synthetic-ml/main/small_cnn/concat/early_stop/seed0/metrics.json").read_text())
+    es = yaml.safe_load(
+        (run_path(tmp_path, overlay, "early_stop", dataset="synthetic-ml") / "metrics.json").read_text()
+    )
     assert len(es["history"]) == 1 and es["selection"]["epochs_trained"] == 1
 
 
@@ -375,8 +482,12 @@ def test_multilabel_rows_with_no_or_unknown_labels_are_rejected_with_a_reason():
     from benchmark.data.preprocess import ClipDecoder
 
     cfg = validate_config(default_config())
-    decoder = ClipDecoder(SyntheticMultiLabel(dataset_settings(cfg, "synthetic-ml")), REPO, dataset_settings(cfg, "synthetic-ml")["preprocess"],
-                          ["a", "b", "c"])
+    decoder = ClipDecoder(
+        SyntheticMultiLabel(dataset_settings(cfg, "synthetic-ml")),
+        REPO,
+        dataset_settings(cfg, "synthetic-ml")["preprocess"],
+        ["a", "b", "c"],
+    )
     assert decoder.label({"label": "c;a"}).tolist() == [1, 0, 1]
     for label, reason in (("", "no label"), (" ; ", "no label"), ("a;zz", "label not in class list")):
         with pytest.raises(MediaError) as err:
@@ -397,7 +508,15 @@ def test_every_frame_backbone_takes_optical_flow(backbone):
 
     info = {"flow": {"source": "video_flow", "shape": [2, 2, 16, 16]}}
     params = {"conformer": {"dim": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "frame_width": 4}}.get(backbone, {})
-    model = build_model(modality_info=info, num_classes=3, backbone_cls=BACKBONES.get(backbone), backbone_params=params,
-                        fusion_cls=FUSIONS.get("concat"), fusion_params={}, unimodal_heads=False, seed=0)
+    model = build_model(
+        modality_info=info,
+        num_classes=3,
+        backbone_cls=BACKBONES.get(backbone),
+        backbone_params=params,
+        fusion_cls=FUSIONS.get("concat"),
+        fusion_params={},
+        unimodal_heads=False,
+        seed=0,
+    )
     logits = model({"flow": torch.randn(2, 2, 2, 16, 16)}).logits
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()

@@ -8,6 +8,7 @@ epoch-1 training loss 1.9259531 in a committed run, 1.9259559 re-run on another 
 relative difference of 1.5e-6), which passes; a real numeric change does not (the test shows that a learning rate
 1% higher is caught).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ KEYS = ("train_loss", "val_loss")
 def golden_losses(cfg: dict, tmp_path) -> dict[str, list[list[float]]]:
     out = {}
     for method in METHODS:
-        m = train_run(cfg, RunSpec("synthetic-av", "small_cnn", "concat", method, 0), tmp_path / method, log=lambda s: None)
+        m = train_run(
+            cfg, RunSpec("synthetic-av", "small_cnn", "concat", method, 0), tmp_path / method, log=lambda s: None
+        )
         assert m["status"] == "ok", m.get("reason")
         out[method] = [[row[k] for k in KEYS] for row in m["history"]]
     return out
@@ -44,7 +47,10 @@ def differences(a: dict, b: dict) -> list[str]:
         for epoch, (x, y) in enumerate(zip(a[method], b[method], strict=True)):
             for key, u, v in zip(KEYS, x, y):
                 if abs(u - v) > RTOL * max(abs(u), abs(v)):
-                    out.append(f"{method} epoch {epoch} {key}: {u!r} vs {v!r} (relative {abs(u - v) / max(abs(u), abs(v)):.1e})")
+                    out.append(
+                        f"{method} epoch {epoch} {key}: {u!r} vs {v!r} (relative "
+                        f"{abs(u - v) / max(abs(u), abs(v)):.1e})"
+                    )
     return out
 
 
@@ -59,19 +65,28 @@ def golden_cfg(in_tiny_workspace) -> dict:
 def test_golden_grid_reproduces_its_committed_losses(golden_cfg, tmp_path):
     losses = golden_losses(golden_cfg, tmp_path)
     if os.environ.get("GOLDEN_UPDATE"):
-        GOLDEN.write_text(json.dumps({"numerics_version": NUMERICS_VERSION, "rtol": RTOL, "keys": list(KEYS), "losses": losses},
-                                     indent=1) + "\n")
+        GOLDEN.write_text(
+            json.dumps(
+                {"numerics_version": NUMERICS_VERSION, "rtol": RTOL, "keys": list(KEYS), "losses": losses}, indent=1
+            )
+            + "\n"
+        )
     golden = json.loads(GOLDEN.read_text())
     assert golden["numerics_version"] == NUMERICS_VERSION, (
-        "NUMERICS_VERSION was bumped: re-record the golden losses (GOLDEN_UPDATE=1 bash test.sh tests/test_golden.py)")
+        "NUMERICS_VERSION was bumped: re-record the golden losses (GOLDEN_UPDATE=1 bash test.sh tests/test_golden.py)"
+    )
     diff = differences(golden["losses"], losses)
-    assert not diff, ("the numbers of existing runs changed without a NUMERICS_VERSION bump (benchmark/settings.py): "
-                      + "; ".join(diff[:5]))
+    assert not diff, (
+        "the numbers of existing runs changed without a NUMERICS_VERSION bump (benchmark/settings.py): "
+        + "; ".join(diff[:5])
+    )
 
 
 def test_the_tolerance_passes_float_noise_and_catches_a_real_change(golden_cfg, tmp_path):
     golden = json.loads(GOLDEN.read_text())["losses"]
-    noisy = {m: [[v * (1 + 1.5e-6) for v in row] for row in rows] for m, rows in golden.items()}  # the measured machine noise
+    noisy = {
+        m: [[v * (1 + 1.5e-6) for v in row] for row in rows] for m, rows in golden.items()
+    }  # the measured machine noise
     assert differences(golden, noisy) == []
     changed = json.loads(json.dumps(golden_cfg))
     changed["train"]["optimizer"]["lr"] *= 1.01

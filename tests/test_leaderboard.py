@@ -1,5 +1,6 @@
 """Evaluation and the leaderboard: each metric and diagnostic on a hand-computed case, the statistics, and a real
 aggregate of trained runs into tables and an HTML report opened in a headless browser."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,12 @@ from torch import nn
 
 from benchmark import diagnostics, leaderboard
 from benchmark.config import validate_config
-from benchmark.metrics import average_precision, classification_metrics, expected_calibration_error, mean_average_precision
+from benchmark.metrics import (
+    average_precision,
+    classification_metrics,
+    expected_calibration_error,
+    mean_average_precision,
+)
 from benchmark.models.fusions import FUSIONS
 from benchmark.models.model import MultimodalModel
 from tests.conftest import run_dir
@@ -50,7 +56,9 @@ def test_video_level_accuracy_averages_clip_probabilities():
     probs = torch.tensor([[0.6, 0.4], [0.1, 0.9], [0.8, 0.2]])
     out = classification_metrics(torch.log(probs), torch.tensor([1, 1, 1]), clip_ids=["a#0", "a#1", "b#0"])
     assert out["accuracy"] == pytest.approx(1 / 3) and out["video_accuracy"] == pytest.approx(0.5)
-    assert "video_accuracy" not in classification_metrics(torch.log(probs), torch.tensor([1, 1, 1]), clip_ids=["a", "b", "c"])
+    assert "video_accuracy" not in classification_metrics(
+        torch.log(probs), torch.tensor([1, 1, 1]), clip_ids=["a", "b", "c"]
+    )
 
 
 # --- diagnostics ---------------------------------------------------------------------------------------------------
@@ -87,12 +95,29 @@ def test_masked_accuracies_zero_the_inputs_outside_the_coalition(tmp_path):
     with torch.no_grad():  # logits = a + v
         model.fusion.head.weight.copy_(torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]]))
         model.fusion.head.bias.zero_()
-    # sample 0 (label 1): a=[1,0], v=[0,2] -> right with all and with visual alone; sample 1: a=[0,3], v=[1,0] -> all, audio
-    torch.save({"clip_id": ["s0", "s1"], "label": torch.tensor([1, 1]), "audio": torch.tensor([[1.0, 0], [0, 3]]),
-                "visual": torch.tensor([[0.0, 2], [1, 0]])}, tmp_path / "clips.pt")
-    prep = BatchPreparer({"audio": {"source": "audio"}, "visual": {"source": "audio"}}, {"mean": [0] * 3, "std": [1] * 3}, torch.device("cpu"))
+    # sample 0 (label 1): a=[1,0], v=[0,2] -> right with all and with visual alone; sample 1: a=[0,3], v=[1,0] ->
+    # all, audio
+    torch.save(
+        {
+            "clip_id": ["s0", "s1"],
+            "label": torch.tensor([1, 1]),
+            "audio": torch.tensor([[1.0, 0], [0, 3]]),
+            "visual": torch.tensor([[0.0, 2], [1, 0]]),
+        },
+        tmp_path / "clips.pt",
+    )
+    prep = BatchPreparer(
+        {"audio": {"source": "audio"}, "visual": {"source": "audio"}},
+        {"mean": [0] * 3, "std": [1] * 3},
+        torch.device("cpu"),
+    )
     acc = diagnostics.masked_accuracies(model, CachedSplit(tmp_path / "clips.pt"), prep, 1)
-    assert acc == {frozenset(): 0.0, frozenset({"audio"}): 0.5, frozenset({"visual"}): 0.5, frozenset({"audio", "visual"}): 1.0}
+    assert acc == {
+        frozenset(): 0.0,
+        frozenset({"audio"}): 0.5,
+        frozenset({"visual"}): 0.5,
+        frozenset({"audio", "visual"}): 1.0,
+    }
 
 
 def test_linear_probe_separates_separable_features_and_folds_the_standardisation():
@@ -123,13 +148,36 @@ def test_model_cost_counts_parameters_and_flops_by_hand():
 
 # --- statistics ------------------------------------------------------------------------------------------------------
 def _runs(rows: list[tuple]) -> pd.DataFrame:
-    return pd.DataFrame([{"dataset": d, "backbone": "b", "fusion": f, "method": m, "balancer": m, "fold": "main", "seed": s,
-                          "status": "ok", "test_acc": a, "test_score": a, "modality": "", "num_classes": 2} for d, f, m, s, a in rows])
+    return pd.DataFrame(
+        [
+            {
+                "dataset": d,
+                "backbone": "b",
+                "fusion": f,
+                "method": m,
+                "balancer": m,
+                "fold": "main",
+                "seed": s,
+                "status": "ok",
+                "test_acc": a,
+                "test_score": a,
+                "modality": "",
+                "num_classes": 2,
+            }
+            for d, f, m, s, a in rows
+        ]
+    )
 
 
 def test_paired_t_test_against_joint_by_hand():
-    runs = _runs([("d", "concat", "joint", 0, 0.5), ("d", "concat", "joint", 1, 0.6),
-                  ("d", "concat", "mlb", 0, 0.6), ("d", "concat", "mlb", 1, 0.9)])
+    runs = _runs(
+        [
+            ("d", "concat", "joint", 0, 0.5),
+            ("d", "concat", "joint", 1, 0.6),
+            ("d", "concat", "mlb", 0, 0.6),
+            ("d", "concat", "mlb", 1, 0.9),
+        ]
+    )
     out = leaderboard.paired_test(runs, ("d", "b", "concat", "mlb"), "joint")
     # differences 0.1, 0.3: t = 0.2 / (0.1414/√2) = 2 with 1 dof; p = 1 − 2·atan(2)/π (Cauchy)
     assert out["n_pairs"] == 2 and out["delta_vs_ref"] == pytest.approx(0.2)
@@ -141,8 +189,16 @@ def test_paired_t_test_against_joint_by_hand():
 
 
 def test_ranks_per_dataset_and_mean_rank_across_datasets():
-    runs = _runs([("d1", "concat", "joint", 0, 0.5), ("d1", "concat", "mlb", 0, 0.7), ("d1", "concat", "ogm", 0, 0.6),
-                  ("d2", "concat", "joint", 0, 0.8), ("d2", "concat", "mlb", 0, 0.7), ("d2", "concat", "ogm", 0, 0.7)])
+    runs = _runs(
+        [
+            ("d1", "concat", "joint", 0, 0.5),
+            ("d1", "concat", "mlb", 0, 0.7),
+            ("d1", "concat", "ogm", 0, 0.6),
+            ("d2", "concat", "joint", 0, 0.8),
+            ("d2", "concat", "mlb", 0, 0.7),
+            ("d2", "concat", "ogm", 0, 0.7),
+        ]
+    )
     summary = leaderboard.summarize(runs)
     ranks = summary.set_index(["dataset", "method"])["rank"]
     assert ranks[("d1", "mlb")] == 1 and ranks[("d1", "ogm")] == 2 and ranks[("d1", "joint")] == 3
@@ -153,16 +209,38 @@ def test_ranks_per_dataset_and_mean_rank_across_datasets():
 
 def test_agreement_table_groups_samples_by_unimodal_correctness():
     cfg = validate_config(yaml.safe_load(open("config.yaml")))
+
     def record(correct: str) -> dict:
         return {"diagnostics": {"test_correct": {"ids": "x", "best": correct}}}
-    rows = [("concat", "joint", "", "rj", "1100"), ("none", "unimodal-audio", "audio", "ra", "1010"),
-            ("none", "unimodal-visual", "visual", "rv", "1001")]
-    runs = pd.DataFrame([{"dataset": "synthetic-av", "backbone": "b", "fusion": f, "method": m, "modality": mod, "fold": "main",
-                          "seed": 0, "status": "ok", "run_dir": d} for f, m, mod, d, _ in rows])
+
+    rows = [
+        ("concat", "joint", "", "rj", "1100"),
+        ("none", "unimodal-audio", "audio", "ra", "1010"),
+        ("none", "unimodal-visual", "visual", "rv", "1001"),
+    ]
+    runs = pd.DataFrame(
+        [
+            {
+                "dataset": "synthetic-av",
+                "backbone": "b",
+                "fusion": f,
+                "method": m,
+                "modality": mod,
+                "fold": "main",
+                "seed": 0,
+                "status": "ok",
+                "run_dir": d,
+            }
+            for f, m, mod, d, _ in rows
+        ]
+    )
     records = {d: record(c) for *_, d, c in rows}
     agree = leaderboard.agreement(cfg, runs, records).set_index("group")
     # sample 0: both right (mm right); 1: both wrong (mm right); 2: only audio (mm wrong); 3: only visual (mm wrong)
-    assert agree.loc["all unimodal right", "multimodal_acc"] == 1 and agree.loc["all unimodal wrong", "multimodal_acc"] == 1
+    assert (
+        agree.loc["all unimodal right", "multimodal_acc"] == 1
+        and agree.loc["all unimodal wrong", "multimodal_acc"] == 1
+    )
     assert agree.loc["only audio right", "multimodal_acc"] == 0 and agree.loc["only visual right", "share"] == 0.25
     records["ra"]["diagnostics"]["test_correct"]["ids"] = "other order"
     assert leaderboard.agreement(cfg, runs, records).empty  # misaligned test sets are never compared
@@ -187,8 +265,13 @@ def aggregated(tmp_path_factory, tiny_workspace):
     try:
         cfg = yaml.safe_load((tiny_workspace / "config.yaml").read_text())
         cfg["train"]["epochs"] = 2
-        cfg["grid"] = {"datasets": ["synthetic-av"], "backbones": ["small_cnn"], "fusions": ["concat", "gated"],
-                       "balancers": ["joint", "ogm_ge", "mlb", "unimodal", "mmcosine"], "seeds": [0, 1]}
+        cfg["grid"] = {
+            "datasets": ["synthetic-av"],
+            "backbones": ["small_cnn"],
+            "fusions": ["concat", "gated"],
+            "balancers": ["joint", "ogm_ge", "mlb", "unimodal", "mmcosine"],
+            "seeds": [0, 1],
+        }
         cfg = validate_config(cfg)
         from benchmark.grid import grid_runs
 
@@ -206,15 +289,30 @@ def aggregated(tmp_path_factory, tiny_workspace):
 def test_aggregate_writes_every_table_with_diagnostics(aggregated):
     cfg, summary, out, runs = aggregated
     md = (out / "leaderboard.md").read_text()
-    for text in ("| rank | method | fusion | runs | test acc | Δ vs joint | p | macro-F1 | mAP | ECE | top-5 | acc audio | acc visual |",
-                 "| method | fusion | probe audio | probe visual | Shapley audio | Shapley visual | OGR |",
-                 "all unimodal right", "only audio right", "## Mean rank across datasets", "n/a: "):
+    for text in (
+        "| rank | method | fusion | runs | test acc | Δ vs joint | p | macro-F1 | mAP | ECE | top-5 | acc audio | acc "
+        "visual |",
+        "| method | fusion | probe audio | probe visual | Shapley audio | Shapley visual | OGR |",
+        "all unimodal right",
+        "only audio right",
+        "## Mean rank across datasets",
+        "n/a: ",
+    ):
         assert text in md, text
     board = pd.read_csv(out / "leaderboard.csv", keep_default_na=False, na_values=[""])  # keep the literal "n/a"
     ogm = board[(board["method"] == "ogm_ge") & (board["fusion"] == "concat")].iloc[0]
     assert ogm["runs"] == 2 and ogm["n_pairs"] == 2 and 0 <= ogm["p_vs_ref"] <= 1 and ogm["rank"] >= 1
-    for col in ("probe_audio_mean", "shapley_visual_mean", "ogr_mean", "flops_mean", "params_mean", "sec_per_epoch_mean",
-                "peak_mem_mb_mean", "test_map_mean", "test_ece_mean"):
+    for col in (
+        "probe_audio_mean",
+        "shapley_visual_mean",
+        "ogr_mean",
+        "flops_mean",
+        "params_mean",
+        "sec_per_epoch_mean",
+        "peak_mem_mb_mean",
+        "test_map_mean",
+        "test_ece_mean",
+    ):
         assert ogm[col] == ogm[col], col  # not NaN
     assert (board[board["method"] == "mmcosine"]["status"] == "n/a").any()
     tex = (out / "leaderboard.tex").read_text()
@@ -227,11 +325,19 @@ def test_metrics_files_record_diagnostics_and_cost(aggregated, tiny_workspace):
     m = json.loads((tiny_workspace / run_dir(cfg, spec) / "metrics.json").read_text())
     d = m["diagnostics"]
     assert set(d["linear_probe"]["test"]) == {"audio", "visual"} and set(d["shapley"]["val"]["masked_accuracy"]) == {
-        "none", "audio", "visual", "audio+visual"}
+        "none",
+        "audio",
+        "visual",
+        "audio+visual",
+    }
     shap = d["shapley"]["test"]
-    assert sum(shap["shapley"].values()) == pytest.approx(shap["masked_accuracy"]["audio+visual"] - shap["masked_accuracy"]["none"])
+    assert sum(shap["shapley"].values()) == pytest.approx(
+        shap["masked_accuracy"]["audio+visual"] - shap["masked_accuracy"]["none"]
+    )
     assert shap["masked_accuracy"]["audio+visual"] == pytest.approx(m["metrics"]["best"]["test"]["accuracy"])
-    assert d["test_correct"]["best"].count("1") / len(d["test_correct"]["best"]) == pytest.approx(m["metrics"]["best"]["test"]["accuracy"])
+    assert d["test_correct"]["best"].count("1") / len(d["test_correct"]["best"]) == pytest.approx(
+        m["metrics"]["best"]["test"]["accuracy"]
+    )
     assert "ogr" in m["history"][1] and d["ogr"]["initial"]["val_loss"] > 0
     assert m["cost"]["flops_per_sample"] > 0 and m["timing"]["peak_memory_bytes"] > 0
     assert {"loss_audio", "mAP", "ece", "acc_head_visual"} <= set(m["metrics"]["best"]["test"])
@@ -252,7 +358,9 @@ def test_report_renders_tables_and_images_in_a_headless_browser(aggregated):
         page.goto((out / "report.html").resolve().as_uri())
         page.wait_for_load_state("load")
         tables = page.eval_on_selector_all("table", "ts => ts.map(t => [t.className, t.rows.length])")
-        images = page.eval_on_selector_all("img", "is => is.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        images = page.eval_on_selector_all(
+            "img", "is => is.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+        )
         text = page.inner_text("body")
         page_browser.close()
     classes = {c.split()[-1] for c, _ in tables}

@@ -1,5 +1,6 @@
 """The rest of the method library: each rule on a hand-computed case and at gradient level, every fusion and
 backbone on two and three modalities."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,13 +18,14 @@ from benchmark.models.backbones import BACKBONES
 from benchmark.models.fusions import FUSIONS, ConcatFusion
 from benchmark.models.model import MultimodalModel
 from benchmark.models.shapley import shapley_shares
-from tests.conftest import small_batch, small_model
+from tests.conftest import small_batch, small_model, tiny_data_dirs
 from tests.test_balancers import CTX, grads_after, reference_grads
 
 JOINT = lambda out, y: F.cross_entropy(out.logits, y)  # noqa: E731
 
 
 # --- Shapley shares (AGM, and the estimator of nonlinear fusions) -------------------------------------------
+
 
 def test_shapley_shares_two_modalities_hand_computed():
     f = {frozenset(): 1.0, frozenset("a"): 3.0, frozenset("v"): 2.0, frozenset("av"): 7.0}
@@ -52,7 +54,9 @@ def test_estimator_equals_the_exact_split_of_a_linear_head():
 def three_modality_model(fusion: str, unimodal_heads: bool = False) -> tuple[MultimodalModel, dict]:
     torch.manual_seed(0)
     encoders = {m: BACKBONES.get("small_cnn")("spectrogram", (1, 16, 16), width=2) for m in ("a", "b", "c")}
-    model = MultimodalModel(encoders, FUSIONS.get(fusion)({m: e.out_dim for m, e in encoders.items()}, 4), 4, unimodal_heads)
+    model = MultimodalModel(
+        encoders, FUSIONS.get(fusion)({m: e.out_dim for m, e in encoders.items()}, 4), 4, unimodal_heads
+    )
     return model, {m: torch.randn(5, 1, 16, 16) for m in ("a", "b", "c")}
 
 
@@ -71,7 +75,9 @@ def test_every_fusion_on_two_and_three_modalities(fusion, modalities):
     torch.testing.assert_close(sum(shares.values()), out.logits, atol=1e-5, rtol=1e-4)  # Σ_m m_m = f(N)
     model.train()
     model(inputs).logits.sum().backward()
-    assert all(p.grad is not None for p in model.fusion.parameters() if p.requires_grad and "bias" not in p.shape.__str__())
+    assert all(
+        p.grad is not None for p in model.fusion.parameters() if p.requires_grad and "bias" not in p.shape.__str__()
+    )
 
 
 @pytest.mark.parametrize("backbone", ["conformer", "r2plus1d_18"])
@@ -83,6 +89,7 @@ def test_sequence_backbones_on_spectrograms_and_frames(backbone):
 
 
 # --- AGM ---------------------------------------------------------------------------------------------------
+
 
 def test_agm_coefficients_hand_computed():
     k = agm_coefficients(torch.tensor([0.5, 1.0]), torch.tensor([0.8, 0.9]), alpha=0.5)
@@ -115,11 +122,14 @@ def test_agm_scales_each_modalitys_share_of_the_gradient():
     g = model.fusion.head.weight.grad
     torch.testing.assert_close(g[:, :d], k["audio"] * ref["fusion.head.weight"][:, :d], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(g[:, d:], k["visual"] * ref["fusion.head.weight"][:, d:], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(model.fusion.head.bias.grad, (k["audio"] + k["visual"]) / 2 * ref["fusion.head.bias"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        model.fusion.head.bias.grad, (k["audio"] + k["visual"]) / 2 * ref["fusion.head.bias"], rtol=1e-4, atol=1e-6
+    )
     assert agm.running.tolist() == pytest.approx(scores.tolist())  # S̄ after one step is that step's score
 
 
 # --- MSLR --------------------------------------------------------------------------------------------------
+
 
 def test_mslr_coefficient_and_memory():
     assert mslr_coefficient(0.9, 0.6, [0.4, 0.5, 0.6, 0.5, 0.5]) == pytest.approx(1.08)
@@ -157,6 +167,7 @@ def test_mslr_scales_encoder_and_head_slice():
 
 # --- PMR ---------------------------------------------------------------------------------------------------
 
+
 def test_pmr_rules_hand_computed():
     sim = prototype_logits(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0], [3.0, 0.0]]))
     assert sim.tolist() == [[-5.0, -4.0]]
@@ -167,12 +178,14 @@ def test_pmr_rules_hand_computed():
 def test_pmr_prototypes_are_class_means_and_only_the_weak_encoder_gets_the_prototype_loss(in_tiny_workspace):
     from benchmark.data.cache import BatchPreparer, load_info, load_part
 
-    info = load_info("data/processed/synthetic-av")
-    data = load_part("data/processed/synthetic-av", "main", "train")
+    info = load_info(tiny_data_dirs().processed)
+    data = load_part(tiny_data_dirs().processed, "main", "train", splits_dir=tiny_data_dirs().splits)
     prep = BatchPreparer(info["modalities"], {"mean": [0.5] * 3, "std": [0.25] * 3}, torch.device("cpu"))
     torch.manual_seed(0)
-    encoders = {m: BACKBONES.get("small_cnn")(k, tuple(info["modalities"][m]["shape"]), width=2)
-                for m, k in (("audio", "spectrogram"), ("visual", "frames"))}
+    encoders = {
+        m: BACKBONES.get("small_cnn")(k, tuple(info["modalities"][m]["shape"]), width=2)
+        for m, k in (("audio", "spectrogram"), ("visual", "frames"))
+    }
     model = MultimodalModel(encoders, ConcatFusion({m: e.out_dim for m, e in encoders.items()}, 8), 8)
     pmr = PMR(alpha=1.0)
     ctx = RunContext(**CTX, train=data, prep=prep, settings={"eval_batch_size": 7})
@@ -191,18 +204,34 @@ def test_pmr_prototypes_are_class_means_and_only_the_weak_encoder_gets_the_proto
     model.zero_grad()
     out = model(inputs)
     pmr.loss(out, y).backward()
-    weights = dict(zip(("audio", "visual"), pmr_coefficients(torch.stack(
-        [torch.softmax(prototype_logits(out.features[m].detach(), pmr.prototypes[m]), 1).gather(1, y[:, None]).sum() for m in ("audio", "visual")]))))
+    weights = dict(
+        zip(
+            ("audio", "visual"),
+            pmr_coefficients(
+                torch.stack(
+                    [
+                        torch.softmax(prototype_logits(out.features[m].detach(), pmr.prototypes[m]), 1)
+                        .gather(1, y[:, None])
+                        .sum()
+                        for m in ("audio", "visual")
+                    ]
+                )
+            ),
+        )
+    )
     strong = min(weights, key=lambda m: weights[m])
     weak = max(weights, key=lambda m: weights[m])
     assert weights[strong] == 0 and weights[weak] > 0
     for name, p in model.named_parameters():
         if name.startswith(f"encoders.{strong}."):
             torch.testing.assert_close(p.grad, ref[name], rtol=1e-4, atol=1e-7)  # untouched by the prototype loss
-    assert any(not torch.allclose(p.grad, ref[n]) for n, p in model.named_parameters() if n.startswith(f"encoders.{weak}."))
+    assert any(
+        not torch.allclose(p.grad, ref[n]) for n, p in model.named_parameters() if n.startswith(f"encoders.{weak}.")
+    )
 
 
 # --- MMCosine, dropout, modality dropout, auxiliary losses --------------------------------------------------
+
 
 def test_mmcosine_logits_hand_computed_and_inapplicable_to_mixing_fusions():
     fusion = ConcatFusion({"a": 2, "v": 2}, 2)
@@ -239,7 +268,10 @@ def test_modality_dropout_mask_and_zeroed_inputs(monkeypatch):
     mask = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     monkeypatch.setattr(md, "keep_mask", lambda *a: mask)
     md.setup(model, RunContext(**CTX))
-    manual = {"audio": inputs["audio"] * mask[:, 0, None, None, None], "visual": inputs["visual"] * mask[:, 1, None, None, None, None]}
+    manual = {
+        "audio": inputs["audio"] * mask[:, 0, None, None, None],
+        "visual": inputs["visual"] * mask[:, 1, None, None, None, None],
+    }
     ref = reference_grads(model, JOINT, manual, y)
     got = grads_after(model, md, inputs, y)
     assert all(torch.allclose(got[n], ref[n]) for n in got)
@@ -257,12 +289,13 @@ def test_aux_loss_is_the_mean_of_the_head_losses():
 
 # --- online G-Blend ----------------------------------------------------------------------------------------
 
+
 def test_gblend_online_super_epochs_and_held_out_split(in_tiny_workspace):
     from benchmark.data.cache import load_part
 
     gb = GBlendOnline(first_super_epoch=4, super_epoch=3, holdout_fraction=0.25)
     assert gb.super_epoch_starts(10) == [0, 4, 7] and gb.super_epoch_starts(3) == [0]
-    train = load_part("data/processed/synthetic-av", "main", "train")
+    train = load_part(tiny_data_dirs().processed, "main", "train", splits_dir=tiny_data_dirs().splits)
     kept = gb.training_split(train, seed=0)
     held = set(gb.held_out["V"].ids())
     assert held.isdisjoint(kept.ids()) and len(held) + len(kept) == len(train)
@@ -288,7 +321,10 @@ def test_pretrain_starts_every_encoder_from_its_unimodal_checkpoint(tmp_path):
     assert torch.equal(model.fusion.head.weight, head_before)  # the fusion head starts fresh
     torch.save({"state_dict": {}}, tmp_path / "empty.pt")
     with pytest.raises(ValueError, match="no weights for the audio encoder"):
-        Pretrain().setup(small_model("concat"), RunContext(**CTX, artifacts={**artifacts, "unimodal_checkpoint/audio": tmp_path / "empty.pt"}))
+        Pretrain().setup(
+            small_model("concat"),
+            RunContext(**CTX, artifacts={**artifacts, "unimodal_checkpoint/audio": tmp_path / "empty.pt"}),
+        )
 
 
 def test_gblend_online_reestimates_at_every_super_epoch(in_tiny_workspace):
@@ -303,10 +339,14 @@ def test_gblend_online_reestimates_at_every_super_epoch(in_tiny_workspace):
     cfg["train"]["epochs"] = 4
     cfg["balancers"]["gblend_online"] = {"first_super_epoch": 2, "super_epoch": 1, "holdout_fraction": 0.25}
     lines = []
-    metrics, _ = execute_run(validate_config(cfg), RunSpec("synthetic-av", "small_cnn", "concat", "gblend_online", 0), log=lines.append)
+    metrics, _ = execute_run(
+        validate_config(cfg), RunSpec("synthetic-av", "small_cnn", "concat", "gblend_online", 0), log=lines.append
+    )
     starts = [line for line in lines if line.startswith("[gblend_online] super-epoch from epoch")]
     assert [s.split()[4] for s in starts] == ["0", "2", "3"]  # super-epochs [0, 2), [2, 3), [3, 4)
-    assert metrics["selection"]["trained_on"] < len(load_part("data/processed/synthetic-av", "main", "train"))  # V held out
+    assert metrics["selection"]["trained_on"] < len(
+        load_part(tiny_data_dirs().processed, "main", "train", splits_dir=tiny_data_dirs().splits)
+    )  # V held out
     weights = [{h: row[f"w_{h}"] for h in ("audio", "visual", "fused")} for row in metrics["history"]]
     assert all(sum(w.values()) == pytest.approx(1.0) for w in weights)
     assert weights[0] == weights[1]  # fixed inside the first super-epoch
@@ -317,10 +357,22 @@ def test_backbone_weights_per_modality(tmp_path):
 
     donor = BACKBONES.get("small_cnn")("frames", (2, 3, 8, 8), width=2)
     torch.save(donor.state_dict(), tmp_path / "visual.pt")
-    model = build_model(modality_info={"audio": {"source": "audio", "shape": [1, 16, 16]}, "visual": {"source": "video", "shape": [2, 3, 8, 8]}},
-                        num_classes=3, backbone_cls=BACKBONES.get("small_cnn"), backbone_params={"width": 2, "weights": {"visual": str(tmp_path / "visual.pt")}},
-                        fusion_cls=FUSIONS.get("concat"), fusion_params={}, unimodal_heads=False, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(model.encoders["visual"].state_dict().values(), donor.state_dict().values()))
+    model = build_model(
+        modality_info={
+            "audio": {"source": "audio", "shape": [1, 16, 16]},
+            "visual": {"source": "video", "shape": [2, 3, 8, 8]},
+        },
+        num_classes=3,
+        backbone_cls=BACKBONES.get("small_cnn"),
+        backbone_params={"width": 2, "weights": {"visual": str(tmp_path / "visual.pt")}},
+        fusion_cls=FUSIONS.get("concat"),
+        fusion_params={},
+        unimodal_heads=False,
+        seed=0,
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.encoders["visual"].state_dict().values(), donor.state_dict().values())
+    )
     torch.save({"nonsense.weight": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="keys not in"):
         BACKBONES.get("small_cnn")("frames", (2, 3, 8, 8), width=2, weights=str(tmp_path / "bad.pt"))

@@ -1,4 +1,5 @@
 """Shapes through every backbone × fusion, seeded construction, and the registries' user-class loading."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,16 @@ PARAMS = {"small_cnn": {"width": 4}, "resnet18": {}}
 @pytest.mark.parametrize("fusion", ["concat", "sum"])
 @pytest.mark.parametrize("unimodal_heads", [False, True])
 def test_shapes_through_every_backbone_and_fusion(backbone, fusion, unimodal_heads):
-    model = build_model(modality_info=INFO, num_classes=8, backbone_cls=BACKBONES.get(backbone), backbone_params=PARAMS[backbone],
-                        fusion_cls=FUSIONS.get(fusion), fusion_params={}, unimodal_heads=unimodal_heads, seed=0)
+    model = build_model(
+        modality_info=INFO,
+        num_classes=8,
+        backbone_cls=BACKBONES.get(backbone),
+        backbone_params=PARAMS[backbone],
+        fusion_cls=FUSIONS.get(fusion),
+        fusion_params={},
+        unimodal_heads=unimodal_heads,
+        seed=0,
+    )
     inputs = {"audio": torch.randn(3, 1, 32, 33), "visual": torch.randn(3, 2, 3, 24, 24)}
     out = model(inputs)
     dim = model.encoders["audio"].out_dim
@@ -39,8 +48,15 @@ def test_frames_are_pooled_over_time():
 
 
 def test_seeded_construction_is_reproducible():
-    kw = dict(modality_info=INFO, num_classes=8, backbone_cls=BACKBONES.get("small_cnn"), backbone_params={"width": 4},
-              fusion_cls=FUSIONS.get("concat"), fusion_params={}, unimodal_heads=True)
+    kw = dict(
+        modality_info=INFO,
+        num_classes=8,
+        backbone_cls=BACKBONES.get("small_cnn"),
+        backbone_params={"width": 4},
+        fusion_cls=FUSIONS.get("concat"),
+        fusion_params={},
+        unimodal_heads=True,
+    )
     assert fingerprint(build_model(seed=3, **kw)) == fingerprint(build_model(seed=3, **kw))
     assert fingerprint(build_model(seed=3, **kw)) != fingerprint(build_model(seed=4, **kw))
 
@@ -57,7 +73,8 @@ def test_local_weights_for_resnet18(tmp_path):
 
 def test_user_class_by_module_path(tmp_path, monkeypatch):
     (tmp_path / "my_fusions.py").write_text(
-        "from benchmark.models.fusions import ConcatFusion\nclass Wide(ConcatFusion):\n    pass\n")
+        "from benchmark.models.fusions import ConcatFusion\nclass Wide(ConcatFusion):\n    pass\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     cls = registry("fusions").get("wide", class_path="my_fusions:Wide")
     assert cls.__name__ == "Wide" and cls.name == "wide"

@@ -1,4 +1,5 @@
 """The performance benchmark runs (tiny mode) and reports every measure; no timing thresholds are asserted here."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,29 @@ from tests.conftest import REPO
 @pytest.mark.slow
 def test_perf_tiny_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "perf.json"
-    res = subprocess.run([sys.executable, "-m", "benchmark", "perf", "--tiny", "--out", str(out), "--workdir", str(tmp_path / "w")],
-                         capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmark", "perf", "--tiny", "--out", str(out), "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    for row in ("| train joint (samples/s; ×joint time) |", "| train ogm_ge", "| train mlb", "| train gblend", "G-Blend estimate step",
-                "data wait, built-in", "data wait, real-size 257×188 + 3×224²", "preprocess, 1 worker(s)", "snakemake -n, 2 training jobs"):
+    for row in (
+        "| train joint (samples/s; ×joint time) |",
+        "| train ogm_ge",
+        "| train mlb",
+        "| train gblend",
+        "G-Blend estimate step",
+        "data wait, built-in",
+        "data wait, real-size 257×188 + 3×224²",
+        "preprocess, 1 worker(s)",
+        "snakemake -n, 2 training jobs",
+    ):
         assert row in res.stdout, row
     report = json.loads(out.read_text())
-    assert set(report["training"]) == {"joint", "ogm_ge", "mlb", "gblend"} and all(v > 0 for v in report["training"].values())
+    assert set(report["training"]) == {"joint", "ogm_ge", "mlb", "gblend"} and all(
+        v > 0 for v in report["training"].values()
+    )
     assert 0 <= report["data_wait_builtin"]["fraction"] <= 1 and report["data_wait_real_size"]["steps"] >= 1
     assert report["dry_run"]["train_jobs"] == 2 and report["dry_run"]["seconds"] > 0
     assert report["preprocess_clips_per_s"]["1"] > 0 and report["device"].startswith("cpu")

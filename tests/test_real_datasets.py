@@ -1,5 +1,6 @@
 """Every real dataset from a fixture tree in its native layout: download-from-local-folder -> preprocess -> split; and
 downloads (resume, checksums) against a local HTTP server — nothing here reaches the network."""
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,10 @@ from benchmark.data.splits import write_splits
 from tests import native_trees
 from tests.conftest import tiny_config
 
-SMALL = {"audio": {"sample_rate": 16000, "duration": 1.0, "transform": "mel", "n_fft": 256, "hop_length": 400, "n_mels": 16},
-         "visual": {"fps": 2, "num_frames": 2, "size": 16}}
+SMALL = {
+    "audio": {"sample_rate": 16000, "duration": 1.0, "transform": "mel", "n_fft": 256, "hop_length": 400, "n_mels": 16},
+    "visual": {"fps": 2, "num_frames": 2, "size": 16},
+}
 
 
 def run_pipeline(tmp_path: Path, name: str, entry: dict) -> tuple[object, Path, Path, dict]:
@@ -53,10 +56,14 @@ def cremad_root(tmp_path_factory) -> Path:
 
 
 def test_cremad_actor_folds_are_actor_disjoint(tmp_path, cremad_root):
-    ds, raw, processed, _ = run_pipeline(tmp_path, "cremad", {"source": {"path": str(cremad_root)}, "split": {"scheme": "actor-folds"}})
+    ds, raw, processed, _ = run_pipeline(
+        tmp_path, "cremad", {"source": {"path": str(cremad_root)}, "split": {"scheme": "actor-folds"}}
+    )
     rows = read_manifest(raw / "manifest.csv")
     assert len(rows) == 36 and {r["label"] for r in rows} == set(ds.emotions)
-    assert all(r["path"].startswith("files/VideoFlash/") and r["audio_path"].startswith("files/AudioWAV/") for r in rows)
+    assert all(
+        r["path"].startswith("files/VideoFlash/") and r["audio_path"].startswith("files/AudioWAV/") for r in rows
+    )
     assert (raw / "missing.txt").read_text().split() == ["1091_IEO_HAP_HI"]  # listed officially, not on disk
     actor = {r["clip_id"]: r["actor"] for r in rows}
     assert ds.folds() == ["fold1", "fold2", "fold3"]
@@ -65,7 +72,11 @@ def test_cremad_actor_folds_are_actor_disjoint(tmp_path, cremad_root):
         p = parts(processed, fold)
         assert all(p.values()) and sum(map(len, p.values())) == 36
         actors = {name: {actor[c] for c in ids} for name, ids in p.items()}
-        assert actors["train"].isdisjoint(actors["val"]) and actors["train"].isdisjoint(actors["test"]) and actors["val"].isdisjoint(actors["test"])
+        assert (
+            actors["train"].isdisjoint(actors["val"])
+            and actors["train"].isdisjoint(actors["test"])
+            and actors["val"].isdisjoint(actors["test"])
+        )
         tests |= actors["test"]
     assert tests == set(actor.values())  # every actor is tested in exactly one fold
 
@@ -76,12 +87,23 @@ def test_cremad_ogm_ge_preset_and_split(tmp_path, cremad_root):
     stems = sorted(p.stem for p in (cremad_root / "AudioWAV").glob("*.wav"))
     (lists / "train.csv").write_text("".join(f"{s},{s.split('_')[2]}\n" for s in stems[:30]))
     (lists / "test.csv").write_text("".join(f"{s},{s.split('_')[2]}\n" for s in stems[30:]))
-    entry = {"source": {"path": str(cremad_root)}, "split": {"scheme": "ogm-ge", "lists": {"train": str(lists / "train.csv"), "test": str(lists / "test.csv")}},
-             "preprocess": {"preset": "ogm-ge", "visual": {"size": 32}}}
+    entry = {
+        "source": {"path": str(cremad_root)},
+        "split": {"scheme": "ogm-ge", "lists": {"train": str(lists / "train.csv"), "test": str(lists / "test.csv")}},
+        "preprocess": {"preset": "ogm-ge", "visual": {"size": 32}},
+    }
     ds, raw, processed, settings = run_pipeline(tmp_path, "cremad", entry)
     audio = settings["preprocess"]["audio"]
-    assert (audio["sample_rate"], audio["duration"], audio["n_fft"], audio["hop_length"], audio["transform"]) == (22050, 3.0, 512, 353, "stft")
-    assert settings["preprocess"]["visual"]["num_frames"] == 1 and settings["preprocess"]["visual"]["size"] == 32  # override kept
+    assert (audio["sample_rate"], audio["duration"], audio["n_fft"], audio["hop_length"], audio["transform"]) == (
+        22050,
+        3.0,
+        512,
+        353,
+        "stft",
+    )
+    assert (
+        settings["preprocess"]["visual"]["num_frames"] == 1 and settings["preprocess"]["visual"]["size"] == 32
+    )  # override kept
     info = json.loads((processed / "info.json").read_text())
     assert info["modalities"]["audio"]["shape"] == [1, 257, 188]  # OGM-GE's CREMA-D spectrogram
     assert info["modalities"]["visual"]["shape"] == [1, 3, 32, 32]
@@ -124,8 +146,14 @@ def test_ave_official_lists_and_event_segments(tmp_path):
 def test_kinetics_sounds_from_annotation_lists(tmp_path):
     root, lists = tmp_path / "k400", tmp_path / "lists"
     native_trees.kinetics_tree(root, lists)
-    entry = {"source": {"path": str(root), "classes": str(lists / "classes.txt"), "max_missing_fraction": 0.2,
-                        "annotations": {"train": str(lists / "train.csv"), "validate": str(lists / "validate.csv")}}}
+    entry = {
+        "source": {
+            "path": str(root),
+            "classes": str(lists / "classes.txt"),
+            "max_missing_fraction": 0.2,
+            "annotations": {"train": str(lists / "train.csv"), "validate": str(lists / "validate.csv")},
+        }
+    }
     ds, raw, processed, _ = run_pipeline(tmp_path, "kinetics_sounds", entry)
     rows = read_manifest(raw / "manifest.csv")
     assert {r["label"] for r in rows} == {"playing violin", "bowling"}  # knitting is not a Kinetics-Sounds class
@@ -136,7 +164,9 @@ def test_kinetics_sounds_from_annotation_lists(tmp_path):
 
 def test_kinetics_sounds_needs_its_class_list(tmp_path):
     cfg = tiny_config(datasets=["kinetics_sounds"])
-    cfg["datasets"] = {"kinetics_sounds": {"source": {"path": str(tmp_path), "annotations": {"train": "a", "validate": "b"}}}}
+    cfg["datasets"] = {
+        "kinetics_sounds": {"source": {"path": str(tmp_path), "annotations": {"train": "a", "validate": "b"}}}
+    }
     ds = DATASETS.get("kinetics_sounds")(dataset_settings(validate_config(cfg), "kinetics_sounds"))
     with pytest.raises(SourceError, match="source.classes is not set"):
         ds.download(tmp_path / "raw")
@@ -145,7 +175,9 @@ def test_kinetics_sounds_needs_its_class_list(tmp_path):
 def test_vggsound_from_its_csv(tmp_path):
     root = tmp_path / "vggsound"
     native_trees.vggsound_tree(root, tmp_path / "vggsound.csv")
-    ds, raw, processed, _ = run_pipeline(tmp_path, "vggsound", {"source": {"path": str(root), "list": str(tmp_path / "vggsound.csv")}})
+    ds, raw, processed, _ = run_pipeline(
+        tmp_path, "vggsound", {"source": {"path": str(root), "list": str(tmp_path / "vggsound.csv")}}
+    )
     p = parts(processed, "main")
     assert len(p["test"]) == 3 and all(c.endswith("_000033") for c in p["test"])
     assert len(read_manifest(raw / "manifest.csv")) == 12
@@ -168,7 +200,9 @@ def test_ucf101_audio_classes_and_official_folds(tmp_path):
 def test_video_folder(tmp_path, with_split):
     root = tmp_path / "mine"
     native_trees.video_folder_tree(root, with_split)
-    ds, raw, processed, _ = run_pipeline(tmp_path, "video_folder", {"source": {"path": str(root)}, "split": {"test_fraction": 0.34}})
+    ds, raw, processed, _ = run_pipeline(
+        tmp_path, "video_folder", {"source": {"path": str(root)}, "split": {"test_fraction": 0.34}}
+    )
     p = parts(processed, "main")
     assert sum(map(len, p.values())) == 12 and all(p.values())
     if with_split:
@@ -176,6 +210,7 @@ def test_video_folder(tmp_path, with_split):
 
 
 # --- downloads ------------------------------------------------------------------------------------------------
+
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """A static server that honours 'Range: bytes=N-' (what fetch() sends to resume)."""
@@ -248,11 +283,23 @@ def test_cremad_downloads_from_its_lfs_mirror(server, tmp_path, cremad_root):
         (pointers / sub).mkdir()
         for stem in listed[:7]:  # the 8th exists in the list only: reported missing
             blob = (media / sub / f"{stem}.{ext}").read_bytes()
-            (pointers / sub / f"{stem}.{ext}").write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(blob).hexdigest()}\nsize {len(blob)}\n")
+            (pointers / sub / f"{stem}.{ext}").write_text(
+                f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(blob).hexdigest()}\nsize "
+                f"{len(blob)}\n"
+            )
     (media / "AudioWAV" / f"{listed[0]}.wav").write_bytes(b"corrupted")  # does not match its pointer
     cfg = tiny_config(datasets=["cremad"])
-    cfg["datasets"] = {"cremad": {"source": {"url": f"{url}/media", "pointer_url": f"{url}/pointers", "workers": 2,
-                                             "max_missing_fraction": 0.5}, "preprocess": SMALL}}
+    cfg["datasets"] = {
+        "cremad": {
+            "source": {
+                "url": f"{url}/media",
+                "pointer_url": f"{url}/pointers",
+                "workers": 2,
+                "max_missing_fraction": 0.5,
+            },
+            "preprocess": SMALL,
+        }
+    }
     ds = DATASETS.get("cremad")(dataset_settings(validate_config(cfg), "cremad"))
     with pytest.raises(SourceError, match="does not match"):
         ds.download(tmp_path / "raw")
@@ -260,7 +307,10 @@ def test_cremad_downloads_from_its_lfs_mirror(server, tmp_path, cremad_root):
     ds.download(tmp_path / "raw")
     rows = read_manifest(tmp_path / "raw/manifest.csv")
     assert len(rows) == 7 and (tmp_path / "raw/missing.txt").read_text().split() == [listed[7]]
-    assert json.loads((tmp_path / f"raw/files/AudioWAV/{listed[1]}.wav.source.json").read_text())["verified_against"] == "expected"
+    assert (
+        json.loads((tmp_path / f"raw/files/AudioWAV/{listed[1]}.wav.source.json").read_text())["verified_against"]
+        == "expected"
+    )
 
 
 def test_ucf101_downloads_and_unpacks_its_archives(server, tmp_path):
@@ -274,8 +324,16 @@ def test_ucf101_downloads_and_unpacks_its_archives(server, tmp_path):
         for p in (tree / "ucfTrainTestlist").iterdir():
             z.write(p, p.relative_to(tree))
     cfg = tiny_config(datasets=["ucf101_av"])
-    cfg["datasets"] = {"ucf101_av": {"source": {"url": f"{url}/UCF101.zip", "splits_url": f"{url}/splits.zip",
-                                                "sha256": hashlib.sha256((www / "UCF101.zip").read_bytes()).hexdigest()}, "preprocess": SMALL}}
+    cfg["datasets"] = {
+        "ucf101_av": {
+            "source": {
+                "url": f"{url}/UCF101.zip",
+                "splits_url": f"{url}/splits.zip",
+                "sha256": hashlib.sha256((www / "UCF101.zip").read_bytes()).hexdigest(),
+            },
+            "preprocess": SMALL,
+        }
+    }
     ds = DATASETS.get("ucf101_av")(dataset_settings(validate_config(cfg), "ucf101_av"))
     ds.download(tmp_path / "raw", workers=2)
     assert len(read_manifest(tmp_path / "raw/manifest.csv")) == 18  # the three classes with sound

@@ -2,6 +2,7 @@
 nothing (also after data/ is rebuilt), an added method trains exactly its runs, a changed hyperparameter exactly the
 affected runs and once, a dry run writes no file, a deleted run folder trains again, another experiment leaves the
 committed one byte-identical, and a table never mixes settings."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,14 +24,20 @@ pytestmark = pytest.mark.slow
 
 def files(root: Path) -> dict[str, str]:
     """Every file under ``root`` (Snakemake's own folder aside) with its content digest."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".snakemake" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".snakemake" not in p.parts
+    }
 
 
 def committed(root: Path) -> dict[str, str]:
     """What `git add results` would commit there (the .gitignore leaves out logs and weights)."""
-    return {k: v for k, v in files(root).items() if k.startswith("results/") and not k.startswith("results/logs/")
-            and not k.endswith((".pt", ".log"))}
+    return {
+        k: v
+        for k, v in files(root).items()
+        if k.startswith("results/") and not k.startswith("results/logs/") and not k.endswith((".pt", ".log"))
+    }
 
 
 def counts(res: subprocess.CompletedProcess) -> dict[str, int]:
@@ -83,7 +90,9 @@ def test_reruns_are_right_by_construction(tmp_path):
     cfg["grid"]["seeds"] = [0, 1]
     overlay.write_text(yaml.safe_dump(cfg))
     seeds = snakemake(clone, configfile=overlay)
-    trained = [line for line in (seeds.stdout + seeds.stderr).splitlines() if "wildcards:" in line and "method=" in line]
+    trained = [
+        line for line in (seeds.stdout + seeds.stderr).splitlines() if "wildcards:" in line and "method=" in line
+    ]
     assert counts(seeds)["train"] == 3 and len(trained) == 3 and all("seed=1" in line for line in trained)
     # a deleted run folder trains again, also without Snakemake's metadata
     ogm = run_path(clone, overlay, "ogm")
@@ -101,12 +110,22 @@ def test_reruns_are_right_by_construction(tmp_path):
     (clone / "short.yaml").write_text(yaml.safe_dump(other))
     assert counts(snakemake(clone, configfile=clone / "short.yaml"))["train"] == 1
     assert {k: v for k, v in committed(clone).items() if k in view} == view
-    assert (clone / "results/short/leaderboard.md").exists() and "experiment `short`" in (clone / "results/short/leaderboard.md").read_text()
+    assert (clone / "results/short/leaderboard.md").exists() and "experiment `short`" in (
+        clone / "results/short/leaderboard.md"
+    ).read_text()
 
     # the mixed-settings sequence: a result made with other settings where the config's run belongs is refused
     joint_default, joint_short = run_path(clone, overlay, "joint"), run_path(clone, clone / "short.yaml", "joint")
     shutil.copyfile(joint_short / "metrics.json", joint_default / "metrics.json")
-    res = subprocess.run([sys.executable, "-m", "benchmark", "aggregate", "--config", str(overlay)], cwd=clone,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmark", "aggregate", "--config", str(overlay)],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert f"{joint_default.relative_to(clone)}/metrics.json records identity {joint_short.name.split('-')[-1]}" in res.stderr
+    assert (
+        f"{joint_default.relative_to(clone)}/metrics.json records identity {joint_short.name.split('-')[-1]}"
+        in res.stderr
+    )

@@ -1,4 +1,5 @@
 """Resume after preemption, failure isolation and determinism of one training job."""
+
 from __future__ import annotations
 
 import json
@@ -87,8 +88,28 @@ def test_a_checkpoint_of_other_settings_is_ignored(tiny_cfg, tmp_path):
 
 
 def _train_command(config: Path, out_dir: Path, method: str = "ogm_ge") -> list[str]:
-    return [sys.executable, "-m", "benchmark", "train", "--config", str(config), "--dataset", "synthetic-av", "--fold", "main",
-            "--backbone", "small_cnn", "--fusion", "concat", "--method", method, "--seed", "0", "--out-dir", str(out_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "benchmark",
+        "train",
+        "--config",
+        str(config),
+        "--dataset",
+        "synthetic-av",
+        "--fold",
+        "main",
+        "--backbone",
+        "small_cnn",
+        "--fusion",
+        "concat",
+        "--method",
+        method,
+        "--seed",
+        "0",
+        "--out-dir",
+        str(out_dir),
+    ]
 
 
 @pytest.mark.slow
@@ -97,12 +118,16 @@ def test_sigkill_mid_training_then_rerun_resumes_to_identical_metrics(in_tiny_wo
     cfg["train"]["epochs"] = 12
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    reference = subprocess.run(_train_command(config, tmp_path / "reference"), capture_output=True, text=True, cwd=in_tiny_workspace)
+    reference = subprocess.run(
+        _train_command(config, tmp_path / "reference"), capture_output=True, text=True, cwd=in_tiny_workspace
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     out = tmp_path / "killed"
     with open(tmp_path / "attempt1.log", "w") as log:
-        proc = subprocess.Popen(_train_command(config, out), stdout=log, stderr=subprocess.STDOUT, cwd=in_tiny_workspace)
+        proc = subprocess.Popen(
+            _train_command(config, out), stdout=log, stderr=subprocess.STDOUT, cwd=in_tiny_workspace
+        )
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if (out / "checkpoint.pt").exists() and torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] >= 3:
@@ -126,7 +151,13 @@ def test_divergence_fails_the_run_with_a_reason_and_the_leaderboard_shows_it(in_
 
     cfg = yaml.safe_load((in_tiny_workspace / "config.yaml").read_text())
     cfg["train"]["epochs"] = 8
-    cfg["grid"] = {"datasets": ["synthetic-av"], "backbones": ["small_cnn"], "fusions": ["concat"], "balancers": ["joint", "ogm"], "seeds": [0]}
+    cfg["grid"] = {
+        "datasets": ["synthetic-av"],
+        "backbones": ["small_cnn"],
+        "fusions": ["concat"],
+        "balancers": ["joint", "ogm"],
+        "seeds": [0],
+    }
     good = validate_config(cfg)
     cfg["train"]["optimizer"]["lr"] = 1.0e12  # absurd: the loss overflows within a few epochs
     bad = tmp_path / "bad.yaml"
@@ -146,6 +177,10 @@ def test_divergence_fails_the_run_with_a_reason_and_the_leaderboard_shows_it(in_
     (ogm_dir / "metrics.json").write_text(json.dumps(record))
     aggregate(good, tmp_path / "board")
     board = pd.read_csv(tmp_path / "board/leaderboard.csv").set_index("method")
-    assert board.loc["ogm", "status"] == "failed" and "diverged" in board.loc["ogm", "reason"] and board.loc["ogm", "runs"] == 0
+    assert (
+        board.loc["ogm", "status"] == "failed"
+        and "diverged" in board.loc["ogm", "reason"]
+        and board.loc["ogm", "runs"] == 0
+    )
     assert board.loc["joint", "status"] == "ok"
     assert "failed: training loss became" in (tmp_path / "board/leaderboard.md").read_text()

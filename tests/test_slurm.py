@@ -4,6 +4,7 @@ Such a minimal cluster has no accounting database, so the invocation adds what a
 ``--slurm-status-command squeue`` (the plugin's default, sacct, never sees a job finish here) and
 ``--slurm-no-account`` (no accounts to look up). Both stay here, not in the user-facing profile.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,13 @@ import yaml
 from tests.conftest import REPO, tiny_config
 from tests.test_workflow import run_path
 
-TEST_ONLY_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1"]
+TEST_ONLY_FLAGS = [
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-no-account",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+]
 
 
 def slurm_is_up() -> bool:
@@ -42,15 +49,29 @@ def slurm(tmp_path_factory) -> None:
             pytest.fail("CI needs Slurm: scripts/system-deps.sh installs slurmctld, slurmd, slurm-client and munge")
         pytest.skip("no Slurm here and it cannot be started (needs root and the slurm packages)")
     state = tmp_path_factory.mktemp("slurm")
-    res = subprocess.run(["bash", str(REPO / "scripts/local-slurm.sh"), "start", str(state)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts/local-slurm.sh"), "start", str(state)], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert slurm_is_up()
 
 
 def cluster_run(workdir: Path, cfg: dict) -> subprocess.CompletedProcess:
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile",
-           str(REPO / "workflow/profiles/cluster"), "--configfile", str(workdir / "tiny.yaml"), *TEST_ONLY_FLAGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--profile",
+        str(REPO / "workflow/profiles/cluster"),
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+        *TEST_ONLY_FLAGS,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 
@@ -88,5 +109,10 @@ def test_tiny_grid_runs_under_slurm_as_one_array_and_a_crashed_job_resumes_on_re
     assert "simulated node failure" in (run / "failed-attempts.log").read_text()  # ... and why the first attempt died
     assert "simulated node failure" in out  # the profile shows a failed job's log
     m = json.loads((run / "metrics.json").read_text())
-    assert m["status"] == "ok" and m["timing"]["resumed_after_epoch"] == 0 and len(m["history"]) == 3 and m["timing"]["slurm_job_id"]
+    assert (
+        m["status"] == "ok"
+        and m["timing"]["resumed_after_epoch"] == 0
+        and len(m["history"]) == 3
+        and m["timing"]["slurm_job_id"]
+    )
     assert set(pd.read_csv(tmp_path / "results/default/leaderboard.csv")["method"]) == {"joint", "ogm", "crash_once"}

@@ -3,19 +3,17 @@
 Audio learns fast but alone caps at 50%; video learns slowly, alone also caps at 50% yet gets well above
 chance (12.5%); only a model using both can separate all 8 classes.
 """
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 
-from benchmark.config import dataset_settings, validate_config
-from benchmark.data.datasets import DATASETS
-from benchmark.data.preprocess import preprocess
-from benchmark.data.splits import write_splits
+from benchmark.config import validate_config
 from benchmark.grid import RunSpec
 from benchmark.run import train_run
-from tests.conftest import default_config
+from tests.conftest import build_data, default_config
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +22,7 @@ pytestmark = pytest.mark.slow
 def default_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("default")
     cfg = validate_config(default_config())
-    settings = dataset_settings(cfg, "synthetic-av")
-    ds = DATASETS.get("synthetic-av")(settings)
-    ds.download(root / "data/raw/synthetic-av", workers=2)
-    preprocess(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", settings["preprocess"], workers=2, log=lambda s: None)
-    write_splits(ds, root / "data/raw/synthetic-av", root / "data/processed/synthetic-av", log=lambda s: None)
+    build_data(root, cfg)
     return root, cfg
 
 
@@ -36,7 +30,9 @@ def run(cfg, root, method, epochs, monkeypatch, fusion="concat"):
     cfg = copy.deepcopy(cfg)
     cfg["train"]["epochs"] = epochs
     monkeypatch.chdir(root)
-    spec = RunSpec.from_method("synthetic-av", "small_cnn", "none" if method.startswith("unimodal") else fusion, method, 0)
+    spec = RunSpec.from_method(
+        "synthetic-av", "small_cnn", "none" if method.startswith("unimodal") else fusion, method, 0
+    )
     return train_run(cfg, spec, root / "runs" / f"{method}-{epochs}", log=lambda s: None)
 
 

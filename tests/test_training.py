@@ -1,4 +1,5 @@
 """Training runs end to end on the tiny dataset: determinism, validation-only selection, G-Blend estimation."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from benchmark.config import validate_config
 from benchmark.data.cache import load_part
 from benchmark.estimate import estimate_gblend
 from benchmark.grid import RunSpec
-from benchmark.settings import Resolver, Step
 from benchmark.run import train_run
+from benchmark.settings import Resolver, Step
+from tests.conftest import tiny_data_dirs
 
 
 @pytest.fixture
@@ -63,9 +65,9 @@ def test_test_split_is_not_read_during_training(tiny_cfg, tmp_path, monkeypatch)
     parts_read = []
     real_read = splits.read_split
 
-    def spy(processed_dir, fold, part):
+    def spy(processed_dir, fold, part, *rest):
         parts_read.append(part)
-        return real_read(processed_dir, fold, part)
+        return real_read(processed_dir, fold, part, *rest)
 
     real_fit = run_module.fit
 
@@ -92,11 +94,13 @@ def test_gblend_estimate_uses_a_held_out_part_of_train_and_feeds_training(tiny_c
     est = estimate_gblend(tiny_cfg, "synthetic-av", "small_cnn", "concat", 0, out, log=quiet)
     assert set(est["weights"]) == {"audio", "visual", "fused"}
     assert sum(est["weights"].values()) == pytest.approx(1.0)
-    train_ids = set(load_part("data/processed/synthetic-av", "main", "train").ids())
+    train_ids = set(load_part(tiny_data_dirs().processed, "main", "train", splits_dir=tiny_data_dirs().splits).ids())
     held, subset = set(est["holdout_clip_ids"]), set(est["train_subset_clip_ids"])
     assert held and held <= train_ids and subset <= train_ids and held.isdisjoint(subset)
     for split in ("val", "test"):
-        assert held.isdisjoint(load_part("data/processed/synthetic-av", "main", split).ids())
+        assert held.isdisjoint(
+            load_part(tiny_data_dirs().processed, "main", split, splits_dir=tiny_data_dirs().splits).ids()
+        )
     for head in est["heads"].values():  # G and O follow from the measured losses (Alg. 1)
         b, a = head["before"], head["after"]
         assert head["G"] == pytest.approx(b["V"] - a["V"])
@@ -111,10 +115,16 @@ def test_gblend_estimate_uses_a_held_out_part_of_train_and_feeds_training(tiny_c
 
 def test_bf16_and_channels_last_train_on_cpu_and_are_recorded_only_when_on(tiny_cfg, tmp_path):
     spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm_ge", 0)
-    assert "precision" not in Resolver(tiny_cfg).run(spec).settings["train"]  # off: left out, so existing runs keep their hash
+    assert (
+        "precision" not in Resolver(tiny_cfg).run(spec).settings["train"]
+    )  # off: left out, so existing runs keep their hash
     cfg = json.loads(json.dumps(tiny_cfg))
     cfg["train"].update(precision="bf16", channels_last=True)
     m = train_run(validate_config(cfg), spec, tmp_path, log=quiet)
-    assert m["status"] == "ok" and m["settings"]["train"]["precision"] == "bf16" and m["settings"]["train"]["channels_last"] is True
+    assert (
+        m["status"] == "ok"
+        and m["settings"]["train"]["precision"] == "bf16"
+        and m["settings"]["train"]["channels_last"] is True
+    )
     assert m["config_hash"] != train_run(tiny_cfg, spec, tmp_path / "fp32", log=quiet)["config_hash"]
     assert all(h["train_loss"] == h["train_loss"] for h in m["history"])  # finite

@@ -1,5 +1,6 @@
 """Fair tuning: seeded random search per group, search spaces checked against the components, trials that never read
 the test split, best-trial selection, tuned final runs, and a tiny tuning run through the DAG."""
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,14 @@ from tests.conftest import default_config, run_dir, tiny_config
 def run_hash(cfg: dict, spec: RunSpec) -> str:
     return Resolver(cfg).run(spec).identity
 
-SPACE = {"train": {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "scale": "log"}},
-         "balancers": {"ogm": {"alpha": {"low": 0.1, "high": 1.0}, "end_epoch": {"low": 2, "high": 9, "type": "int"}},
-                       "mlb": {"beta_max": {"choices": [2, 5, 10]}}}}
+
+SPACE = {
+    "train": {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "scale": "log"}},
+    "balancers": {
+        "ogm": {"alpha": {"low": 0.1, "high": 1.0}, "end_epoch": {"low": 2, "high": 9, "type": "int"}},
+        "mlb": {"beta_max": {"choices": [2, 5, 10]}},
+    },
+}
 
 
 def tuned_config(trials: int = 3, **grid) -> dict:
@@ -37,25 +43,37 @@ def test_random_search_is_seeded_per_group_and_trial_and_stays_in_range():
     cfg = validate_config(tuned_config(trials=50))
     ogm = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
     draws = [search.trial_params(cfg, ogm, k) for k in range(50)]
-    assert draws[3] == search.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 1), 3)  # seed-free group
+    assert draws[3] == search.trial_params(
+        cfg, RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 1), 3
+    )  # seed-free group
     assert set(draws[0]) == {"train.optimizer.lr", "balancer.alpha", "balancer.end_epoch"}
     lrs = np.array([d["train.optimizer.lr"] for d in draws])
     assert lrs.min() >= 1e-3 and lrs.max() <= 1e-1 and (np.log10(lrs) < -2).mean() > 0.3  # log scale: half below 0.01
     assert all(0.1 <= d["balancer.alpha"] <= 1.0 and isinstance(d["balancer.end_epoch"], int) for d in draws)
     assert len({d["balancer.alpha"] for d in draws}) == 50
     joint = search.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), 3)
-    assert set(joint) == {"train.optimizer.lr"} and joint["train.optimizer.lr"] != draws[3]["train.optimizer.lr"]  # another group
-    mlb = [search.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "mlb", 0), k)["balancer.beta_max"] for k in range(50)]
+    assert (
+        set(joint) == {"train.optimizer.lr"} and joint["train.optimizer.lr"] != draws[3]["train.optimizer.lr"]
+    )  # another group
+    mlb = [
+        search.trial_params(cfg, RunSpec("synthetic-av", "small_cnn", "concat", "mlb", 0), k)["balancer.beta_max"]
+        for k in range(50)
+    ]
     assert set(mlb) == {2, 5, 10}
     cfg["tuning"]["seed"] = 1
     assert search.trial_params(cfg, ogm, 3) != draws[3]
 
 
 def test_search_space_errors_name_the_key():
-    for space, key in (({"balancers": {"ogm": {"alfa": {"low": 0.1, "high": 1}}}}, "tuning.space.balancers.ogm.alfa"),
-                       ({"train": {"optimizer.lrate": {"low": 0.1, "high": 1}}}, "tuning.space.train.optimizer.lrate"),
-                       ({"train": {"optimizer.lr": {"low": 1, "high": 0.1}}}, "tuning.space.train.optimizer.lr"),
-                       ({"fusions": {"gated": {"hidden": {"low": 0, "high": 64, "scale": "log"}}}}, "tuning.space.fusions.gated.hidden")):
+    for space, key in (
+        ({"balancers": {"ogm": {"alfa": {"low": 0.1, "high": 1}}}}, "tuning.space.balancers.ogm.alfa"),
+        ({"train": {"optimizer.lrate": {"low": 0.1, "high": 1}}}, "tuning.space.train.optimizer.lrate"),
+        ({"train": {"optimizer.lr": {"low": 1, "high": 0.1}}}, "tuning.space.train.optimizer.lr"),
+        (
+            {"fusions": {"gated": {"hidden": {"low": 0, "high": 64, "scale": "log"}}}},
+            "tuning.space.fusions.gated.hidden",
+        ),
+    ):
         cfg = tuned_config()
         cfg["tuning"]["space"] = space
         with pytest.raises(ConfigError) as err:
@@ -75,7 +93,9 @@ def test_tuning_off_keeps_every_run_hash_and_on_changes_it():
     changed = copy.deepcopy(on)
     changed["tuning"]["space"]["balancers"]["ogm"]["alpha"]["high"] = 0.9
     assert run_hash(changed, spec) != run_hash(on, spec)  # a new space retunes the group
-    assert run_hash(changed, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0)) == run_hash(on, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0))
+    assert run_hash(changed, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0)) == run_hash(
+        on, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0)
+    )
 
 
 def test_best_trial_is_the_highest_validation_score_earliest_on_ties(tmp_path, monkeypatch):
@@ -87,8 +107,18 @@ def test_best_trial_is_the_highest_validation_score_earliest_on_ties(tmp_path, m
     for k, (status, score) in enumerate(scores):
         path = resolver.resolve(Step("tune_trial", spec, k)).path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"trial": k, "params": {"balancer.alpha": 0.1 * (k + 1)}, "status": status, "val_score": score,
-                                    "metric": "validation accuracy", "history": [{}] * (k + 1)}))
+        path.write_text(
+            json.dumps(
+                {
+                    "trial": k,
+                    "params": {"balancer.alpha": 0.1 * (k + 1)},
+                    "status": status,
+                    "val_score": score,
+                    "metric": "validation accuracy",
+                    "history": [{}] * (k + 1),
+                }
+            )
+        )
     best = tuning.select_best(cfg, spec, log=lambda s: None)
     assert best["trial"] == 2 and best["params"] == {"balancer.alpha": pytest.approx(0.3)} and best["val_score"] == 0.75
     assert best["budget"] == {"trials": 4, "epochs_trained": 10}
@@ -107,10 +137,10 @@ def test_trials_never_read_the_test_split(tiny_workspace, monkeypatch):
     monkeypatch.chdir(tiny_workspace)
     real = splits.read_split
 
-    def guarded(processed_dir, fold, part):
+    def guarded(processed_dir, fold, part, *rest):
         if part == "test":
             raise AssertionError("the test split was read")
-        return real(processed_dir, fold, part)
+        return real(processed_dir, fold, part, *rest)
 
     monkeypatch.setattr(splits, "read_split", guarded)
     cfg = validate_config(tuned_config(trials=2, balancers=["ogm", "gblend"]))
@@ -120,7 +150,9 @@ def test_trials_never_read_the_test_split(tiny_workspace, monkeypatch):
         record = tuning.run_trial(cfg, spec, 1, tiny_workspace / f"trial-{method}.json", log=lambda s: None)
         assert record["status"] == "ok" and record["loaded_parts"] == ["train", "val"] and 0 <= record["val_score"] <= 1
         assert record["params"] == search.trial_params(cfg, spec, 1)
-    assert json.loads((tiny_workspace / "trial1.gblend_weights.json").read_text())["holdout_clip_ids"]  # estimated from train
+    assert json.loads((tiny_workspace / "trial1.gblend_weights.json").read_text())[
+        "holdout_clip_ids"
+    ]  # estimated from train
     plain = copy.deepcopy(cfg)
     plain["tuning"]["enabled"] = False
     with pytest.raises(AssertionError, match="test split was read"):
@@ -135,7 +167,9 @@ def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_pa
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
     dry = snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert job_counts(dry.stdout)["tune_trial"] == 6 and job_counts(dry.stdout)["tune_select"] == 2  # 2 methods × 3 trials
+    assert (
+        job_counts(dry.stdout)["tune_trial"] == 6 and job_counts(dry.stdout)["tune_select"] == 2
+    )  # 2 methods × 3 trials
     res = snakemake(tmp_path, configfile=tmp_path / "tune.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
     resolver = Resolver(validate_config(cfg))
@@ -144,7 +178,9 @@ def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_pa
         group = tmp_path / resolver.resolve(Step("tune_best", spec)).path
         trials = [json.loads((group / f"trial{k}.json").read_text()) for k in range(3)]
         assert all(t["loaded_parts"] == ["train", "val"] for t in trials)  # no trial job loaded the test split
-        assert [t["config_hash"] for t in trials] == [settings_hash(resolver.resolve(Step("tune_trial", spec, k)).settings) for k in range(3)]
+        assert [t["config_hash"] for t in trials] == [
+            settings_hash(resolver.resolve(Step("tune_trial", spec, k)).settings) for k in range(3)
+        ]
         best = json.loads((group / "best.json").read_text())
         assert best["val_score"] == max(t["val_score"] for t in trials) and best["budget"]["trials"] == 3
         metrics = json.loads((tmp_path / run_dir(cfg, spec) / "metrics.json").read_text())
@@ -164,7 +200,9 @@ def test_tiny_tuning_run_through_the_dag_lists_the_chosen_hyperparameters(tmp_pa
     # results made elsewhere (no Snakemake metadata here, as in a fresh clone of committed results) still rerun when
     # the config changes what they record: a changed method parameter reruns that method, tuning reruns everything
     shutil.rmtree(tmp_path / ".snakemake" / "metadata")
-    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml"))
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(
+        snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml")
+    )
     cfg["balancers"]["ogm"]["start_epoch"] = 1  # not searched: it changes ogm's runs and trials
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
     changed = snakemake(tmp_path, "-n", configfile=tmp_path / "tune.yaml")
@@ -192,7 +230,9 @@ def test_a_killed_trial_resumes_from_its_checkpoint_to_the_same_result(tiny_work
     assert (tmp_path / "a/trial0.checkpoint.pt").exists()
     resumed = tuning.run_trial(cfg, spec, 0, tmp_path / "a/trial0.json", log=logs.append)
     assert any("resumed" in line and "after epoch 1/3" in line for line in logs)
-    fresh = tuning.run_trial(cfg, spec, 0, tmp_path / "b/trial0.json", log=lambda s: None)  # the marker exists: no crash
+    fresh = tuning.run_trial(
+        cfg, spec, 0, tmp_path / "b/trial0.json", log=lambda s: None
+    )  # the marker exists: no crash
     assert resumed["history"] == fresh["history"] and resumed["val_score"] == fresh["val_score"]
     assert not (tmp_path / "a/trial0.checkpoint.pt").exists()
     marker.unlink()

@@ -1,4 +1,5 @@
 """The Snakemake DAG: the default grid's job list, a tiny real run to a leaderboard, the cluster profile."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,24 @@ import yaml
 from benchmark.config import load_config
 from benchmark.grid import RunSpec
 from benchmark.settings import Resolver, Step
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, data_dirs, tiny_config
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
     """Snakemake as run.sh runs it (the default workflow profile), here on 2 cores."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-           "--workflow-profile", str(REPO / "workflow/profiles/default")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--workflow-profile",
+        str(REPO / "workflow/profiles/default"),
+    ]
     if configfile:
         cmd += ["--configfile", str(configfile)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True)
@@ -35,8 +47,16 @@ def resolved(overlay: Path, spec: RunSpec, kind: str = "run"):
     return Resolver(load_config([overlay], base=REPO / "config.yaml")).resolve(Step(kind, spec))
 
 
-def run_path(workdir: Path, overlay: Path, method: str, seed: int = 0, fusion: str = "concat", dataset: str = "synthetic-av",
-             backbone: str = "small_cnn", fold: str = "main") -> Path:
+def run_path(
+    workdir: Path,
+    overlay: Path,
+    method: str,
+    seed: int = 0,
+    fusion: str = "concat",
+    dataset: str = "synthetic-av",
+    backbone: str = "small_cnn",
+    fold: str = "main",
+) -> Path:
     return workdir / resolved(overlay, RunSpec.from_method(dataset, backbone, fusion, method, seed, fold)).path
 
 
@@ -54,9 +74,21 @@ def test_dry_run_of_the_default_config_lists_the_full_grid(tmp_path):
     fused = [b for b in first["balancers"] if b != "unimodal"]
     n_seeds, n_bb, n_fu = len(first["seeds"]), len(first["backbones"]), len(first["fusions"])
     expected = n_seeds * n_bb * (len(fused) * n_fu + 2)  # + audio-only, visual-only
-    seen = {(b, f, bb, s) for b in first["balancers"] for f in first["fusions"] for bb in first["backbones"] for s in first["seeds"]}
+    seen = {
+        (b, f, bb, s)
+        for b in first["balancers"]
+        for f in first["fusions"]
+        for bb in first["backbones"]
+        for s in first["seeds"]
+    }
     for block in blocks[1:]:  # the union: combinations already in an earlier block are not trained twice
-        for combo in ((b, f, bb, s) for b in block["balancers"] for f in block["fusions"] for bb in block["backbones"] for s in block["seeds"]):
+        for combo in (
+            (b, f, bb, s)
+            for b in block["balancers"]
+            for f in block["fusions"]
+            for bb in block["backbones"]
+            for s in block["seeds"]
+        ):
             if combo not in seen and not (combo[0] == "mmcosine" and combo[1] == "gated"):
                 seen.add(combo)
                 expected += 1
@@ -80,7 +112,10 @@ def test_tiny_real_run_produces_a_leaderboard_and_is_idempotent(tmp_path):
     assert (tmp_path / "results/default/plots/synthetic-av__small_cnn.png").stat().st_size > 1000
     ogm = run_path(tmp_path, tmp_path / "tiny.yaml", "ogm")
     assert ogm.parent.name == "ogm" and ogm.name.startswith("seed0-")
-    for log in (tmp_path / "results/logs/download/synthetic-av.log", ogm / "train.log"):
+    downloads = list((tmp_path / "results/logs/download").glob("synthetic-av-*.log"))
+    raw = data_dirs(load_config([tmp_path / "tiny.yaml"], base=REPO / "config.yaml")).raw
+    assert [d.name for d in downloads] == [f"synthetic-av-{raw.name}.log"]
+    for log in (downloads[0], ogm / "train.log"):
         assert log.stat().st_size > 0
     assert "[1/1] epoch=0" in (ogm / "train.log").read_text()
     again = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
@@ -104,11 +139,28 @@ def test_tiny_real_run_produces_a_leaderboard_and_is_idempotent(tmp_path):
 def test_cluster_profile_is_found_from_the_repository_root_and_asks_for_gpus(tmp_path):
     profile = yaml.safe_load((REPO / "cluster" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "cluster", "-n", "-d", str(tmp_path),
-                          "--configfile", str(REPO / "config.yaml")], cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            "cluster",
+            "-n",
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(REPO / "config.yaml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
-    assert "Using profiles cluster and workflow specific profile profiles/default" in out  # the cluster profile over the default one
+    assert (
+        "Using profiles cluster and workflow specific profile profiles/default" in out
+    )  # the cluster profile over the default one
     train_block = out.split("rule train:")[1].split("\n\n")[0]
     assert "gpu=1" in train_block
     # download and aggregate stay on the submit host (where they run under Slurm is tested in the Slurm test)
@@ -119,7 +171,10 @@ def test_cluster_profile_is_found_from_the_repository_root_and_asks_for_gpus(tmp
 
 @pytest.mark.slow
 def test_three_modalities_end_to_end(tmp_path):
-    cfg = tiny_config(datasets=["synthetic-avm"], balancers=["joint", "ogm", "mlb", "gblend", "aux_loss", "modality_dropout", "pretrain"])
+    cfg = tiny_config(
+        datasets=["synthetic-avm"],
+        balancers=["joint", "ogm", "mlb", "gblend", "aux_loss", "modality_dropout", "pretrain"],
+    )
     cfg["datasets"]["synthetic-avm"] = cfg["datasets"].pop("synthetic-av")
     cfg["balancers"]["gblend"]["estimate_epochs"] = 1
     (tmp_path / "avm.yaml").write_text(yaml.safe_dump(cfg))
@@ -132,7 +187,12 @@ def test_three_modalities_end_to_end(tmp_path):
     for method in ("ogm", "gblend", "pretrain"):
         m = json.loads((run_path(tmp_path, overlay, method, dataset="synthetic-avm") / "metrics.json").read_text())
         assert m["run"]["modalities"] == ["audio", "visual", "motion"]
-    assert any("extension" in n for n in json.loads((run_path(tmp_path, overlay, "ogm", dataset="synthetic-avm") / "metrics.json").read_text())["notes"])
+    assert any(
+        "extension" in n
+        for n in json.loads((run_path(tmp_path, overlay, "ogm", dataset="synthetic-avm") / "metrics.json").read_text())[
+            "notes"
+        ]
+    )
     estimate = resolved(overlay, RunSpec("synthetic-avm", "small_cnn", "concat", "gblend", 0), "estimate")
     assert set(json.loads((tmp_path / estimate.path).read_text())["weights"]) == {"audio", "visual", "motion", "fused"}
     pretrain = resolved(overlay, RunSpec("synthetic-avm", "small_cnn", "concat", "pretrain", 0))
@@ -150,13 +210,21 @@ def test_user_classes_from_a_module_run_through_the_dag(tmp_path):
     res = snakemake(tmp_path, configfile=tmp_path / "user.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
     board = pd.read_csv(tmp_path / "results/default/leaderboard.csv", keep_default_na=False)  # keep the literal "n/a"
-    assert set(zip(board["method"], board["fusion"])) == {(b, f) for b in ("joint", "weakest_boost", "mmcosine") for f in ("concat", "max")}
+    assert set(zip(board["method"], board["fusion"])) == {
+        (b, f) for b in ("joint", "weakest_boost", "mmcosine") for f in ("concat", "max")
+    }
     status = dict(zip(zip(board["method"], board["fusion"]), board["status"]))
     assert status.pop(("mmcosine", "max")) == "n/a" and set(status.values()) == {"ok"}
     md = (tmp_path / "results/default/leaderboard.md").read_text()
     assert "| mmcosine | max | 0 |" in md and "n/a: MMCosine normalises" in md
-    m = json.loads((run_path(tmp_path, tmp_path / "user.yaml", "weakest_boost", fusion="max") / "metrics.json").read_text())
-    assert m["settings"]["balancer"] == {"name": "weakest_boost", "params": {"lam": 0.3}, "class": "my_methods:WeakestBoost"}
+    m = json.loads(
+        (run_path(tmp_path, tmp_path / "user.yaml", "weakest_boost", fusion="max") / "metrics.json").read_text()
+    )
+    assert m["settings"]["balancer"] == {
+        "name": "weakest_boost",
+        "params": {"lam": 0.3},
+        "class": "my_methods:WeakestBoost",
+    }
     assert "score_audio" in m["history"][0]
 
 
@@ -167,8 +235,16 @@ def test_folds_of_a_real_dataset_through_the_dag(tmp_path):
     root = tmp_path / "CREMA-D"
     native_trees.cremad_tree(root, actors=range(1001, 1004))
     cfg = tiny_config(datasets=["cremad"], balancers=["joint"])
-    cfg["datasets"] = {"cremad": {"source": {"path": str(root), "max_missing_fraction": 0.1}, "split": {"scheme": "actor-folds"},
-                                  "preprocess": {"audio": {"n_mels": 16, "hop_length": 400}, "visual": {"fps": 2, "num_frames": 2, "size": 16}}}}
+    cfg["datasets"] = {
+        "cremad": {
+            "source": {"path": str(root), "max_missing_fraction": 0.1},
+            "split": {"scheme": "actor-folds"},
+            "preprocess": {
+                "audio": {"n_mels": 16, "hop_length": 400},
+                "visual": {"fps": 2, "num_frames": 2, "size": 16},
+            },
+        }
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(tmp_path, configfile=tmp_path / "c.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -178,7 +254,9 @@ def test_folds_of_a_real_dataset_through_the_dag(tmp_path):
     assert board.loc[0, "runs"] == 3 and board.loc[0, "folds"] == 3
     assert "3 folds (fold1, fold2, fold3)" in (tmp_path / "results/default/leaderboard.md").read_text()
     for fold in ("fold1", "fold2", "fold3"):
-        m = json.loads((run_path(tmp_path, tmp_path / "c.yaml", "joint", dataset="cremad", fold=fold) / "metrics.json").read_text())
+        m = json.loads(
+            (run_path(tmp_path, tmp_path / "c.yaml", "joint", dataset="cremad", fold=fold) / "metrics.json").read_text()
+        )
         assert m["settings"]["fold"] == fold
 
 
@@ -199,3 +277,29 @@ def test_a_crashing_job_leaves_a_log_and_only_it_is_retried(tmp_path):
     counts = job_counts(again.stdout)
     assert counts["train"] == 1 and "method=oom" in again.stdout and "method=joint" not in again.stdout
     assert not {"download", "preprocess", "split"} & set(counts)
+
+
+@pytest.mark.slow
+def test_a_preprocessing_stop_keeps_the_rejection_report_it_points_to(tmp_path):
+    from tests import native_trees
+
+    root = tmp_path / "videos"
+    native_trees.video_folder_tree(root, with_split=True)
+    clips = sorted(root.rglob("*.mp4"))
+    for clip in clips[: len(clips) // 2]:  # half the clips unreadable: far more than max_rejected_fraction
+        clip.write_bytes(b"not a video")
+    cfg = tiny_config(datasets=["video_folder"], balancers=["joint"])
+    cfg["datasets"]["video_folder"] = {
+        "source": {"path": str(root)},
+        "split": {"test_fraction": 0.34},
+        "preprocess": {"max_rejected_fraction": 0.05, "visual": {"fps": 1, "num_frames": 1, "size": 16}},
+    }
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, configfile=tmp_path / "v.yaml")
+    assert res.returncode != 0
+    dirs = resolved(tmp_path / "v.yaml", RunSpec("video_folder", "small_cnn", "concat", "joint", 0)).data
+    log = (tmp_path / "results/logs/preprocess" / f"video_folder-{dirs[0].parent.name}.log").read_text()
+    assert "max_rejected_fraction=0.05" in log
+    report = tmp_path / dirs[0].parent / "rejected.csv"
+    assert str(report.relative_to(tmp_path)) in log and report.exists()  # the file the error points to survived
+    assert sum(1 for _ in report.open()) - 1 == len(clips) // 2  # every rejected clip listed, with its reason

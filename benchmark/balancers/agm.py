@@ -1,4 +1,5 @@
 """Adaptive Gradient Modulation (AGM)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,6 +8,7 @@ from torch.nn import functional as F
 from benchmark.balancers.base import BALANCERS, Balancer
 from benchmark.models.model import ModelOutput, MultimodalModel
 from benchmark.models.shapley import masked, shapley_shares
+from benchmark.params import Epoch, Positive
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -25,12 +27,17 @@ class _ScaleGrad(torch.autograd.Function):
 
 def agm_scores(shares: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
     """s_m = mean_i −log softmax(m_m)_i[y_i], with the probability floored at 1e-8 (as the reference code)."""
-    return torch.stack([-torch.log(torch.softmax(v.detach().float(), 1).gather(1, y[:, None]).clamp_min(1e-8)).mean()
-                        for v in shares.values()])
+    return torch.stack(
+        [
+            -torch.log(torch.softmax(v.detach().float(), 1).gather(1, y[:, None]).clamp_min(1e-8)).mean()
+            for v in shares.values()
+        ]
+    )
 
 
 def agm_coefficients(scores: torch.Tensor, running: torch.Tensor, alpha: float) -> torch.Tensor:
-    """k_m = exp(α · min(exp(S̄_o − S̄_m) − exp(s_o − s_m), 10)), o = the other modality (mean of the others for M > 2)."""
+    """k_m = exp(α · min(exp(S̄_o − S̄_m) − exp(s_o − s_m), 10)), o = the other modality (mean of the others for M >
+    2)."""
     m = scores.numel()
     others = (scores.sum() - scores) / (m - 1)
     running_others = (running.sum() - running) / (m - 1)
@@ -51,14 +58,17 @@ class AGM(Balancer):
     paper = "Li et al. 2023 (AGM), Shapley shares and gradient coefficients"
     single_label_only = "its scores are −log softmax of the one true class"
 
-    def __init__(self, *, alpha: float = 1.0, start_epoch: int = 0, end_epoch: int = 50) -> None:
+    def __init__(self, *, alpha: Positive = 1.0, start_epoch: Epoch = 0, end_epoch: Epoch = 50) -> None:
         super().__init__()
         self.alpha, self.start_epoch, self.end_epoch = alpha, start_epoch, end_epoch
 
     @classmethod
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
         if num_modalities > 2:
-            return ["extension: M-player Shapley shares and the mean of the other modalities' scores (the paper has two modalities)"]
+            return [
+                "extension: M-player Shapley shares and the mean of the other modalities' scores (the paper has two "
+                "modalities)"
+            ]
         return []
 
     def setup(self, model, ctx) -> None:

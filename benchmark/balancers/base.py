@@ -12,6 +12,7 @@ never waits on the host.
 A user method is a subclass named in config (``balancers: {mine: {class: 'pkg.mod:Mine', alpha: 1}}``);
 its hyperparameters are the keyword-only arguments of ``__init__``, which must call ``super().__init__()``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
 import torch
+
 from benchmark.metrics import task_loss
 from benchmark.models.model import ModelOutput, MultimodalModel
 from benchmark.registry import Registry
@@ -43,7 +45,9 @@ class RunContext:
     settings: dict = field(default_factory=dict)  # the run's training settings
     log: Callable[[str], None] = print
 
-    def batches(self, data: "CachedSplit | None" = None, batch_size: int | None = None) -> Iterator[tuple[dict, torch.Tensor]]:
+    def batches(
+        self, data: "CachedSplit | None" = None, batch_size: int | None = None
+    ) -> Iterator[tuple[dict, torch.Tensor]]:
         """Device batches of ``data`` (default: the training data) in a fixed order, for per-epoch statistics."""
         from benchmark.data.cache import make_loader
 
@@ -88,8 +92,10 @@ class Balancer:
         if multi_label and cls.single_label_only:
             return f"needs single-label data: {cls.single_label_only}"
         if cls.needs_modality_features and not getattr(fusion_cls, "per_modality_features", True):
-            return (f"reads per-modality features or logits, which fusion '{fusion_cls.name}' does not have "
-                    "(its streams merge inside the encoders)")
+            return (
+                f"reads per-modality features or logits, which fusion '{fusion_cls.name}' does not have "
+                "(its streams merge inside the encoders)"
+            )
         return cls.unsupported(fusion_cls, num_modalities)
 
     @classmethod
@@ -221,7 +227,9 @@ def scale_grads(params: list[tuple[torch.nn.Parameter, tuple | None]], k: torch.
             p.grad[index] *= k
 
 
-def modality_parameter_groups(model: MultimodalModel, with_unimodal_heads: bool = True) -> dict[str, list[tuple[torch.nn.Parameter, tuple | None]]]:
+def modality_parameter_groups(
+    model: MultimodalModel, with_unimodal_heads: bool = True
+) -> dict[str, list[tuple[torch.nn.Parameter, tuple | None]]]:
     """Per modality: every encoder parameter, its unimodal head (if any) and its slice of the fused head."""
     groups = {}
     for m in model.modalities:

@@ -1,24 +1,28 @@
 """Gradient-Blending (Wang et al. 2020): the weight estimation (Alg. 1) and the offline (Alg. 2) and online (Alg. 3)
 training schemes. Offline weights come from the DAG's ``estimate`` step (benchmark.estimate); online weights are
 re-estimated inside the training job at every super-epoch."""
+
 from __future__ import annotations
 
 import copy
 import json
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 
-from benchmark.metrics import video_of
 from benchmark.balancers.base import BALANCERS, Balancer, RunContext, fused_ce, unimodal_ce
+from benchmark.metrics import video_of
 from benchmark.models.fusions import ConcatFusion
 from benchmark.models.model import ModelOutput, MultimodalModel, fingerprint
+from benchmark.params import HoldoutFraction, PositiveInt
 
 FUSED_HEAD = "fused"
 
 
-def generalization_overfitting(before: dict[str, float], after: dict[str, float], metric: str = "loss") -> tuple[float, float]:
+def generalization_overfitting(
+    before: dict[str, float], after: dict[str, float], metric: str = "loss"
+) -> tuple[float, float]:
     """G and O of one head between checkpoints N and N+n (G-Blend eq. 3, Alg. 1), from its measure on the
     held-out set ("V") and the train subset ("T'"):  G = L^V(N) − L^V(N+n),
     O = (L^V(N+n) − L^T'(N+n)) − (L^V(N) − L^T'(N)).  With accuracy, the error 1 − acc takes the loss's place."""
@@ -38,11 +42,15 @@ def blend_weights(G: dict[str, float], O: dict[str, float], eps: float = 1e-8) -
     raw = {h: max(G[h], 0.0) / max(O[h] ** 2, eps) for h in G}
     total = sum(raw.values())
     if total <= 0:
-        return {h: 1.0 / len(G) for h in G}, ["no head generalised on the held-out set (all G <= 0): equal weights used"]
+        return {h: 1.0 / len(G) for h in G}, [
+            "no head generalised on the held-out set (all G <= 0): equal weights used"
+        ]
     return {h: v / total for h, v in raw.items()}, []
 
 
-def carve_holdout(labels: torch.Tensor, fraction: float, seed: int, clip_ids: list[str] | None = None) -> tuple[list[int], list[int], list[int]]:
+def carve_holdout(
+    labels: torch.Tensor, fraction: float, seed: int, clip_ids: list[str] | None = None
+) -> tuple[list[int], list[int], list[int]]:
     """(V, T, T'): a stratified held-out part V of the training split, the rest T, and T' ⊂ T with |T'| = |V|.
 
     Strata are the labels (the label set of a multi-label sample). With ``clip_ids``, the clips of one video
@@ -77,8 +85,17 @@ def head_network(model: MultimodalModel, head: str) -> MultimodalModel:
     return MultimodalModel({head: encoder}, fusion, model.num_classes)
 
 
-def gb_estimate(model: MultimodalModel, data: dict, prep, settings: dict, epochs: int, device: torch.device, seed: int,
-                metric: str, log: Callable[[str], None]) -> dict:
+def gb_estimate(
+    model: MultimodalModel,
+    data: dict,
+    prep,
+    settings: dict,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+    metric: str,
+    log: Callable[[str], None],
+) -> dict:
     """GB_Estimate (Alg. 1) from ``model``'s current parameters over ``epochs`` epochs.
 
     ``data`` holds the CachedSplit views 'T' (trained on), 'V' (held out) and "T'" (train subset for measuring).
@@ -110,8 +127,10 @@ def gb_estimate(model: MultimodalModel, data: dict, prep, settings: dict, epochs
         log(f"[estimate:{head}] {metric} before {before} after {after} -> G={G[head]:.4g} O={O[head]:.4g}")
     weights, notes = blend_weights(G, O)
     if weights[FUSED_HEAD] == 0:
-        notes.append("the fused head got weight 0 (no generalisation measured on V), so it is not trained and "
-                     "the model's fused predictions stay at their initial, near-chance level")
+        notes.append(
+            "the fused head got weight 0 (no generalisation measured on V), so it is not trained and "
+            "the model's fused predictions stay at their initial, near-chance level"
+        )
     return {"weights": weights, "heads": per_head, "notes": notes}
 
 
@@ -143,7 +162,13 @@ class GBlend(WeightedHeads):
     paper = "Wang et al. 2020 (G-Blend), eq. 7 and Alg. 1-2 (offline)"
     needs = ("gblend_weights",)
 
-    def __init__(self, *, holdout_fraction: float = 0.1, estimate_epochs: int | None = None, metric: str = "loss") -> None:
+    def __init__(
+        self,
+        *,
+        holdout_fraction: HoldoutFraction = 0.1,
+        estimate_epochs: PositiveInt | None = None,
+        metric: Literal["loss", "accuracy"] = "loss",
+    ) -> None:
         super().__init__()
         if metric not in ("loss", "accuracy"):
             raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}")
@@ -156,7 +181,10 @@ class GBlend(WeightedHeads):
         estimate = json.loads(path.read_text())
         # setup runs before the first step, so the model is still the initial one (φ^0)
         if estimate["init_fingerprint"] != fingerprint(model):
-            raise ValueError(f"{path} was estimated from a different initial model (seed or architecture changed); re-run the estimate step")
+            raise ValueError(
+                f"{path} was estimated from a different initial model (seed or architecture changed); re-run the "
+                "estimate step"
+            )
         self.set_weights(estimate["weights"])
         self.run_notes = [f"G-Blend estimate: {note}" for note in estimate.get("notes", [])]
 
@@ -171,7 +199,14 @@ class GBlendOnline(WeightedHeads):
 
     paper = "Wang et al. 2020 (G-Blend), eq. 7 and Alg. 1, 3 (online)"
 
-    def __init__(self, *, first_super_epoch: int = 10, super_epoch: int = 5, holdout_fraction: float = 0.1, metric: str = "loss") -> None:
+    def __init__(
+        self,
+        *,
+        first_super_epoch: PositiveInt = 10,
+        super_epoch: PositiveInt = 5,
+        holdout_fraction: HoldoutFraction = 0.1,
+        metric: Literal["loss", "accuracy"] = "loss",
+    ) -> None:
         super().__init__()
         if first_super_epoch < 1 or super_epoch < 1:
             raise ValueError("super-epochs must last at least one epoch")
@@ -200,8 +235,17 @@ class GBlendOnline(WeightedHeads):
         i = starts.index(epoch)
         length = (starts[i + 1] if i + 1 < len(starts) else self.ctx.num_epochs) - epoch
         data = {"T": self.ctx.train, **self.held_out}
-        est = gb_estimate(self.model, data, self.ctx.prep, self.ctx.settings, length, self.ctx.device, self.ctx.seed + epoch,
-                          self.metric, self.ctx.log)
+        est = gb_estimate(
+            self.model,
+            data,
+            self.ctx.prep,
+            self.ctx.settings,
+            length,
+            self.ctx.device,
+            self.ctx.seed + epoch,
+            self.metric,
+            self.ctx.log,
+        )
         self.set_weights(est["weights"])
         self.estimates.append({"epoch": epoch, "epochs": length, **est})
         self.run_notes = [f"G-Blend estimate at epoch {e['epoch']}: {n}" for e in self.estimates for n in e["notes"]]

@@ -1,4 +1,5 @@
 """Baselines without balancing."""
+
 from __future__ import annotations
 
 import torch

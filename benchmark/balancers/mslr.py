@@ -1,10 +1,19 @@
 """Modality-specific learning rates (MSLR)."""
+
 from __future__ import annotations
 
 import torch
 
-from benchmark.balancers.base import BALANCERS, Balancer, estimator_note, fused_ce, modality_parameter_groups, scale_grads
+from benchmark.balancers.base import (
+    BALANCERS,
+    Balancer,
+    estimator_note,
+    fused_ce,
+    modality_parameter_groups,
+    scale_grads,
+)
 from benchmark.models.model import ModelOutput
+from benchmark.params import Epoch, Positive, PositiveInt
 
 
 def mslr_coefficient(initial: float, accuracy: float, recent: list[float]) -> float:
@@ -26,11 +35,23 @@ class MSLR(Balancer):
 
     paper = "Yao & Mihalcea 2022 (MSLR)"
 
-    def __init__(self, *, window: int = 5, initial: dict[str, float] | None = None, start_epoch: int = 0, end_epoch: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        window: PositiveInt = 5,
+        initial: dict[str, Positive] | None = None,
+        start_epoch: Epoch = 0,
+        end_epoch: Epoch = 50,
+    ) -> None:
         super().__init__()
         if window < 1:
             raise ValueError("window must be at least 1")
-        self.window, self.initial, self.start_epoch, self.end_epoch = window, dict(initial or {}), start_epoch, end_epoch
+        self.window, self.initial, self.start_epoch, self.end_epoch = (
+            window,
+            dict(initial or {}),
+            start_epoch,
+            end_epoch,
+        )
 
     @classmethod
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
@@ -40,7 +61,9 @@ class MSLR(Balancer):
         super().setup(model, ctx)
         unknown = set(self.initial) - set(model.modalities)
         if unknown:
-            raise ValueError(f"mslr.initial names modalities {sorted(unknown)} that this run does not have ({model.modalities})")
+            raise ValueError(
+                f"mslr.initial names modalities {sorted(unknown)} that this run does not have ({model.modalities})"
+            )
         self.groups = modality_parameter_groups(model, with_unimodal_heads=False)
         self.k0 = {m: float(self.initial.get(m, 1.0)) for m in model.modalities}
         self.k = dict(self.k0)
@@ -59,5 +82,5 @@ class MSLR(Balancer):
             acc = metrics[f"val_acc_{m}"]
             recent = self.memory[m]
             self.k[m] = mslr_coefficient(self.k0[m], acc, recent) if len(recent) == self.window else self.k0[m]
-            self.memory[m] = (recent + [acc])[-self.window:]
+            self.memory[m] = (recent + [acc])[-self.window :]
         self.track(k={m: torch.tensor(v) for m, v in self.k.items()})

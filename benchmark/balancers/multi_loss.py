@@ -1,4 +1,5 @@
 """Multi-Loss and Multi-Loss Balanced (MLB)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,6 +14,7 @@ from benchmark.balancers.base import (
     unimodal_ce,
 )
 from benchmark.models.model import ModelOutput
+from benchmark.params import AtLeastOne, Positive
 
 
 @BALANCERS.register("multi_loss")
@@ -52,15 +54,17 @@ class MLB(MultiLoss):
     paper = "Kontras et al. 2024 (MLB), eqs. 2-7"
     single_label_only = "its coefficients compare softmax scores of the one true class (eq. 5)"
 
-    def __init__(self, *, alpha: float = 0.5, beta_max: float = 10.0) -> None:
+    def __init__(self, *, alpha: Positive = 0.5, beta_max: AtLeastOne = 10.0) -> None:
         super().__init__()
         self.alpha, self.beta_max = alpha, beta_max
 
     @classmethod
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
         if fusion_cls is not None and not getattr(fusion_cls, "modality_logits_exact", False):
-            return [f"fusion '{fusion_cls.name}' mixes modalities before its head, so k_m scales the encoder and unimodal "
-                    "head of each modality (no fused-head slice)"]
+            return [
+                f"fusion '{fusion_cls.name}' mixes modalities before its head, so k_m scales the encoder and unimodal "
+                "head of each modality (no fused-head slice)"
+            ]
         return []
 
     def setup(self, model, ctx) -> None:

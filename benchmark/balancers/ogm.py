@@ -1,11 +1,15 @@
 """On-the-fly Gradient Modulation (OGM) and OGM with Generalization Enhancement (OGM-GE)."""
+
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
 from benchmark.balancers.base import BALANCERS, Balancer, estimator_note, fused_ce, true_class_probability
 from benchmark.models.model import ModelOutput
+from benchmark.params import Epoch, Positive
 
 
 def ogm_scores(modality_logits: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -53,7 +57,14 @@ class OGM(Balancer):
     single_label_only = "its discrepancy ratio compares softmax scores of the one true class (eq. 10)"
     generalization_enhancement = False
 
-    def __init__(self, *, alpha: float = 0.8, start_epoch: int = 0, end_epoch: int = 50, modulate: str = "conv") -> None:
+    def __init__(
+        self,
+        *,
+        alpha: Positive = 0.8,
+        start_epoch: Epoch = 0,
+        end_epoch: Epoch = 50,
+        modulate: Literal["conv", "all"] = "conv",
+    ) -> None:
         super().__init__()
         if modulate not in ("conv", "all"):
             raise ValueError(f"modulate must be 'conv' or 'all', not {modulate!r}")
@@ -63,7 +74,9 @@ class OGM(Balancer):
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
         notes = estimator_note(fusion_cls)
         if num_modalities > 2:
-            notes.append("extension: ρ_m = s_m / mean of the other modalities' scores (the paper defines two modalities)")
+            notes.append(
+                "extension: ρ_m = s_m / mean of the other modalities' scores (the paper defines two modalities)"
+            )
         return notes
 
     def setup(self, model, ctx) -> None:

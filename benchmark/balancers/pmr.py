@@ -1,4 +1,5 @@
 """Prototypical Modal Rebalance (PMR)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,6 +7,7 @@ from torch.nn import functional as F
 
 from benchmark.balancers.base import BALANCERS, Balancer, fused_ce
 from benchmark.models.model import ModelOutput
+from benchmark.params import Momentum, NonNegative
 
 
 def prototype_logits(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -32,7 +34,7 @@ class PMR(Balancer):
     paper = "Fan et al. 2023 (PMR)"
     single_label_only = "its prototypes and scores assume one class per sample"
 
-    def __init__(self, *, alpha: float = 1.0, momentum: float = 0.0, mu: float = 0.0) -> None:
+    def __init__(self, *, alpha: NonNegative = 1.0, momentum: Momentum = 0.0, mu: NonNegative = 0.0) -> None:
         super().__init__()
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), not {momentum}")
@@ -42,7 +44,10 @@ class PMR(Balancer):
     @classmethod
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
         if num_modalities > 2:
-            return ["extension: each modality's prototype loss weighted by min(s_best/s_m − 1, 1) (the paper has two modalities)"]
+            return [
+                "extension: each modality's prototype loss weighted by min(s_best/s_m − 1, 1) (the paper has two "
+                "modalities)"
+            ]
         return []
 
     @torch.no_grad()
@@ -51,7 +56,9 @@ class PMR(Balancer):
         was_training = model.training
         model.eval()
         num_classes = model.num_classes
-        sums = {m: torch.zeros(num_classes, model.encoders[m].out_dim, device=self.ctx.device) for m in model.modalities}
+        sums = {
+            m: torch.zeros(num_classes, model.encoders[m].out_dim, device=self.ctx.device) for m in model.modalities
+        }
         counts = torch.zeros(num_classes, device=self.ctx.device)
         for inputs, y in self.ctx.batches():
             features = model.encode(inputs)
@@ -62,7 +69,9 @@ class PMR(Balancer):
         for m in model.modalities:
             new = sums[m] / counts.clamp_min(1)[:, None]
             old = self.prototypes.get(m)
-            self.prototypes[m] = new if old is None or self.momentum == 0 else self.momentum * old + (1 - self.momentum) * new
+            self.prototypes[m] = (
+                new if old is None or self.momentum == 0 else self.momentum * old + (1 - self.momentum) * new
+            )
 
     def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
         sims = {m: prototype_logits(out.features[m], self.prototypes[m]) for m in self.model.modalities}
@@ -76,5 +85,7 @@ class PMR(Balancer):
             p = torch.softmax(list(sims.values())[strong], 1)
             entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(1).mean()
             loss = loss - self.mu * (weights.max()) * entropy
-        self.track(proto_weight=dict(zip(self.model.modalities, weights)), proto_score=dict(zip(self.model.modalities, scores)))
+        self.track(
+            proto_weight=dict(zip(self.model.modalities, weights)), proto_score=dict(zip(self.model.modalities, scores))
+        )
         return loss

@@ -1,4 +1,5 @@
 """Unimodal pre-training, then joint fine-tuning."""
+
 from __future__ import annotations
 
 import torch
@@ -21,14 +22,19 @@ class Pretrain(Joint):
         for m in model.modalities:
             path = ctx.artifacts[f"unimodal_checkpoint/{m}"]
             if not path.exists():  # the run's metrics exist (the DAG tracks those) but its weights were not kept
-                raise FileNotFoundError(f"{path} is missing: the unimodal {m} run's weights were not kept with its results; "
-                                        f"delete {path.parent} so that the DAG trains it again")
+                raise FileNotFoundError(
+                    f"{path} is missing: the unimodal {m} run's weights were not kept with its results; "
+                    f"delete {path.parent} so that the DAG trains it again"
+                )
             saved = torch.load(path, map_location="cpu", weights_only=True)
             if saved.get("status", "ok") != "ok" or saved["state_dict"] is None:
-                raise ValueError(f"{path}: the unimodal {m} run failed ({saved.get('reason', 'no weights')}), so there is nothing to start from")
+                raise ValueError(
+                    f"{path}: the unimodal {m} run failed ({saved.get('reason', 'no weights')}), so there is nothing "
+                    "to start from"
+                )
             state = saved["state_dict"]
             prefix = f"encoders.{m}."
-            encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            encoder_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if not encoder_state:
                 raise ValueError(f"{path} holds no weights for the {m} encoder")
             model.encoders[m].load_state_dict(encoder_state)

@@ -1,7 +1,9 @@
 """Baselines that regularise instead of balancing: auxiliary losses, dropout, modality dropout."""
+
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch.nn import functional as F
@@ -10,6 +12,7 @@ from benchmark.balancers.base import BALANCERS
 from benchmark.balancers.gblend import FUSED_HEAD, WeightedHeads
 from benchmark.balancers.joint import Joint
 from benchmark.models.model import ModelOutput, MultimodalModel
+from benchmark.params import DropProbability, ScheduleFraction
 
 
 @BALANCERS.register("aux_loss")
@@ -33,7 +36,7 @@ class FeatureDropout(Joint):
 
     paper = "Wang et al. 2020 (G-Blend), Fig. 1 and supplement §6.1 (dropout baseline)"
 
-    def __init__(self, *, p: float = 0.5) -> None:
+    def __init__(self, *, p: DropProbability = 0.5) -> None:
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"p must be in [0, 1), not {p}")
@@ -42,7 +45,10 @@ class FeatureDropout(Joint):
     @classmethod
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
         if fusion_cls is not None and fusion_cls.name != "concat":
-            return [f"dropout on each modality's features before fusion '{fusion_cls.name}' (the paper drops the concatenated features)"]
+            return [
+                f"dropout on each modality's features before fusion '{fusion_cls.name}' (the paper drops the "
+                "concatenated features)"
+            ]
         return []
 
     def forward(self, model: MultimodalModel, inputs: dict[str, torch.Tensor]) -> ModelOutput:
@@ -59,7 +65,7 @@ class ModalityDropout(Joint):
     paper = "Neverova et al. 2016 (ModDrop); compared in the G-Blend and MLB settings"
     needs_modality_features = True  # feature-level dropping indexes the modalities' features
 
-    def __init__(self, *, p: float = 0.25, level: str = "input") -> None:
+    def __init__(self, *, p: DropProbability = 0.25, level: Literal["input", "feature"] = "input") -> None:
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"p must be in [0, 1), not {p}")
@@ -71,7 +77,9 @@ class ModalityDropout(Joint):
         """[B, M] of 0/1: Bernoulli(1 − p) per entry, with one random modality restored in all-dropped rows."""
         keep = (torch.rand(batch_size, num_modalities, device=device) >= self.p).float()
         empty = keep.sum(1) == 0
-        rescue = torch.nn.functional.one_hot(torch.randint(num_modalities, (batch_size,), device=device), num_modalities).float()
+        rescue = torch.nn.functional.one_hot(
+            torch.randint(num_modalities, (batch_size,), device=device), num_modalities
+        ).float()
         return torch.where(empty[:, None], rescue, keep)
 
     def forward(self, model: MultimodalModel, inputs: dict[str, torch.Tensor]) -> ModelOutput:
@@ -94,7 +102,7 @@ class EarlyStop(Joint):
 
     paper = "Wang et al. 2020 (G-Blend), Fig. 1 and supplement §7.3 (early-stopping baseline)"
 
-    def __init__(self, *, fraction: float = 0.75) -> None:
+    def __init__(self, *, fraction: ScheduleFraction = 0.75) -> None:
         super().__init__()
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], not {fraction}")
@@ -107,7 +115,10 @@ class EarlyStop(Joint):
     def setup(self, model, ctx) -> None:
         super().setup(model, ctx)
         n = self.stop_epoch(ctx.num_epochs)
-        self.run_notes = [f"early stopping: trained {n} of {ctx.num_epochs} epochs (fraction {self.fraction}, rounded up to whole epochs)"]
+        self.run_notes = [
+            f"early stopping: trained {n} of {ctx.num_epochs} epochs (fraction {self.fraction}, rounded up to whole "
+            "epochs)"
+        ]
 
     def finished(self, epoch: int) -> bool:
         return epoch + 1 >= self.stop_epoch(self.ctx.num_epochs)

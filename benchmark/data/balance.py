@@ -9,6 +9,7 @@ classes. Algorithm 1, given a minimum class volume M and a target volume N:
 Clips left without a label after step 1 cannot be selected. Ties in step 3 (equal V'_c) go to the class that is
 rarer in D, then to the first name in sorted order, so the result depends on the seed alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,9 @@ class Draws(Protocol):
     def integers(self, low: int, high: int) -> int: ...
 
 
-def balance_multilabel(rows: list[dict], min_class_volume: int, target_class_volume: int, rng: Draws) -> tuple[list[dict], dict]:
+def balance_multilabel(
+    rows: list[dict], min_class_volume: int, target_class_volume: int, rng: Draws
+) -> tuple[list[dict], dict]:
     """(the selected manifest rows with removed labels dropped from their label lists, a report: removed classes,
     per-class volumes before and after, clips without any kept label)."""
     labels = [split_labels(r["label"]) for r in rows]
@@ -48,25 +51,41 @@ def balance_multilabel(rows: list[dict], min_class_volume: int, target_class_vol
         if r < target_class_volume - selected_volume[c]:
             selected.append(dict(rows[i], label=LABEL_SEPARATOR.join(names)))
             selected_volume.update(names)
-    report = {"min_class_volume": min_class_volume, "target_class_volume": target_class_volume,
-              "clips_before": len(rows), "clips_after": len(selected), "clips_without_kept_label": unlabelled,
-              "removed_classes": removed, "volume_before": dict(sorted(volume.items())),
-              "volume_after": dict(sorted(selected_volume.items()))}
+    report = {
+        "min_class_volume": min_class_volume,
+        "target_class_volume": target_class_volume,
+        "clips_before": len(rows),
+        "clips_after": len(selected),
+        "clips_without_kept_label": unlabelled,
+        "removed_classes": removed,
+        "volume_before": dict(sorted(volume.items())),
+        "volume_after": dict(sorted(selected_volume.items())),
+    }
     return selected, report
 
 
-def balance_manifest(raw_dir: Path, min_class_volume: int, target_class_volume: int, seed: int,
-                     log=print) -> dict:
-    """Algorithm 1 on ``raw_dir/manifest.csv``: writes ``manifest.balanced.csv`` (rows in the original order) and
-    ``balance.json`` (the report)."""
+def balance_manifest(
+    raw_dir: Path,
+    min_class_volume: int,
+    target_class_volume: int,
+    seed: int,
+    log=print,
+    manifest: str = "manifest.balanced.csv",
+    report_name: str = "balance.json",
+) -> dict:
+    """Algorithm 1 on ``raw_dir/manifest.csv``: writes ``raw_dir/<manifest>`` (rows in the original order) and
+    ``raw_dir/<report_name>`` (the report)."""
     raw_dir = Path(raw_dir)
     rows = read_manifest(raw_dir / "manifest.csv")
     selected, report = balance_multilabel(rows, min_class_volume, target_class_volume, np.random.default_rng(seed))
     order = {r["clip_id"]: i for i, r in enumerate(rows)}
     selected.sort(key=lambda r: order[r["clip_id"]])
     report["seed"] = seed
-    write_manifest(raw_dir / "manifest.balanced.csv", selected)
-    (raw_dir / "balance.json").write_text(json.dumps(report, indent=1) + "\n")
-    log(f"[balance] kept {len(selected)} of {len(rows)} clips; removed classes: {', '.join(report['removed_classes']) or 'none'}; "
-        f"volumes after: {report['volume_after']}")
+    write_manifest(raw_dir / manifest, selected)
+    (raw_dir / report_name).write_text(json.dumps(report, indent=1) + "\n")
+    log(
+        f"[balance] kept {len(selected)} of {len(rows)} clips; removed classes: "
+        f"{', '.join(report['removed_classes']) or 'none'}; "
+        f"volumes after: {report['volume_after']}"
+    )
     return report

@@ -4,6 +4,7 @@ A split file is memory-mapped (several jobs on one node share its pages). Batche
 in one tensor operation per modality (``__getitems__``), so the DataLoader never collates sample by sample;
 uint8 frames travel to the device as bytes and are normalised there.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,9 @@ import torch
 
 
 class CachedSplit(torch.utils.data.Dataset):
-    def __init__(self, path: str | Path, indices: Sequence[int] | None = None, modalities: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, indices: Sequence[int] | None = None, modalities: Sequence[str] | None = None
+    ) -> None:
         self.path = Path(path)
         data = torch.load(self.path, mmap=True, weights_only=True)
         self.clip_ids: list[str] = data.pop("clip_id")
@@ -26,7 +29,9 @@ class CachedSplit(torch.utils.data.Dataset):
                 raise KeyError(f"{self.path} has no modality {sorted(missing)}; it has {sorted(data)}")
             data = {m: data[m] for m in modalities}
         self.inputs: dict[str, torch.Tensor] = data
-        self.indices = torch.arange(len(self.labels)) if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
+        self.indices = (
+            torch.arange(len(self.labels)) if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
+        )
 
     @property
     def multi_label(self) -> bool:
@@ -67,23 +72,34 @@ class CachedSplit(torch.utils.data.Dataset):
 LOADED_PARTS: list[tuple[str, str]] = []
 
 
-def load_part(processed_dir: str | Path, fold: str, part: str, modalities: Sequence[str] | None = None) -> CachedSplit:
-    """The 'train', 'val' or 'test' clips of one fold, as listed in ``splits/<fold>.csv``."""
+def load_part(
+    processed_dir: str | Path,
+    fold: str,
+    part: str,
+    modalities: Sequence[str] | None = None,
+    splits_dir: str | Path | None = None,
+) -> CachedSplit:
+    """The 'train', 'val' or 'test' clips of one fold, as listed in ``<splits_dir>/<fold>.csv`` (default
+    ``<processed_dir>/splits``)."""
     from benchmark.data.splits import read_split
 
     LOADED_PARTS.append((fold, part))
     data = CachedSplit(Path(processed_dir) / "clips.pt", modalities=modalities)
     index = {clip: i for i, clip in enumerate(data.clip_ids)}
-    ids = read_split(processed_dir, fold, part)
+    ids = read_split(processed_dir, fold, part, splits_dir)
     missing = [c for c in ids if c not in index]
     if missing:
-        raise KeyError(f"splits/{fold}.csv lists clips that are not in clips.pt (e.g. {missing[:3]}); re-run the split step")
+        raise KeyError(
+            f"splits/{fold}.csv lists clips that are not in clips.pt (e.g. {missing[:3]}); re-run the split step"
+        )
     return data.subset([index[c] for c in ids])
 
 
 def cache_settings_hash(dataset_settings: dict) -> str:
     """What a dataset's cached tensors depend on (all its settings but the split, a stage of its own), hashed."""
-    text = json.dumps({k: v for k, v in dataset_settings.items() if k != "split"}, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(
+        {k: v for k, v in dataset_settings.items() if k != "split"}, sort_keys=True, separators=(",", ":"), default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -92,9 +108,16 @@ def load_info(processed_dir: str | Path, dataset_settings: dict | None = None) -
     elsewhere, or made before a settings change, is refused instead of trained on)."""
     path = Path(processed_dir) / "info.json"
     info = json.loads(path.read_text())
-    if dataset_settings is not None and "settings_hash" in info and info["settings_hash"] != cache_settings_hash(dataset_settings):
-        raise ValueError(f"{path.parent} was made with other settings of dataset '{dataset_settings['name']}' than the config "
-                         "gives: run its preprocess step again (the DAG does when the settings change; delete the folder to force it)")
+    if (
+        dataset_settings is not None
+        and "settings_hash" in info
+        and info["settings_hash"] != cache_settings_hash(dataset_settings)
+    ):
+        raise ValueError(
+            f"{path.parent} was made with other settings of dataset '{dataset_settings['name']}' than the config "
+            "gives: run its preprocess step again (the DAG does when the settings change; delete the folder to force "
+            "it)"
+        )
     return info
 
 
@@ -102,12 +125,21 @@ def _identity(batch: dict) -> dict:
     return batch
 
 
-def make_loader(data: CachedSplit, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def make_loader(
+    data: CachedSplit, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
     # a loader's own generator even without shuffling: starting an iterator then draws from it, not from the global
     # RNG, so evaluating during training never changes the training run's random stream
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                       collate_fn=_identity, num_workers=0, pin_memory=pin_memory)
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=_identity,
+        num_workers=0,
+        pin_memory=pin_memory,
+    )
 
 
 def augment_frames(x: torch.Tensor, hflip: bool, crop_scale: Sequence[float] | None) -> torch.Tensor:
@@ -125,7 +157,7 @@ def augment_frames(x: torch.Tensor, hflip: bool, crop_scale: Sequence[float] | N
             cw = max(1, min(w, round((area * ratio) ** 0.5)))
             top = int(torch.randint(0, h - ch + 1, ()))
             left = int(torch.randint(0, w - cw + 1, ()))
-            crop = x[i, :, :, top:top + ch, left:left + cw]
+            crop = x[i, :, :, top : top + ch, left : left + cw]
             out[i] = torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
         x = out
     if hflip:
@@ -148,7 +180,9 @@ class BatchPreparer:
         augment = visual.get("augment") or {}
         self.hflip, self.crop_scale = bool(augment.get("hflip")), augment.get("crop_scale")
 
-    def __call__(self, batch: dict[str, torch.Tensor], train: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def __call__(
+        self, batch: dict[str, torch.Tensor], train: bool = False
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         nb = self.device.type == "cuda"
         inputs = {}
         for m, x in batch.items():

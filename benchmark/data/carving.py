@@ -1,11 +1,18 @@
 """Carving a held-out part (validation, or test) out of a training assignment, stratified or by groups."""
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def carve_validation(assignment: dict[str, str], labels: dict[str, str], fraction: float, seed: int,
-                     groups: dict[str, str] | None = None, into: str = "val") -> dict[str, str]:
+def carve_validation(
+    assignment: dict[str, str],
+    labels: dict[str, str],
+    fraction: float,
+    seed: int,
+    groups: dict[str, str] | None = None,
+    into: str = "val",
+) -> dict[str, str]:
     """Move a stratified ``fraction`` of each label's training clips to ``into`` (default 'val'; at least one where
     a label has two).
 

@@ -5,6 +5,7 @@ A dataset writes ``<raw_dir>/manifest.csv`` (clip_id, path relative to raw_dir, 
 ``benchmark.data.preprocess``. Users add a dataset by subclassing ``Dataset`` and naming the class in
 config (``datasets: {mine: {class: 'pkg.module:MyDataset', ...}}``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -66,7 +67,9 @@ class Dataset:
         assignment = {r["clip_id"]: r["split"] for r in rows if r.get("split")}
         if "val" not in assignment.values():
             s = self.settings["split"]
-            assignment = carve_validation(assignment, {r["clip_id"]: r["label"] for r in rows}, s["val_fraction"], s["seed"])
+            assignment = carve_validation(
+                assignment, {r["clip_id"]: r["label"] for r in rows}, s["val_fraction"], s["seed"]
+            )
         return assignment
 
 
@@ -75,7 +78,9 @@ DATASETS: Registry[Dataset] = Registry("dataset", base=Dataset)
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(MANIFEST_COLUMNS) + [c for c in dict.fromkeys(k for r in rows for k in r) if c not in MANIFEST_COLUMNS]
+    columns = list(MANIFEST_COLUMNS) + [
+        c for c in dict.fromkeys(k for r in rows for k in r) if c not in MANIFEST_COLUMNS
+    ]
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -89,7 +94,9 @@ def read_manifest(path: Path) -> list[dict]:
         reader = csv.DictReader(f)
         missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}; needs {', '.join(MANIFEST_COLUMNS)}")
+            raise ValueError(
+                f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}; needs {', '.join(MANIFEST_COLUMNS)}"
+            )
         return list(reader)
 
 
@@ -99,8 +106,16 @@ class SyntheticAV(Dataset):
 
     config_sections = ("generate", "split")
     generate_defaults = {
-        "num_clips": 720, "seed": 0, "duration": 2.0, "fps": 8, "size": 64, "sample_rate": 16000,
-        "split_fractions": [0.6, 0.2, 0.2], "audio_snr_db": 0.0, "visual_contrast": 0.3, "visual_noise": 0.25,
+        "num_clips": 720,
+        "seed": 0,
+        "duration": 2.0,
+        "fps": 8,
+        "size": 64,
+        "sample_rate": 16000,
+        "split_fractions": [0.6, 0.2, 0.2],
+        "audio_snr_db": 0.0,
+        "visual_contrast": 0.3,
+        "visual_noise": 0.25,
     }
 
     def download(self, raw_dir: Path, workers: int = 1) -> None:
@@ -136,7 +151,9 @@ class SyntheticMultiLabel(SyntheticAV):
         for row in rows:
             c = int(row["label"].removeprefix("class"))
             _, _, vertical = synthetic.class_bits(c)
-            row["label"] = LABEL_SEPARATOR.join([f"class{c}", f"tone{c >> 1}", f"stripes-{'vertical' if vertical else 'horizontal'}"])
+            row["label"] = LABEL_SEPARATOR.join(
+                [f"class{c}", f"tone{c >> 1}", f"stripes-{'vertical' if vertical else 'horizontal'}"]
+            )
         write_manifest(Path(raw_dir) / "manifest.csv", rows)
 
     def classes(self, rows: list[dict]) -> list[str]:

@@ -3,6 +3,7 @@
 The ffmpeg binary is the one on PATH, else the one the imageio-ffmpeg wheel ships, so no system package is
 required. Failures raise ``MediaError`` with a short reason that ends up in a dataset's ``rejected.csv``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,7 +65,9 @@ def _run(stream_spec: ffmpeg.nodes.OutputStream, path: Path, stream: str) -> byt
         )
     except ffmpeg.Error as err:
         stderr = err.stderr.decode(errors="replace") if err.stderr else ""
-        raise MediaError(_classify(stderr, stream), stderr.strip().splitlines()[-1] if stderr.strip() else str(path)) from None
+        raise MediaError(
+            _classify(stderr, stream), stderr.strip().splitlines()[-1] if stderr.strip() else str(path)
+        ) from None
     return out
 
 
@@ -78,9 +81,13 @@ def _input(path: str | Path, start: float | None, end: float | None) -> ffmpeg.n
     return ffmpeg.input(str(path), **options)
 
 
-def decode_audio(path: str | Path, sample_rate: int, start: float | None = None, end: float | None = None) -> np.ndarray:
+def decode_audio(
+    path: str | Path, sample_rate: int, start: float | None = None, end: float | None = None
+) -> np.ndarray:
     """Mono float32 waveform at ``sample_rate`` (of the segment [start, end) seconds when given)."""
-    spec = _input(path, start, end).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0")
+    spec = _input(path, start, end).output(
+        "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0"
+    )
     raw = _run(spec, Path(path), "audio")
     wave = np.frombuffer(raw, dtype=np.float32).copy()
     if wave.size == 0:
@@ -88,7 +95,9 @@ def decode_audio(path: str | Path, sample_rate: int, start: float | None = None,
     return wave
 
 
-def decode_frames(path: str | Path, fps: float, size: int, start: float | None = None, end: float | None = None) -> np.ndarray:
+def decode_frames(
+    path: str | Path, fps: float, size: int, start: float | None = None, end: float | None = None
+) -> np.ndarray:
     """RGB frames resampled to ``fps``, shorter side scaled to ``size`` then centre-cropped: uint8 [N, size, size, 3]
     (of the segment [start, end) seconds when given)."""
     video = (

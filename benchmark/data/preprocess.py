@@ -5,6 +5,7 @@ arrays; torchaudio turns the waveform into a log spectrogram. Each split is save
 tensors (uint8 frames, float16 spectrograms) that training memory-maps. A clip that cannot be used is
 listed with its reason in ``rejected.csv``; too many rejections stop the step with the first offender named.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,8 @@ def fixed_length(wave: np.ndarray, n: int, mode: str) -> np.ndarray:
 
 def spectrogram_fn(audio: dict) -> Callable[[np.ndarray], torch.Tensor]:
     """log(|STFT| + offset) (the reference code's recipe), log(mel power + offset), or a Kaldi filter bank padded
-    or cut to ``target_frames`` and normalised (x − norm_mean) / (2·norm_std) (the Kinetics-Sounds recipe): [1, F, T]."""
+    or cut to ``target_frames`` and normalised (x − norm_mean) / (2·norm_std) (the Kinetics-Sounds recipe): [1, F,
+    T]."""
     import torchaudio
 
     if audio["transform"] == "fbank":
@@ -47,8 +49,16 @@ def spectrogram_fn(audio: dict) -> Callable[[np.ndarray], torch.Tensor]:
 
         def fbank(wave: np.ndarray) -> torch.Tensor:
             w = torch.from_numpy(np.ascontiguousarray(wave)).unsqueeze(0)
-            feats = kaldi.fbank(w - w.mean(), htk_compat=True, sample_frequency=audio["sample_rate"], use_energy=False,
-                                window_type="hanning", num_mel_bins=audio["n_mels"], dither=0.0, frame_shift=audio["frame_shift_ms"])
+            feats = kaldi.fbank(
+                w - w.mean(),
+                htk_compat=True,
+                sample_frequency=audio["sample_rate"],
+                use_energy=False,
+                window_type="hanning",
+                num_mel_bins=audio["n_mels"],
+                dither=0.0,
+                frame_shift=audio["frame_shift_ms"],
+            )
             if audio["target_frames"]:
                 n = audio["target_frames"]
                 feats = torch.nn.functional.pad(feats, (0, 0, 0, max(0, n - len(feats))))[:n]
@@ -59,7 +69,11 @@ def spectrogram_fn(audio: dict) -> Callable[[np.ndarray], torch.Tensor]:
         transform = torchaudio.transforms.Spectrogram(n_fft=audio["n_fft"], hop_length=audio["hop_length"], power=1.0)
     else:
         transform = torchaudio.transforms.MelSpectrogram(
-            sample_rate=audio["sample_rate"], n_fft=audio["n_fft"], hop_length=audio["hop_length"], n_mels=audio["n_mels"], power=2.0
+            sample_rate=audio["sample_rate"],
+            n_fft=audio["n_fft"],
+            hop_length=audio["hop_length"],
+            n_mels=audio["n_mels"],
+            power=2.0,
         )
     offset = audio["log_offset"]
 
@@ -181,11 +195,11 @@ class ClipDecoder:
         out = []
         for k, start in enumerate(window_starts(length, a["duration"], self.clips_per_video)):
             clip_id = f"{row['clip_id']}{CLIP_SEPARATOR}{k}"
-            w = None if wave is None else wave[int(round(start * a["sample_rate"])):][:n_samples]
+            w = None if wave is None else wave[int(round(start * a["sample_rate"])) :][:n_samples]
             f = None
             if frames is not None:
                 lo = min(int(start * v["fps"]), len(frames) - 1)
-                f = frames[lo:max(lo + 1, int(round((start + a["duration"]) * v["fps"])))]
+                f = frames[lo : max(lo + 1, int(round((start + a["duration"]) * v["fps"])))]
             out.append((clip_id, self.clip(clip_id, label, w, f, n_samples)))
         return out
 
@@ -213,8 +227,15 @@ def _atomic_save(obj: object, path: Path) -> None:
     tmp.replace(path)
 
 
-def preprocess(dataset: Dataset, raw_dir: Path, out_dir: Path, pre: dict, workers: int = 1, log: Callable[[str], None] = print,
-               manifest: str = "manifest.csv") -> dict:
+def preprocess(
+    dataset: Dataset,
+    raw_dir: Path,
+    out_dir: Path,
+    pre: dict,
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+    manifest: str = "manifest.csv",
+) -> dict:
     """Decode every clip of ``raw_dir/manifest`` and write ``<out_dir>/clips.pt``, ``rejected.csv``, ``info.json``."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,23 +272,36 @@ def preprocess(dataset: Dataset, raw_dir: Path, out_dir: Path, pre: dict, worker
         row, err = rejected[0]
         raise PreprocessError(
             f"{len(rejected)} of {len(rows)} clips rejected ({100 * len(rejected) / len(rows):.1f}%), more than "
-            f"max_rejected_fraction={limit}; first: {raw_dir / row['path']} ({err.reason}); all listed in {out_dir / 'rejected.csv'}"
+            f"max_rejected_fraction={limit}; first: {raw_dir / row['path']} ({err.reason}); all listed in "
+            f"{out_dir / 'rejected.csv'}"
         )
     keep = [(row, res) for row, res in zip(rows, results) if not isinstance(res, MediaError)]
     if not keep:
         raise PreprocessError(f"no usable clips in {raw_dir / manifest}")
     clips = [clip for _, res in keep for clip in res]
     labels = [out["label"] for _, out in clips]
-    tensors = {"clip_id": [clip_id for clip_id, _ in clips],
-               "label": torch.stack(labels) if dataset.multi_label else torch.tensor(labels, dtype=torch.long)}
+    tensors = {
+        "clip_id": [clip_id for clip_id, _ in clips],
+        "label": torch.stack(labels) if dataset.multi_label else torch.tensor(labels, dtype=torch.long),
+    }
     shapes = {}
     for modality in dataset.modalities:
         tensors[modality] = torch.stack([out[modality] for _, out in clips])
-        shapes[modality] = {"shape": list(tensors[modality].shape[1:]), "dtype": str(tensors[modality].dtype).replace("torch.", "")}
+        shapes[modality] = {
+            "shape": list(tensors[modality].shape[1:]),
+            "dtype": str(tensors[modality].dtype).replace("torch.", ""),
+        }
     _atomic_save(tensors, out_dir / "clips.pt")
-    info = {"dataset": dataset.name, "classes": classes, "multi_label": dataset.multi_label, "clips": len(clips),
-            "videos": len(keep), "clips_per_video": decode.clips_per_video, "rejected": len(rejected),
-            "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()},
-            "settings_hash": cache_settings_hash(dataset.settings)}
+    info = {
+        "dataset": dataset.name,
+        "classes": classes,
+        "multi_label": dataset.multi_label,
+        "clips": len(clips),
+        "videos": len(keep),
+        "clips_per_video": decode.clips_per_video,
+        "rejected": len(rejected),
+        "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()},
+        "settings_hash": cache_settings_hash(dataset.settings),
+    }
     (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

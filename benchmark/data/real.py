@@ -7,6 +7,7 @@ behind a form) stop with a message saying where to get the files and where to pu
 checked against the dataset's official list: the missing ones are written to ``missing.txt``, and too many stop
 the step. Preprocessing presets reproduce the settings of the papers; each names its source.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,10 +19,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from benchmark.data.carving import carve_validation
 from benchmark.data.datasets import DATASETS, Dataset, write_manifest
 from benchmark.data.media import MediaError, decode_audio
 from benchmark.data.sources import NotAvailable, SourceError, check_complete, extract, fetch
-from benchmark.data.carving import carve_validation
 
 FILES = "files"  # data/raw/<dataset>/files: the native tree (a link to source.path, or the download)
 
@@ -40,11 +41,24 @@ class RawDataset(Dataset):
         raw_dir = Path(raw_dir)
         root = self.local_tree(raw_dir) if self.settings["source"]["path"] else self.fetch_tree(raw_dir, workers)
         rows, official = self.index(root, workers)
-        present = set(check_complete([r["clip_id"] for r in rows], official, self.settings["source"]["max_missing_fraction"],
-                                     raw_dir / "missing.txt", str(root)))
-        rows = [dict(r, path=os.path.relpath(root / r["path"], raw_dir),
-                     **({"audio_path": os.path.relpath(root / r["audio_path"], raw_dir)} if r.get("audio_path") else {}))
-                for r in rows if r["clip_id"] in present]
+        present = set(
+            check_complete(
+                [r["clip_id"] for r in rows],
+                official,
+                self.settings["source"]["max_missing_fraction"],
+                raw_dir / "missing.txt",
+                str(root),
+            )
+        )
+        rows = [
+            dict(
+                r,
+                path=os.path.relpath(root / r["path"], raw_dir),
+                **({"audio_path": os.path.relpath(root / r["audio_path"], raw_dir)} if r.get("audio_path") else {}),
+            )
+            for r in rows
+            if r["clip_id"] in present
+        ]
         write_manifest(raw_dir / "manifest.csv", rows)
 
     def local_tree(self, raw_dir: Path) -> Path:
@@ -65,8 +79,10 @@ class RawDataset(Dataset):
 
     def fetch_tree(self, raw_dir: Path, workers: int) -> Path:
         """Download the native tree into raw_dir/files (only datasets with a public direct source)."""
-        raise SourceError(f"dataset '{self.name}' has no public direct download: {self.obtain} "
-                          f"Then set datasets.{self.name}.source.path to that folder.")
+        raise SourceError(
+            f"dataset '{self.name}' has no public direct download: {self.obtain} "
+            f"Then set datasets.{self.name}.source.path to that folder."
+        )
 
     def index(self, root: Path, workers: int) -> tuple[list[dict], list[str]]:
         """(manifest rows with paths relative to ``root``, the official list of clip ids)."""
@@ -75,10 +91,19 @@ class RawDataset(Dataset):
 
 def stft_preset(source: str, sample_rate: int, duration: float, n_fft: int, hop_length: int, num_frames: int) -> dict:
     """A preset of the papers' common recipe: log |STFT| of audio tiled to ``duration``, frames at 1 fps, 224×224."""
-    return {"source": source,
-            "audio": {"sample_rate": sample_rate, "duration": duration, "pad_mode": "tile", "transform": "stft",
-                      "n_fft": n_fft, "hop_length": hop_length, "log_offset": 1.0e-7},
-            "visual": {"fps": 1, "num_frames": num_frames, "size": 224}}
+    return {
+        "source": source,
+        "audio": {
+            "sample_rate": sample_rate,
+            "duration": duration,
+            "pad_mode": "tile",
+            "transform": "stft",
+            "n_fft": n_fft,
+            "hop_length": hop_length,
+            "log_offset": 1.0e-7,
+        },
+        "visual": {"fps": 1, "num_frames": num_frames, "size": 224},
+    }
 
 
 def _read_list(path: Path, column: str | None = None) -> list[str]:
@@ -103,16 +128,32 @@ class CremaD(RawDataset):
 
     emotions = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
     source_defaults = {
-        "path": None, "max_missing_fraction": 0.05, "list": None, "workers": 8,
+        "path": None,
+        "max_missing_fraction": 0.05,
+        "list": None,
+        "workers": 8,
         "url": "https://media.githubusercontent.com/media/CheyneyComputerScience/CREMA-D/master",
         "pointer_url": "https://raw.githubusercontent.com/CheyneyComputerScience/CREMA-D/master",
     }
     split_defaults = {"scheme": "actor-folds", "val_fraction": 0.1, "seed": 0, "lists": None, "test_size": 744}
     presets = {
-        "ogm-ge": stft_preset("Peng et al. 2022 (OGM-GE), CREMA-D: 22,050 Hz tiled to 3 s, STFT 512/353, log|S| -> 257x188; "
-                              "1 frame at 1 fps", 22050, 3.0, 512, 353, 1),
-        "mlb": stft_preset("Kontras et al. 2024 (MLB), CREMA-D ResNet setting: OGM-GE's audio, 3 frames at 1 fps",
-                           22050, 3.0, 512, 353, 3),
+        "ogm-ge": stft_preset(
+            "Peng et al. 2022 (OGM-GE), CREMA-D: 22,050 Hz tiled to 3 s, STFT 512/353, log|S| -> 257x188; "
+            "1 frame at 1 fps",
+            22050,
+            3.0,
+            512,
+            353,
+            1,
+        ),
+        "mlb": stft_preset(
+            "Kontras et al. 2024 (MLB), CREMA-D ResNet setting: OGM-GE's audio, 3 frames at 1 fps",
+            22050,
+            3.0,
+            512,
+            353,
+            3,
+        ),
     }
     obtain = "CREMA-D is at https://github.com/CheyneyComputerScience/CREMA-D (Git LFS; AudioWAV and VideoFlash)."
 
@@ -134,7 +175,12 @@ class CremaD(RawDataset):
             try:
                 pointer = fetch(f"{src['pointer_url']}/{relative}", raw_dir / "lfs" / relative, log=lambda s: None)
                 oid = re.search(r"oid sha256:([0-9a-f]{64})", pointer.read_text())
-                fetch(f"{src['url']}/{relative}", root / relative, sha256=oid.group(1) if oid else None, log=lambda s: None)
+                fetch(
+                    f"{src['url']}/{relative}",
+                    root / relative,
+                    sha256=oid.group(1) if oid else None,
+                    log=lambda s: None,
+                )
             except NotAvailable as err:  # listed but not served: reported in missing.txt by the completeness check
                 print(f"[download] {err}")
 
@@ -147,13 +193,22 @@ class CremaD(RawDataset):
         audio = {p.stem for p in (root / "AudioWAV").glob("*.wav")}
         video = {p.stem for p in (root / "VideoFlash").glob("*.flv")}
         if not audio and not video:
-            raise SourceError(f"{root} has no AudioWAV/*.wav or VideoFlash/*.flv: not the CREMA-D layout. {self.obtain}")
+            raise SourceError(
+                f"{root} has no AudioWAV/*.wav or VideoFlash/*.flv: not the CREMA-D layout. {self.obtain}"
+            )
         rows = []
         for stem in sorted(audio & video):
             m = CREMAD_NAME.match(stem)
             if m:
-                rows.append({"clip_id": stem, "path": f"VideoFlash/{stem}.flv", "audio_path": f"AudioWAV/{stem}.wav",
-                             "label": m["emotion"], "actor": m["actor"]})
+                rows.append(
+                    {
+                        "clip_id": stem,
+                        "path": f"VideoFlash/{stem}.flv",
+                        "audio_path": f"AudioWAV/{stem}.wav",
+                        "label": m["emotion"],
+                        "actor": m["actor"],
+                    }
+                )
         listed = self.official_list(root)
         if listed is None and (root / "summaryTable.csv").exists():  # the repository's own list, when present
             listed = _read_list(root / "summaryTable.csv", "FileName")
@@ -186,10 +241,13 @@ class CremaD(RawDataset):
         groups = np.array_split(np.random.default_rng(s["seed"]).permutation(actors), 3)
         test_actors = set(groups[k].tolist())
         assignment = {r["clip_id"]: "test" if r["actor"] in test_actors else "train" for r in rows}
-        return carve_validation(assignment, labels, s["val_fraction"], s["seed"] + k, groups={r["clip_id"]: r["actor"] for r in rows})
+        return carve_validation(
+            assignment, labels, s["val_fraction"], s["seed"] + k, groups={r["clip_id"]: r["actor"] for r in rows}
+        )
 
 
 # --- AVE -----------------------------------------------------------------------------------------------------
+
 
 @DATASETS.register("ave")
 class AVE(RawDataset):
@@ -199,11 +257,21 @@ class AVE(RawDataset):
 
     source_defaults = {"path": None, "max_missing_fraction": 0.05, "segment": True}
     presets = {
-        "mlb": stft_preset("Kontras et al. 2024 (MLB), AVE: 16 kHz, STFT 512/353 (CREMA-D's), 4 frames at 1 fps of the event "
-                           "segment; audio tiled to the 4 s the frames cover (the paper does not give a length)", 16000, 4.0, 512, 353, 4),
+        "mlb": stft_preset(
+            "Kontras et al. 2024 (MLB), AVE: 16 kHz, STFT 512/353 (CREMA-D's), 4 frames at 1 fps of the event "
+            "segment; audio tiled to the 4 s the frames cover (the paper does not give a length)",
+            16000,
+            4.0,
+            512,
+            353,
+            4,
+        ),
     }
-    obtain = ("AVE is distributed by its authors (https://github.com/YapengTian/AVE-ECCV18, a Google Drive archive "
-              "AVE_Dataset.zip); unpack it so the folder holds AVE/*.mp4, Annotations.txt, trainSet.txt, valSet.txt, testSet.txt.")
+    obtain = (
+        "AVE is distributed by its authors (https://github.com/YapengTian/AVE-ECCV18, a Google Drive archive "
+        "AVE_Dataset.zip); unpack it so the folder holds AVE/*.mp4, Annotations.txt, trainSet.txt, valSet.txt, "
+        "testSet.txt."
+    )
 
     @staticmethod
     def _lines(path: Path) -> list[list[str]]:
@@ -222,7 +290,12 @@ class AVE(RawDataset):
         for category, video_id, _quality, start, end, *_ in self._lines(root / "Annotations.txt"):
             official.append(video_id)
             if video_id in videos:
-                row = {"clip_id": video_id, "path": f"AVE/{video_id}.mp4", "label": category, "split": part_of.get(video_id, "")}
+                row = {
+                    "clip_id": video_id,
+                    "path": f"AVE/{video_id}.mp4",
+                    "label": category,
+                    "split": part_of.get(video_id, ""),
+                }
                 if self.settings["source"]["segment"]:
                     row.update(start=start, end=end)
                 rows.append(row)
@@ -231,11 +304,11 @@ class AVE(RawDataset):
 
 # --- Kinetics-Sounds and VGGSound (clips gathered from YouTube ids) --------------------------------------------
 
+
 class YouTubeClips(RawDataset):
     """Clips cut from YouTube videos, gathered by the user (videos disappear, so no two copies are equal): the
     official list names each clip by YouTube id and start time; ``source.file_pattern`` says how the gathered files
     are named (fields: youtube_id, start, end, label, split, and for Kinetics kinetics_split)."""
-
 
     def gathered(self, root: Path, entries: list[dict]) -> tuple[list[dict], list[str]]:
         pattern = self.settings["source"]["file_pattern"]
@@ -257,26 +330,47 @@ class KineticsSounds(YouTubeClips):
     from its validate list, validation is carved from training."""
 
     source_defaults = {
-        "path": None, "max_missing_fraction": 0.05, "classes": None,
-        "annotations": None, "annotations_url": "https://storage.googleapis.com/deepmind-media/Datasets/kinetics400.tar.gz",
+        "path": None,
+        "max_missing_fraction": 0.05,
+        "classes": None,
+        "annotations": None,
+        "annotations_url": "https://storage.googleapis.com/deepmind-media/Datasets/kinetics400.tar.gz",
         "file_pattern": "{kinetics_split}/{label}/{youtube_id}_{start:06d}_{end:06d}.mp4",
     }
     presets = {
-        "ogm-ge": {"source": "Peng et al. 2022 (OGM-GE), Kinetics-Sounds: Kaldi fbank, 128 mel bins, 10 ms shift, 1,024 frames, "
-                             "normalised (x + 4.50) / (2 · 5.14); 3 frames at 1 fps",
-                   "audio": {"sample_rate": 16000, "duration": 10.0, "pad_mode": "zero", "transform": "fbank", "n_mels": 128,
-                             "frame_shift_ms": 10.0, "target_frames": 1024, "norm_mean": -4.50, "norm_std": 5.14},
-                   "visual": {"fps": 1, "num_frames": 3, "size": 224}},
+        "ogm-ge": {
+            "source": "Peng et al. 2022 (OGM-GE), Kinetics-Sounds: Kaldi fbank, 128 mel bins, 10 ms shift, 1,024 "
+            "frames, "
+            "normalised (x + 4.50) / (2 · 5.14); 3 frames at 1 fps",
+            "audio": {
+                "sample_rate": 16000,
+                "duration": 10.0,
+                "pad_mode": "zero",
+                "transform": "fbank",
+                "n_mels": 128,
+                "frame_shift_ms": 10.0,
+                "target_frames": 1024,
+                "norm_mean": -4.50,
+                "norm_std": 5.14,
+            },
+            "visual": {"fps": 1, "num_frames": 3, "size": 224},
+        },
     }
-    obtain = ("Kinetics clips are gathered from YouTube with the ids in Kinetics-400's annotation lists "
-              "(e.g. with the kinetics-dataset downloader), into <split>/<label>/<youtube_id>_<start>_<end>.mp4.")
+    obtain = (
+        "Kinetics clips are gathered from YouTube with the ids in Kinetics-400's annotation lists "
+        "(e.g. with the kinetics-dataset downloader), into <split>/<label>/<youtube_id>_<start>_<end>.mp4."
+    )
 
     def class_list(self) -> list[str]:
         given = self.settings["source"]["classes"]
         if not given:
-            raise SourceError(f"datasets.{self.name}.source.classes is not set: name the 31 Kinetics-Sounds classes "
-                              f"(a file with one per line, e.g. the class list of the OGM-GE repository, or a list)")
-        return list(given) if isinstance(given, list) else [c for c in Path(given).read_text().splitlines() if c.strip()]
+            raise SourceError(
+                f"datasets.{self.name}.source.classes is not set: name the 31 Kinetics-Sounds classes "
+                f"(a file with one per line, e.g. the class list of the OGM-GE repository, or a list)"
+            )
+        return (
+            list(given) if isinstance(given, list) else [c for c in Path(given).read_text().splitlines() if c.strip()]
+        )
 
     def classes(self, rows: list[dict]) -> list[str]:
         return sorted(self.class_list())
@@ -287,7 +381,10 @@ class KineticsSounds(YouTubeClips):
             return {k: Path(v) for k, v in given.items()}
         archive = fetch(self.settings["source"]["annotations_url"], raw_dir / "lists" / "kinetics400.tar.gz")
         extract(archive, raw_dir / "lists")
-        return {"train": raw_dir / "lists/kinetics400/train.csv", "validate": raw_dir / "lists/kinetics400/validate.csv"}
+        return {
+            "train": raw_dir / "lists/kinetics400/train.csv",
+            "validate": raw_dir / "lists/kinetics400/validate.csv",
+        }
 
     def download(self, raw_dir: Path, workers: int = 1) -> None:
         self._lists = self.annotation_files(Path(raw_dir))
@@ -300,9 +397,16 @@ class KineticsSounds(YouTubeClips):
             with Path(self._lists[kinetics_split]).open(newline="") as f:
                 for r in csv.DictReader(f):
                     if r["label"] in wanted:
-                        entries.append({"youtube_id": r["youtube_id"], "start": int(float(r["time_start"])),
-                                        "end": int(float(r["time_end"])), "label": r["label"], "split": part,
-                                        "kinetics_split": r.get("split", kinetics_split)})
+                        entries.append(
+                            {
+                                "youtube_id": r["youtube_id"],
+                                "start": int(float(r["time_start"])),
+                                "end": int(float(r["time_end"])),
+                                "label": r["label"],
+                                "split": part,
+                                "kinetics_split": r.get("split", kinetics_split),
+                            }
+                        )
         return self.gathered(root, entries)
 
 
@@ -313,19 +417,31 @@ class VGGSound(YouTubeClips):
     from training."""
 
     source_defaults = {
-        "path": None, "max_missing_fraction": 0.05, "list": None,
+        "path": None,
+        "max_missing_fraction": 0.05,
+        "list": None,
         "list_url": "https://www.robots.ox.ac.uk/~vgg/data/vggsound/vggsound.csv",
         "file_pattern": "{youtube_id}_{start:06d}.mp4",
     }
     presets = {
-        "ogm-ge": stft_preset("Peng et al. 2022 (OGM-GE), VGGSound: 16 kHz, STFT 256/128, log|S| of 5 s -> 129x626; 3 frames at 1 fps",
-                              16000, 5.0, 256, 128, 3),
+        "ogm-ge": stft_preset(
+            "Peng et al. 2022 (OGM-GE), VGGSound: 16 kHz, STFT 256/128, log|S| of 5 s -> 129x626; 3 frames at 1 fps",
+            16000,
+            5.0,
+            256,
+            128,
+            3,
+        ),
     }
     obtain = "VGGSound clips are gathered from YouTube with the ids in vggsound.csv (https://www.robots.ox.ac.uk/~vgg/data/vggsound/)."
 
     def download(self, raw_dir: Path, workers: int = 1) -> None:
         given = self.settings["source"]["list"]
-        self._list = Path(given) if given else fetch(self.settings["source"]["list_url"], Path(raw_dir) / "lists" / "vggsound.csv")
+        self._list = (
+            Path(given)
+            if given
+            else fetch(self.settings["source"]["list_url"], Path(raw_dir) / "lists" / "vggsound.csv")
+        )
         super().download(raw_dir, workers)
 
     def index(self, root: Path, workers: int) -> tuple[list[dict], list[str]]:
@@ -334,8 +450,15 @@ class VGGSound(YouTubeClips):
             for r in csv.reader(f):
                 if len(r) >= 4 and r[1].strip().isdigit():
                     start = int(r[1])
-                    entries.append({"youtube_id": r[0], "start": start, "end": start + 10, "label": r[2].strip(),
-                                    "split": "test" if r[3].strip() == "test" else "train"})
+                    entries.append(
+                        {
+                            "youtube_id": r[0],
+                            "start": start,
+                            "end": start + 10,
+                            "label": r[2].strip(),
+                            "split": "test" if r[3].strip() == "test" else "train",
+                        }
+                    )
         return self.gathered(root, entries)
 
 
@@ -360,13 +483,22 @@ class UCF101AV(RawDataset):
     carved from each fold's training part by whole recording groups (gGG), so no group is in both."""
 
     source_defaults = {
-        "path": None, "max_missing_fraction": 0.05, "audio_class_fraction": 0.5, "sha256": None,
+        "path": None,
+        "max_missing_fraction": 0.05,
+        "audio_class_fraction": 0.5,
+        "sha256": None,
         "url": "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar",
         "splits_url": "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip",
     }
     presets = {
-        "mlb": stft_preset("Kontras et al. 2024 (MLB), UCF101: as AVE (16 kHz, STFT 512/353), 3 frames at 1 fps; audio tiled to 3 s",
-                           16000, 3.0, 512, 353, 3),
+        "mlb": stft_preset(
+            "Kontras et al. 2024 (MLB), UCF101: as AVE (16 kHz, STFT 512/353), 3 frames at 1 fps; audio tiled to 3 s",
+            16000,
+            3.0,
+            512,
+            353,
+            3,
+        ),
     }
     obtain = "UCF101 is at https://www.crcv.ucf.edu/data/UCF101.php (UCF101.rar and the recognition train/test lists)."
 
@@ -382,6 +514,7 @@ class UCF101AV(RawDataset):
         lists = root / "ucfTrainTestlist"
         if not (lists / "classInd.txt").exists():
             raise SourceError(f"{root} has no ucfTrainTestlist/classInd.txt: not the UCF101 layout. {self.obtain}")
+
         def listed(name: str) -> set[str]:
             return {Path(line.split()[0]).stem for line in (lists / name).read_text().splitlines() if line.strip()}
 
@@ -395,13 +528,21 @@ class UCF101AV(RawDataset):
             m = UCF_NAME.match(stem)
             if m:
                 by_class.setdefault(m["cls"], []).append(stem)
-        keep = sorted(c for c, stems in by_class.items()
-                      if sum(sound[s] for s in stems) >= self.settings["source"]["audio_class_fraction"] * len(stems))
+        keep = sorted(
+            c
+            for c, stems in by_class.items()
+            if sum(sound[s] for s in stems) >= self.settings["source"]["audio_class_fraction"] * len(stems)
+        )
         (root.parent / "classes_with_audio.txt").write_text("".join(f"{c}\n" for c in keep))
         rows = []
         for c in keep:
             for stem in sorted(by_class[c]):
-                row = {"clip_id": stem, "path": os.path.relpath(videos[stem], root), "label": c, "group": UCF_NAME.match(stem)["group"]}
+                row = {
+                    "clip_id": stem,
+                    "path": os.path.relpath(videos[stem], root),
+                    "label": c,
+                    "group": UCF_NAME.match(stem)["group"],
+                }
                 for k, (train, test) in fold_parts.items():  # the official folds, kept in the manifest
                     row[f"fold{k}"] = "train" if stem in train else ("test" if stem in test else "")
                 rows.append(row)
@@ -414,11 +555,17 @@ class UCF101AV(RawDataset):
     def split(self, rows: list[dict], fold: str) -> dict[str, str]:
         assignment = {r["clip_id"]: r[fold] for r in rows if r.get(fold)}
         s = self.settings["split"]
-        return carve_validation(assignment, {r["clip_id"]: r["label"] for r in rows}, s["val_fraction"], s["seed"],
-                                groups={r["clip_id"]: r["group"] for r in rows})
+        return carve_validation(
+            assignment,
+            {r["clip_id"]: r["label"] for r in rows},
+            s["val_fraction"],
+            s["seed"],
+            groups={r["clip_id"]: r["group"] for r in rows},
+        )
 
 
 # --- any folder of videos --------------------------------------------------------------------------------------
+
 
 @DATASETS.register("video_folder")
 class VideoFolder(RawDataset):
@@ -435,12 +582,16 @@ class VideoFolder(RawDataset):
         listing = Path(self.settings["source"]["csv"])
         listing = listing if listing.is_absolute() else root / listing
         if not listing.exists():
-            raise SourceError(f"datasets.{self.name}.source.csv: {listing} does not exist (columns: path,label[,split])")
+            raise SourceError(
+                f"datasets.{self.name}.source.csv: {listing} does not exist (columns: path,label[,split])"
+            )
         with listing.open(newline="") as f:
             entries = list(csv.DictReader(f))
         missing_cols = {"path", "label"} - set(entries[0] if entries else {})
         if missing_cols:
-            raise SourceError(f"{listing} lacks column(s) {', '.join(sorted(missing_cols))} (columns: path,label[,split])")
+            raise SourceError(
+                f"{listing} lacks column(s) {', '.join(sorted(missing_cols))} (columns: path,label[,split])"
+            )
         rows, official = [], []
         for e in entries:
             clip_id = Path(e["path"]).with_suffix("").as_posix().replace("/", "__")

@@ -5,6 +5,7 @@ Every downloaded file gets a ``<file>.source.json`` beside it: where it came fro
 A file whose expected checksum is known is verified; one whose publisher gives none is recorded, and a later fetch
 of the same file must match the recorded digest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,9 @@ def _record(dest: Path) -> Path:
     return dest.with_name(dest.name + ".source.json")
 
 
-def fetch(url: str, dest: Path, sha256: str | None = None, log: Callable[[str], None] = print, timeout: float = 60.0) -> Path:
+def fetch(
+    url: str, dest: Path, sha256: str | None = None, log: Callable[[str], None] = print, timeout: float = 60.0
+) -> Path:
     """Download ``url`` to ``dest``, resuming a partial ``dest.part`` with an HTTP Range request, and verify the
     SHA-256 (the expected one, else the one recorded by an earlier fetch). A complete, verified ``dest`` is kept."""
     dest = Path(dest)
@@ -72,19 +75,35 @@ def fetch(url: str, dest: Path, sha256: str | None = None, log: Callable[[str], 
     except urllib.error.HTTPError as err:
         if err.code in (404, 410):
             raise NotAvailable(f"{url}: the server does not have this file (HTTP {err.code})") from err
-        raise SourceError(f"cannot download {url} ({err}); {part.name} keeps what arrived and the next run resumes. "
-                          f"Or fetch it yourself and set the dataset's source.path") from err
+        raise SourceError(
+            f"cannot download {url} ({err}); {part.name} keeps what arrived and the next run resumes. "
+            f"Or fetch it yourself and set the dataset's source.path"
+        ) from err
     except OSError as err:  # URLError and timeouts are OSErrors
-        raise SourceError(f"cannot download {url} ({err}); {part.name} keeps what arrived and the next run resumes. "
-                          f"Or fetch it yourself and set the dataset's source.path") from err
+        raise SourceError(
+            f"cannot download {url} ({err}); {part.name} keeps what arrived and the next run resumes. "
+            f"Or fetch it yourself and set the dataset's source.path"
+        ) from err
     digest = sha256_of(part)
     if expected and digest != expected:
         part.unlink()
         raise SourceError(f"{url}: SHA-256 {digest} does not match the expected {expected}; the download was removed")
     part.replace(dest)
-    record.write_text(json.dumps({"url": url, "bytes": dest.stat().st_size, "sha256": digest,
-                                  "verified_against": "expected" if sha256 else ("earlier fetch" if expected else "nothing (first fetch)"),
-                                  "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1) + "\n")
+    record.write_text(
+        json.dumps(
+            {
+                "url": url,
+                "bytes": dest.stat().st_size,
+                "sha256": digest,
+                "verified_against": "expected"
+                if sha256
+                else ("earlier fetch" if expected else "nothing (first fetch)"),
+                "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     log(f"[fetch] {dest} <- {url} ({dest.stat().st_size >> 20} MiB, sha256 {digest[:12]}…)")
     return dest
 
@@ -101,29 +120,45 @@ def extract(archive: Path, into: Path, log: Callable[[str], None] = print) -> No
         with tarfile.open(archive) as t:
             t.extractall(into, filter="data")
     else:
-        for tool, args in (("unrar", ["x", "-o+", str(archive), str(into) + "/"]), ("7z", ["x", "-y", f"-o{into}", str(archive)]),
-                           ("bsdtar", ["-xf", str(archive), "-C", str(into)])):
+        for tool, args in (
+            ("unrar", ["x", "-o+", str(archive), str(into) + "/"]),
+            ("7z", ["x", "-y", f"-o{into}", str(archive)]),
+            ("bsdtar", ["-xf", str(archive), "-C", str(into)]),
+        ):
             if shutil.which(tool):
                 subprocess.run([tool, *args], check=True, capture_output=True)
                 break
         else:
-            raise SourceError(f"{archive} needs unrar, 7z or bsdtar to unpack (none is on PATH); unpack it yourself into "
-                              f"{into} (or anywhere, and set the dataset's source.path to that folder)")
+            raise SourceError(
+                f"{archive} needs unrar, 7z or bsdtar to unpack (none is on PATH); unpack it yourself into "
+                f"{into} (or anywhere, and set the dataset's source.path to that folder)"
+            )
     log(f"[extract] {archive.name} -> {into}")
 
 
-def check_complete(found: Iterable[str], official: Iterable[str], max_missing_fraction: float, missing_file: Path,
-                   where: str, log: Callable[[str], None] = print) -> list[str]:
+def check_complete(
+    found: Iterable[str],
+    official: Iterable[str],
+    max_missing_fraction: float,
+    missing_file: Path,
+    where: str,
+    log: Callable[[str], None] = print,
+) -> list[str]:
     """Compare the clips found locally with the official list; write the missing ones to ``missing_file`` and stop
     when more than ``max_missing_fraction`` of the list is missing. Returns the official ids that are present."""
     found, official = set(found), list(dict.fromkeys(official))
     missing = [clip for clip in official if clip not in found]
     missing_file.parent.mkdir(parents=True, exist_ok=True)
     missing_file.write_text("".join(f"{clip}\n" for clip in missing))
-    log(f"[source] {where}: {len(official) - len(missing)} of {len(official)} listed clips present, {len(missing)} missing "
-        f"(listed in {missing_file})")
+    log(
+        f"[source] {where}: {len(official) - len(missing)} of {len(official)} listed clips present, {len(missing)} "
+        "missing "
+        f"(listed in {missing_file})"
+    )
     if official and len(missing) > max_missing_fraction * len(official):
-        raise SourceError(f"{len(missing)} of {len(official)} clips of the official list ({100 * len(missing) / len(official):.1f}%) "
-                          f"are missing from {where}, more than source.max_missing_fraction={max_missing_fraction}; "
-                          f"the missing ones are listed in {missing_file} (first: {missing[0]})")
+        raise SourceError(
+            f"{len(missing)} of {len(official)} clips of the official list ({100 * len(missing) / len(official):.1f}%) "
+            f"are missing from {where}, more than source.max_missing_fraction={max_missing_fraction}; "
+            f"the missing ones are listed in {missing_file} (first: {missing[0]})"
+        )
     return [clip for clip in official if clip in found]

@@ -4,6 +4,7 @@ Splits are fixed files that training reads, so a split is reviewable and identic
 source has no validation part gets one carved from its training part (stratified by label, seeded); test clips
 are never moved.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,15 +26,22 @@ def accepted_clips(processed_dir: Path) -> list[str]:
     return list(torch.load(Path(processed_dir) / "clips.pt", mmap=True, weights_only=True)["clip_id"])
 
 
-def write_splits(dataset: Dataset, raw_dir: Path, processed_dir: Path, folds: list[str] | None = None,
-                 log: Callable[[str], None] = print, manifest: str = "manifest.csv") -> dict[str, dict]:
+def write_splits(
+    dataset: Dataset,
+    raw_dir: Path,
+    processed_dir: Path,
+    folds: list[str] | None = None,
+    log: Callable[[str], None] = print,
+    manifest: str = "manifest.csv",
+    splits_dir: Path | None = None,
+) -> dict[str, dict]:
     """Assign every accepted clip in each fold (default: all the dataset's folds); returns per-fold counts.
 
     The dataset assigns videos (manifest rows); the clips cut from one video (``<video>#<k>``) share its part."""
     rows = {r["clip_id"]: r for r in read_manifest(Path(raw_dir) / manifest)}
     clips = accepted_clips(processed_dir)
     accepted = [rows[v] for v in dict.fromkeys(video_of(c) for c in clips)]
-    out_dir = Path(processed_dir) / "splits"
+    out_dir = Path(splits_dir or Path(processed_dir) / "splits")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {}
     known = dataset.folds()
@@ -49,8 +57,10 @@ def write_splits(dataset: Dataset, raw_dir: Path, processed_dir: Path, folds: li
         counts = Counter(assignment.values())
         empty = [s for s in SPLITS if not counts[s]]
         if empty:
-            raise SplitError(f"fold '{fold}' of dataset '{dataset.name}' has no {' / '.join(empty)} clips "
-                             f"({dict(counts)}); check the dataset's split settings")
+            raise SplitError(
+                f"fold '{fold}' of dataset '{dataset.name}' has no {' / '.join(empty)} clips "
+                f"({dict(counts)}); check the dataset's split settings"
+            )
         tmp = out_dir / f"{fold}.csv.tmp"
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
@@ -62,9 +72,10 @@ def write_splits(dataset: Dataset, raw_dir: Path, processed_dir: Path, folds: li
     return summary
 
 
-def read_split(processed_dir: Path, fold: str, part: str) -> list[str]:
-    """Clip ids of one part ('train', 'val', 'test') of one fold."""
-    path = Path(processed_dir) / "splits" / f"{fold}.csv"
+def read_split(processed_dir: Path, fold: str, part: str, splits_dir: Path | None = None) -> list[str]:
+    """Clip ids of one part ('train', 'val', 'test') of one fold (``splits_dir``: default
+    ``<processed_dir>/splits``)."""
+    path = Path(splits_dir or Path(processed_dir) / "splits") / f"{fold}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run the split step (python -m benchmark split)")
     with path.open(newline="") as f:

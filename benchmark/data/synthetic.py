@@ -11,6 +11,7 @@ A class is 3 bits (8 classes, chance 12.5%):
     benchmark exists for).
 Everything is drawn from one seeded generator per clip, so the same seed gives the same clips.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -38,8 +39,9 @@ def synth_audio(label: int, rng: np.random.Generator, sample_rate: int, duration
     onset = rng.uniform(0.0, 0.3) * duration
     length = rng.uniform(0.5, 0.7) * duration
     envelope = np.clip(np.minimum(t - onset, onset + length - t) / 0.05, 0.0, 1.0)
-    signal = envelope * (np.sin(2 * np.pi * pitch * t + rng.uniform(0, 2 * np.pi))
-                         + 0.3 * np.sin(4 * np.pi * pitch * t))
+    signal = envelope * (
+        np.sin(2 * np.pi * pitch * t + rng.uniform(0, 2 * np.pi)) + 0.3 * np.sin(4 * np.pi * pitch * t)
+    )
     # distractor tones carry no class information but make every clip distinct (and memorisable)
     for _ in range(2):
         f = rng.uniform(200.0, 4000.0)
@@ -52,12 +54,14 @@ def synth_audio(label: int, rng: np.random.Generator, sample_rate: int, duration
     return (0.5 * out / np.max(np.abs(out))).astype(np.float32)
 
 
-def synth_frames(label: int, rng: np.random.Generator, fps: int, duration: float, size: int,
-                 contrast: float, noise: float) -> np.ndarray:
+def synth_frames(
+    label: int, rng: np.random.Generator, fps: int, duration: float, size: int, contrast: float, noise: float
+) -> np.ndarray:
     n = max(1, int(round(fps * duration)))
     high_freq, _, vertical = class_bits(label)
     period = size / (6.0 if high_freq else 3.0)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+
     # smooth colour background that drifts between two random fields
     def field() -> np.ndarray:
         coarse = rng.uniform(0.3, 0.7, size=(4, 4, 3))
@@ -94,8 +98,18 @@ def encode_clip(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sam
         video_in = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{size}x{size}", framerate=fps)
         audio_in = ffmpeg.input(str(wav))
         out = ffmpeg.output(
-            video_in, audio_in, str(path), vcodec="libx264", pix_fmt="yuv420p", crf=18, preset="veryfast",
-            acodec="aac", audio_bitrate="96k", threads=1, fflags="+bitexact", **{"flags:v": "+bitexact", "flags:a": "+bitexact"},
+            video_in,
+            audio_in,
+            str(path),
+            vcodec="libx264",
+            pix_fmt="yuv420p",
+            crf=18,
+            preset="veryfast",
+            acodec="aac",
+            audio_bitrate="96k",
+            threads=1,
+            fflags="+bitexact",
+            **{"flags:v": "+bitexact", "flags:a": "+bitexact"},
         )
         out.global_args("-nostdin", "-hide_banner", "-loglevel", "error").overwrite_output().run(
             cmd=ffmpeg_exe(), input=frames.tobytes(), capture_stdout=True, capture_stderr=True
@@ -117,9 +131,21 @@ def stratified_splits(labels: list[int], fractions: tuple[float, float, float], 
     return out
 
 
-def generate(out_dir: Path, *, num_clips: int, seed: int, duration: float, fps: int, size: int, sample_rate: int,
-             split_fractions: tuple[float, float, float], audio_snr_db: float, visual_contrast: float,
-             visual_noise: float, workers: int = 1) -> list[dict]:
+def generate(
+    out_dir: Path,
+    *,
+    num_clips: int,
+    seed: int,
+    duration: float,
+    fps: int,
+    size: int,
+    sample_rate: int,
+    split_fractions: tuple[float, float, float],
+    audio_snr_db: float,
+    visual_contrast: float,
+    visual_noise: float,
+    workers: int = 1,
+) -> list[dict]:
     """Write ``num_clips`` clips under ``out_dir/clips`` and return the manifest rows."""
     clips = Path(out_dir) / "clips"
     clips.mkdir(parents=True, exist_ok=True)

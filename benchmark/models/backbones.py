@@ -6,6 +6,7 @@ feature maps over time and space, as OGM-GE's visual encoder does; a backbone wi
 (Conformer, R(2+1)D) overrides ``forward``. Every backbone takes ``weights``: a local state_dict file, never a
 download (a mapping modality -> file gives each modality its own).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from benchmark.params import DropProbability, PositiveInt, WeightsFile
 from benchmark.registry import Registry
 
 KINDS = ("spectrogram", "frames")
@@ -127,7 +129,7 @@ class ResNet18(Backbone):
 
     block_ends = (4, 5, 6, 7, 8)
 
-    def __init__(self, kind: str, shape: tuple[int, ...], *, weights: str | None = None) -> None:
+    def __init__(self, kind: str, shape: tuple[int, ...], *, weights: WeightsFile = None) -> None:
         super().__init__(kind, shape)
         self.trunk = _resnet18_trunk(self.in_channels, weights)
         self.out_dim = 512
@@ -137,8 +139,11 @@ def _small_trunk(in_channels: int, width: int) -> tuple[nn.Sequential, int]:
     chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
     layers: list[nn.Module] = []
     for i in range(4):
-        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, padding=1, bias=False),
-                   nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, padding=1, bias=False),
+            nn.BatchNorm2d(chans[i + 1]),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers), chans[-1]
 
 
@@ -148,7 +153,9 @@ class SmallCNN(Backbone):
 
     block_ends = (3, 6, 9, 12)
 
-    def __init__(self, kind: str, shape: tuple[int, ...], *, width: int = 32, weights: str | None = None) -> None:
+    def __init__(
+        self, kind: str, shape: tuple[int, ...], *, width: PositiveInt = 32, weights: WeightsFile = None
+    ) -> None:
         super().__init__(kind, shape)
         self.trunk, self.out_dim = _small_trunk(self.in_channels, width)
         load_local_weights(self, weights)
@@ -161,8 +168,20 @@ class ConformerEncoder(Backbone):
     space, projected to ``dim``); the output is averaged over time. MLB's Conformer backbone, minus its pretrained
     front-ends (nothing is downloaded; ``weights`` loads a local file)."""
 
-    def __init__(self, kind: str, shape: tuple[int, ...], *, dim: int = 64, layers: int = 2, heads: int = 4, ffn_dim: int = 128,
-                 kernel_size: int = 7, dropout: float = 0.1, frame_width: int = 16, weights: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        shape: tuple[int, ...],
+        *,
+        dim: PositiveInt = 64,
+        layers: PositiveInt = 2,
+        heads: PositiveInt = 4,
+        ffn_dim: PositiveInt = 128,
+        kernel_size: PositiveInt = 7,
+        dropout: DropProbability = 0.1,
+        frame_width: PositiveInt = 16,
+        weights: WeightsFile = None,
+    ) -> None:
         super().__init__(kind, shape)
         from torchaudio.models import Conformer
 
@@ -172,8 +191,14 @@ class ConformerEncoder(Backbone):
         else:
             self.frame_stem, stem_dim = _small_trunk(self.in_channels, frame_width)
             self.project = nn.Linear(stem_dim, dim)
-        self.conformer = Conformer(input_dim=dim, num_heads=heads, ffn_dim=ffn_dim, num_layers=layers,
-                                   depthwise_conv_kernel_size=kernel_size, dropout=dropout)
+        self.conformer = Conformer(
+            input_dim=dim,
+            num_heads=heads,
+            ffn_dim=ffn_dim,
+            num_layers=layers,
+            depthwise_conv_kernel_size=kernel_size,
+            dropout=dropout,
+        )
         self.out_dim = dim
         load_local_weights(self, weights)
 
@@ -195,7 +220,7 @@ class R2Plus1D18(Backbone):
     a [B, C, T, H, W] clip. It has no spectrogram form, so a spectrogram modality gets ResNet-18 (the audio
     encoder of the papers), which this backbone's name then covers for that modality."""
 
-    def __init__(self, kind: str, shape: tuple[int, ...], *, weights: str | None = None) -> None:
+    def __init__(self, kind: str, shape: tuple[int, ...], *, weights: WeightsFile = None) -> None:
         super().__init__(kind, shape)
         if kind == "spectrogram":
             self.trunk = _resnet18_trunk(self.in_channels, weights)
@@ -206,7 +231,9 @@ class R2Plus1D18(Backbone):
             net = torchvision.models.video.r2plus1d_18(weights=None)
             if self.in_channels != 3:
                 stem = net.stem[0]
-                net.stem[0] = nn.Conv3d(self.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
+                net.stem[0] = nn.Conv3d(
+                    self.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False
+                )
             load_local_weights(net, weights)
             net.fc = nn.Identity()
             self.video = net

@@ -6,6 +6,7 @@ and MLB measure each modality's share through them, and which head parameters ac
 papers do; the others use the zero-masking Shapley estimator (``benchmark.models.shapley``), which is
 documented in every run that relies on it.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -14,13 +15,16 @@ import torch
 from torch import nn
 
 from benchmark.models.shapley import masked, shapley_shares
+from benchmark.params import DropProbability, PositiveInt
 from benchmark.registry import Registry
 
 #: a head parameter, and the index of the part of it that belongs to one modality (None: all of it)
 ParamSlice = tuple[nn.Parameter, "tuple[slice, ...] | None"]
 
-SHAPLEY_RULE = ("zero-masking Shapley estimate: the modality's Shapley value of the fused logits with absent "
-                "modalities' features set to zero, plus 1/M of the all-absent output (as AGM)")
+SHAPLEY_RULE = (
+    "zero-masking Shapley estimate: the modality's Shapley value of the fused logits with absent "
+    "modalities' features set to zero, plus 1/M of the all-absent output (as AGM)"
+)
 
 
 class Fusion(nn.Module):
@@ -62,7 +66,9 @@ FUSIONS: Registry[Fusion] = Registry("fusion", base=Fusion)
 class ConcatFusion(Fusion):
     """Late fusion: one linear head on the concatenated features, f = W[φ_1; …; φ_M] + b (OGM-GE eq. 1)."""
 
-    modality_logits_rule = "W_m·φ_m + b/M: the modality's block of the head plus an equal share of the bias (OGM-GE eq. 8)"
+    modality_logits_rule = (
+        "W_m·φ_m + b/M: the modality's block of the head plus an equal share of the bias (OGM-GE eq. 8)"
+    )
     modality_logits_exact = True
 
     def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
@@ -116,9 +122,11 @@ class SumFusion(Fusion):
 class MidMLPFusion(Fusion):
     """Mid fusion (MLB's Mid-MLP): a two-layer MLP on the concatenated features, Linear-ReLU-Linear."""
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, hidden: int = 256) -> None:
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, hidden: PositiveInt = 256) -> None:
         super().__init__(feature_dims, num_classes)
-        self.mlp = nn.Sequential(nn.Linear(sum(feature_dims.values()), hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.mlp = nn.Sequential(
+            nn.Linear(sum(feature_dims.values()), hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.mlp(torch.cat([features[m] for m in self.modalities], dim=1))
@@ -130,7 +138,14 @@ class FiLMFusion(Fusion):
     for the others' (concatenated, projected) features: f = head(γ(φ_c) ⊙ P[φ_others] + β(φ_c)).
     ``conditioning`` names the conditioning modality (default: the first, e.g. audio)."""
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, conditioning: str | None = None, hidden: int = 256) -> None:
+    def __init__(
+        self,
+        feature_dims: dict[str, int],
+        num_classes: int,
+        *,
+        conditioning: str | None = None,
+        hidden: PositiveInt = 256,
+    ) -> None:
         super().__init__(feature_dims, num_classes)
         self.conditioning = conditioning or self.modalities[0]
         if self.conditioning not in feature_dims:
@@ -152,7 +167,7 @@ class GatedFusion(Fusion):
     h_m = tanh(W_m φ_m), gates z = softmax over modalities of W_z[φ_1; …; φ_M] per hidden unit
     (a sigmoid for two modalities), f = head(Σ_m z_m ⊙ h_m)."""
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, hidden: int = 256) -> None:
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, hidden: PositiveInt = 256) -> None:
         super().__init__(feature_dims, num_classes)
         self.hidden = hidden
         self.transform = nn.ModuleDict({m: nn.Linear(d, hidden) for m, d in feature_dims.items()})
@@ -161,7 +176,9 @@ class GatedFusion(Fusion):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         h = torch.stack([torch.tanh(self.transform[m](features[m])) for m in self.modalities], dim=1)
-        z = self.gate(torch.cat([features[m] for m in self.modalities], dim=1)).view(-1, len(self.modalities), self.hidden)
+        z = self.gate(torch.cat([features[m] for m in self.modalities], dim=1)).view(
+            -1, len(self.modalities), self.hidden
+        )
         return self.head((torch.softmax(z, dim=1) * h).sum(1))
 
 
@@ -171,8 +188,16 @@ class TransformerFusion(Fusion):
     plus a class token; the class token's output goes to a linear head (MLB's TF fusion, with standard
     transformer layers)."""
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, dim: int = 64, heads: int = 4, layers: int = 2,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        feature_dims: dict[str, int],
+        num_classes: int,
+        *,
+        dim: PositiveInt = 64,
+        heads: PositiveInt = 4,
+        layers: PositiveInt = 2,
+        dropout: DropProbability = 0.1,
+    ) -> None:
         super().__init__(feature_dims, num_classes)
         self.tokens = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in feature_dims.items()})
         self.modality_embedding = nn.Parameter(torch.zeros(len(feature_dims), dim))
@@ -194,9 +219,13 @@ class LowRankFusion(Fusion):
     """Low-rank multimodal fusion (Liu et al. 2018): with z_m = [φ_m; 1], the fused vector is
     Σ_{i=1..r} λ_i · ∏_m (z_m W_m^(i)) + b (the outer-product tensor fusion in rank-r factors), then a linear head."""
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, rank: int = 4, hidden: int = 64) -> None:
+    def __init__(
+        self, feature_dims: dict[str, int], num_classes: int, *, rank: PositiveInt = 4, hidden: PositiveInt = 64
+    ) -> None:
         super().__init__(feature_dims, num_classes)
-        self.factors = nn.ParameterDict({m: nn.Parameter(torch.empty(rank, d + 1, hidden)) for m, d in feature_dims.items()})
+        self.factors = nn.ParameterDict(
+            {m: nn.Parameter(torch.empty(rank, d + 1, hidden)) for m, d in feature_dims.items()}
+        )
         for p in self.factors.values():
             nn.init.xavier_normal_(p)
         self.rank_weights = nn.Parameter(torch.empty(1, rank))
@@ -212,4 +241,3 @@ class LowRankFusion(Fusion):
             product = part if product is None else product * part
         fused = torch.einsum("or,brh->bh", self.rank_weights, product) + self.bias
         return self.head(torch.relu(fused))
-

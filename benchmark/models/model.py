@@ -4,6 +4,7 @@ Every part is swappable through its registry (MultiBench's decomposition): encod
 registry, the fusion (with its classifier) from the fusion registry. Methods that need unimodal predictions
 (Multi-Loss, MLB, G-Blend) ask for one extra linear head per modality.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,18 @@ class ModelOutput:
 
 
 class MultimodalModel(nn.Module):
-    def __init__(self, encoders: dict[str, Backbone], fusion: Fusion, num_classes: int, unimodal_heads: bool = False) -> None:
+    def __init__(
+        self, encoders: dict[str, Backbone], fusion: Fusion, num_classes: int, unimodal_heads: bool = False
+    ) -> None:
         super().__init__()
         self.modalities = list(encoders)
         self.num_classes = num_classes
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.unimodal_heads = (
-            nn.ModuleDict({m: nn.Linear(e.out_dim, num_classes) for m, e in encoders.items()}) if unimodal_heads else None
+            nn.ModuleDict({m: nn.Linear(e.out_dim, num_classes) for m, e in encoders.items()})
+            if unimodal_heads
+            else None
         )
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
@@ -47,7 +52,9 @@ class MultimodalModel(nn.Module):
 
     def decode(self, features: dict[str, torch.Tensor]) -> ModelOutput:
         """Fused logits (and unimodal-head logits) from features; methods may alter features in between."""
-        unimodal = {m: h(features[m]) for m, h in self.unimodal_heads.items()} if self.unimodal_heads is not None else None
+        unimodal = (
+            {m: h(features[m]) for m, h in self.unimodal_heads.items()} if self.unimodal_heads is not None else None
+        )
         return ModelOutput(self.fusion(features), features, unimodal)
 
     def modality_logits(self, out: ModelOutput) -> dict[str, torch.Tensor]:
@@ -60,8 +67,17 @@ def input_kind(info: dict) -> tuple[str, tuple[int, ...]]:
     return SOURCE_KIND[info["source"]], tuple(info["shape"])
 
 
-def build_model(*, modality_info: dict[str, dict], num_classes: int, backbone_cls: type[Backbone], backbone_params: dict,
-                fusion_cls: type[Fusion], fusion_params: dict, unimodal_heads: bool, seed: int) -> MultimodalModel:
+def build_model(
+    *,
+    modality_info: dict[str, dict],
+    num_classes: int,
+    backbone_cls: type[Backbone],
+    backbone_params: dict,
+    fusion_cls: type[Fusion],
+    fusion_params: dict,
+    unimodal_heads: bool,
+    seed: int,
+) -> MultimodalModel:
     """Construct the model with a seeded initialisation: the same arguments always give the same weights."""
     torch.manual_seed(seed)
     encoders = {}

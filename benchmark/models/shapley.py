@@ -8,6 +8,7 @@ its Shapley value plus an equal part of the empty-coalition output, so the share
 For two modalities m_a = ½(f(a,v) − f(0,v) + f(a,0)) (AGM); for a linear head on concatenated features it
 equals the head's own split W_m·φ_m + b/M (OGM-GE eq. 8). Everything stays differentiable.
 """
+
 from __future__ import annotations
 
 import itertools

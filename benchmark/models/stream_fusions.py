@@ -13,14 +13,19 @@ blocks (small_cnn: 4, resnet18: 5 — the grid reports other backbones as n/a), 
 The gates keep one stream per modality and end in the late-concatenation head; mid_concat ends in one stream, so
 it has no per-modality features (methods that need them are n/a there).
 """
+
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from annotated_types import MinLen
 from torch import nn
 from torch.nn import functional as F
 
 from benchmark.models.backbones import Backbone, pool_maps
 from benchmark.models.fusions import FUSIONS, ConcatFusion, Fusion
+from benchmark.params import PositiveInt
 
 
 def _check_block(name: str, block: int, encoders: dict[str, Backbone]) -> None:
@@ -30,7 +35,9 @@ def _check_block(name: str, block: int, encoders: dict[str, Backbone]) -> None:
             raise ValueError(f"{name}: block must be in 1..{n} for backbone '{enc.name}' ({m}), not {block}")
 
 
-def run_blocks(encoders: dict[str, Backbone], maps: dict[str, torch.Tensor], lo: int, hi: int | None) -> dict[str, torch.Tensor]:
+def run_blocks(
+    encoders: dict[str, Backbone], maps: dict[str, torch.Tensor], lo: int, hi: int | None
+) -> dict[str, torch.Tensor]:
     """Every stream's feature maps through its blocks lo..hi-1."""
     out = {}
     for m, h in maps.items():
@@ -76,10 +83,12 @@ class BlockFusion(ConcatFusion):
 
     needs_blocks = True
     modality_logits_exact = False
-    modality_logits_rule = ("W_m·φ_m + b/M of the concatenation head, where φ_m is stream m after the gates "
-                            "(it has seen the other modalities through them)")
+    modality_logits_rule = (
+        "W_m·φ_m + b/M of the concatenation head, where φ_m is stream m after the gates "
+        "(it has seen the other modalities through them)"
+    )
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, block: int) -> None:
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, block: PositiveInt) -> None:
         super().__init__(feature_dims, num_classes)
         self.block = block
 
@@ -111,8 +120,15 @@ class SEGateFusion(BlockFusion):
     and stream m becomes h_m + h_m ⊙ w_m (residual) or h_m ⊙ w_m. All directions at once (the paper's best: both
     directions, after block 3); then late concatenation."""
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, block: int = 3, reduction: int = 16,
-                 residual: bool = True) -> None:
+    def __init__(
+        self,
+        feature_dims: dict[str, int],
+        num_classes: int,
+        *,
+        block: PositiveInt = 3,
+        reduction: PositiveInt = 16,
+        residual: bool = True,
+    ) -> None:
         super().__init__(feature_dims, num_classes, block=block)
         self.reduction, self.residual = reduction, residual
 
@@ -143,8 +159,15 @@ class NLGateFusion(BlockFusion):
     W_z starts at zero, so the gate starts as the identity (as the non-local block's zero-initialised BN). Paper's
     best: after block 4; then late concatenation."""
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, block: int = 4, queries: list[str] | None = None,
-                 inner: int = 64) -> None:
+    def __init__(
+        self,
+        feature_dims: dict[str, int],
+        num_classes: int,
+        *,
+        block: PositiveInt = 4,
+        queries: Annotated[list[str], MinLen(1)] | None = None,
+        inner: PositiveInt = 64,
+    ) -> None:
         super().__init__(feature_dims, num_classes, block=block)
         self.queries_given, self.inner = queries, inner
 
@@ -189,19 +212,25 @@ class MidConcatFusion(Fusion):
     per_modality_features = False
     modality_logits_rule = "none: the streams merge inside the encoders"
 
-    def __init__(self, feature_dims: dict[str, int], num_classes: int, *, block: int = 3, into: str | None = None) -> None:
+    def __init__(
+        self, feature_dims: dict[str, int], num_classes: int, *, block: PositiveInt = 3, into: str | None = None
+    ) -> None:
         super().__init__(feature_dims, num_classes)
         self.block, self.into_given = block, into
 
     def bind(self, encoders: dict[str, Backbone]) -> None:
         _check_block(self.name, self.block, encoders)
         self.kinds = {m: e.kind for m, e in encoders.items()}
-        self.into = self.into_given or next((m for m in self.modalities if self.kinds[m] == "frames"), self.modalities[0])
+        self.into = self.into_given or next(
+            (m for m in self.modalities if self.kinds[m] == "frames"), self.modalities[0]
+        )
         if self.into not in self.modalities:
             raise ValueError(f"mid_concat: 'into' modality {self.into!r} is not one of {self.modalities}")
         channels = {m: e.block_channels(self.block) for m, e in encoders.items()}
         width = channels[self.into]
-        self.merge = nn.Sequential(nn.Conv2d(sum(channels.values()), width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.merge = nn.Sequential(
+            nn.Conv2d(sum(channels.values()), width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         self.head = nn.Linear(self.feature_dims[self.into], self.num_classes)
 
     def encode(self, encoders: nn.ModuleDict, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

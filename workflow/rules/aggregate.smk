@@ -11,6 +11,11 @@ rule aggregate:
     output:
         experiment_outputs(),
     log:
-        paths.LOGS + "/aggregate/" + EXPERIMENT + ".log",
+        paths.AGGREGATE_LOG.format(experiment=EXPERIMENT),
+    params:
+        py=PY,
+        config=CONFIG_ARGS,
+    conda:
+        ENV
     shell:
-        "{PY} -m benchmark aggregate {CONFIG_ARGS} > {log} 2>&1"
+        "{params.py} -m benchmark aggregate {params.config} > {log} 2>&1"

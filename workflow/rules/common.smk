@@ -14,8 +14,8 @@ from snakemake.utils import validate
 sys.path.insert(0, os.getcwd())
 
 from benchmark import paths
-from benchmark.config import ConfigError, SCHEMA_PATH, dataset_settings, grid_names, layered, settings_hash, typed, validate_config
-from benchmark.grid import NO_FUSION, RunSpec, dataset_folds, grid_runs, manifest_name
+from benchmark.config import ConfigError, SCHEMA_PATH, grid_names, layered, typed, validate_config
+from benchmark.grid import NO_FUSION, RunSpec, dataset_folds, grid_runs
 from benchmark.settings import Resolver, Step, experiment_record
 
 
@@ -42,10 +42,13 @@ validate(config, schema=str(SCHEMA_PATH))
 #: every job reads the config as the DAG did: the same overlays and overrides, in the same order
 CONFIG_ARGS = " ".join([f"--config {shlex.quote(p)}" for p in OVERLAYS] + [f"--set {shlex.quote(s)}" for s in SETS])
 RESOLVER = Resolver(config)
+DIRS = {d: RESOLVER.dataset_dirs(d) for d in grid_names(config, "datasets")}
 RUNS, NOT_APPLICABLE = grid_runs(config)
 EXPERIMENT_RECORD_ID = experiment_record(config, RESOLVER)["identity"]
 EXPERIMENT = config["experiment"]
 PY = sys.executable  # the interpreter running Snakemake (the project's venv) also runs every step
+# the same software described for `--use-conda` (run.sh and test.sh build it as a venv from pyproject.toml)
+ENV = "../envs/benchmark.yaml"
 RES = config["resources"]
 # a training job's CPUs: per GPU when the site says so (Slurm --cpus-per-gpu), else resources.train.threads
 TRAIN_THREADS = RES["train"]["cpus_per_gpu"] * RES["train"]["gpus"] if RES["train"].get("cpus_per_gpu") and RES["train"]["gpus"] else RES["train"]["threads"]
@@ -63,6 +66,10 @@ wildcard_constraints:
     seed=r"\d+",
     trial=r"\d+",
     id=r"[0-9a-f]{12}",
+    raw_id=r"[0-9a-f]{12}",
+    cache_id=r"[0-9a-f]{12}",
+    split_id=r"[0-9a-f]{12}",
+    balance_id=r"[0-9a-f]{12}",
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     fold=_alternatives({f for d in grid_names(config, "datasets") for f in dataset_folds(config, d)}),
 
@@ -88,11 +95,19 @@ def step_inputs(kind: str, spec: RunSpec, wanted_id: str, trial: int | None = No
     return [] if resolved.output.exists() else resolved.input_files()
 
 
-def dataset_hash(dataset: str, raw_only: bool = False) -> str:
-    """Hash of a dataset's settings (data/ paths carry no identity: their rules rerun on a change of it);
-    raw_only: without preprocessing (what the download step depends on)."""
-    s = dataset_settings(config, dataset)
-    return settings_hash({k: v for k, v in s.items() if k != "preprocess"} if raw_only else s)
+def data_inputs(w, step: str) -> list[str]:
+    """A data step's inputs (none once its output exists: its identity is in its path)."""
+    dirs = DIRS[w.dataset]
+    done = {"balance": dirs.raw / (dirs.manifest or ""), "preprocess": dirs.processed / "info.json",
+            "split": dirs.split_file(w.get("fold", ""))}[step]
+    if done.exists():
+        return []
+    manifest = [str(dirs.raw / dirs.manifest)] if step != "balance" else [str(dirs.raw / "manifest.csv")]
+    return manifest + ([str(dirs.processed / "clips.pt")] if step == "split" else [])
+
+
+def estimate_modalities(w) -> str:
+    return f" --modalities {spec_of(w).modality}" if spec_of(w).modality else ""
 
 
 def run_metrics(spec: RunSpec) -> str:

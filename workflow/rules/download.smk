@@ -1,14 +1,18 @@
-# Stage 1: raw clips + manifest (for synthetic-av: generated deterministically from its seed).
+# Stage 1: raw clips + manifest (for synthetic-av: generated deterministically from its seed), in a folder named by
+# the dataset's source (or generation) settings.
 localrules: download
 
 
 rule download:
     output:
-        manifest=paths.DATA_RAW + "/manifest.csv",
+        manifest=paths.RAW_MANIFEST,
     log:
-        paths.LOGS + "/download/{dataset}.log",
+        paths.DOWNLOAD_LOG,
     params:
-        settings=lambda w: dataset_hash(w.dataset, raw_only=True),
+        py=PY,
+        config=CONFIG_ARGS,
     threads: RES["preprocess"]["threads"]
+    conda:
+        ENV
     shell:
-        "{PY} -m benchmark download {CONFIG_ARGS} --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
+        "{params.py} -m benchmark download {params.config} --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"

@@ -1,9 +1,5 @@
-# Stage 2: decode every clip once into cached tensors (training never decodes media).
-
-
-def preprocess_manifest(w) -> str:
-    """The downloaded manifest, or its Algorithm 1 subset for datasets with a 'balance' section."""
-    return f"{paths.raw_dir(w.dataset)}/{manifest_name(config, w.dataset)}"
+# Stage 2: decode every clip once into cached tensors (training never decodes media). Every data folder is named by
+# what determines its content (benchmark.settings.dataset_dirs), so a changed setting makes a new one.
 
 
 # Stage 1b (multi-label datasets with 'balance'): the G-Blend supplement's Algorithm 1 picks a balanced subset.
@@ -12,35 +8,41 @@ localrules: balance
 
 rule balance:
     input:
-        manifest=paths.DATA_RAW + "/manifest.csv",
+        lambda w: data_inputs(w, "balance"),
     output:
-        manifest=paths.DATA_RAW + "/manifest.balanced.csv",
-        report=paths.DATA_RAW + "/balance.json",
+        manifest=paths.BALANCED_MANIFEST_FILE,
+        report=paths.BALANCE_REPORT_FILE,
     log:
-        paths.LOGS + "/balance/{dataset}.log",
+        paths.BALANCE_LOG,
     params:
-        settings=lambda w: settings_hash(dataset_settings(config, w.dataset).get("balance")),
+        py=PY,
+        config=CONFIG_ARGS,
+    conda:
+        ENV
     shell:
-        "{PY} -m benchmark balance {CONFIG_ARGS} --dataset {wildcards.dataset} > {log} 2>&1"
+        "{params.py} -m benchmark balance {params.config} --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 # rejected.csv is written by the step but is not an output: Snakemake deletes a failed job's outputs, and the
 # error of a step stopped by too many rejections points to it.
 rule preprocess:
     input:
-        manifest=preprocess_manifest,
+        lambda w: data_inputs(w, "preprocess"),
     output:
-        clips=paths.DATA_PROCESSED + "/clips.pt",
-        info=paths.DATA_PROCESSED + "/info.json",
+        clips=paths.CLIPS_FILE,
+        info=paths.INFO_FILE,
     log:
-        paths.LOGS + "/preprocess/{dataset}.log",
+        paths.PREPROCESS_LOG,
     params:
-        settings=lambda w: dataset_hash(w.dataset),
+        py=PY,
+        config=CONFIG_ARGS,
     threads: RES["preprocess"]["threads"]
     resources:
         **PREPROCESS_RESOURCES,
+    conda:
+        ENV
     shell:
-        "{PY} -m benchmark preprocess {CONFIG_ARGS} --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
+        "{params.py} -m benchmark preprocess {params.config} --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
 
 
 # Stage 2b: which clip is train/val/test in one fold, as a reviewable file (no decoding: cheap to redo).
@@ -49,13 +51,15 @@ localrules: split
 
 rule split:
     input:
-        manifest=preprocess_manifest,
-        clips=paths.DATA_PROCESSED + "/clips.pt",
+        lambda w: data_inputs(w, "split"),
     output:
         paths.SPLIT_FILE,
     log:
-        paths.LOGS + "/split/{dataset}/{fold}.log",
+        paths.SPLIT_LOG,
     params:
-        settings=lambda w: settings_hash(dataset_settings(config, w.dataset).get("split")),
+        py=PY,
+        config=CONFIG_ARGS,
+    conda:
+        ENV
     shell:
-        "{PY} -m benchmark split {CONFIG_ARGS} --dataset {wildcards.dataset} --fold {wildcards.fold} > {log} 2>&1"
+        "{params.py} -m benchmark split {params.config} --dataset {wildcards.dataset} --fold {wildcards.fold} > {log} 2>&1"

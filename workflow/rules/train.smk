@@ -7,13 +7,18 @@ rule train:
     input:
         lambda w: step_inputs("run", spec_of(w), w.id),
     output:
-        metrics=paths.RUN_DIR + "/metrics.json",  # model.pt is written next to it but is not an output (see README)
+        metrics=paths.RUN_METRICS,  # model.pt is written next to it but is not an output (see README)
     log:
-        paths.RUN_DIR + "/train.log",
+        paths.RUN_LOG,
     threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
+    params:
+        py=PY,
+        config=CONFIG_ARGS,
+    conda:
+        ENV
     shell:
-        "{PY} -m benchmark train {CONFIG_ARGS} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
+        "{params.py} -m benchmark train {params.config} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
         " --fusion {wildcards.fusion} --method {wildcards.method} --seed {wildcards.seed} --id {wildcards.id} --threads {threads}"
         " --out-dir $(dirname {output.metrics}) >> {log} 2>&1"

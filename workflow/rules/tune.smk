@@ -8,14 +8,19 @@ rule tune_trial:
     input:
         lambda w: step_inputs("tune_trial", group_of(w), w.id, int(w.trial)),
     output:
-        paths.TUNING_DIR + "/trial{trial}.json",
+        paths.TRIAL_FILE,
     log:
-        paths.TUNING_DIR + "/trial{trial}.log",
+        paths.TRIAL_LOG,
     threads: TRAIN_THREADS
     resources:
         **TRAIN_RESOURCES,
+    params:
+        py=PY,
+        config=CONFIG_ARGS,
+    conda:
+        ENV
     shell:
-        "{PY} -m benchmark tune-trial {CONFIG_ARGS} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
+        "{params.py} -m benchmark tune-trial {params.config} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
         " --fusion {wildcards.fusion} --method {wildcards.method} --trial {wildcards.trial} --id {wildcards.id} --threads {threads}"
         " --out {output} >> {log} 2>&1"
 
@@ -27,9 +32,14 @@ rule tune_select:
     input:
         lambda w: step_inputs("tune_best", group_of(w), w.id),
     output:
-        paths.TUNING_DIR + "/best.json",
+        paths.BEST_FILE,
     log:
-        paths.TUNING_DIR + "/select.log",
+        paths.SELECT_LOG,
+    params:
+        py=PY,
+        config=CONFIG_ARGS,
+    conda:
+        ENV
     shell:
-        "{PY} -m benchmark tune-select {CONFIG_ARGS} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
+        "{params.py} -m benchmark tune-select {params.config} --dataset {wildcards.dataset} --fold {wildcards.fold} --backbone {wildcards.backbone}"
         " --fusion {wildcards.fusion} --method {wildcards.method} --id {wildcards.id} --out {output} > {log} 2>&1"
