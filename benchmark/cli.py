@@ -183,7 +183,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise
 
 
-def _group(args: argparse.Namespace, kind: str, trial: int | None = None):
+def _group(args: argparse.Namespace, trial: int | None = None):
+    """A tuning group's config, spec, resolver and resolved selection step; ``--id`` names the group's identity (its
+    folder), which both its trials and its selection are asked for."""
     from benchmark.grid import RunSpec
     from benchmark.settings import Step
 
@@ -195,13 +197,7 @@ def _group(args: argparse.Namespace, kind: str, trial: int | None = None):
     )
     if trial is not None and not 0 <= trial < cfg["tuning"]["trials"]:
         raise SystemExit(f"--trial must be in 0..{cfg['tuning']['trials'] - 1} (tuning.trials)")
-    args_id = args.id
-    args.id = None  # the job names the group's identity (its folder), which a trial's own does not equal
     resolver, group = _resolve(args, cfg, Step("tune_best", spec))
-    if args_id and args_id != group.identity:
-        raise IdentityMismatch(
-            f"the job asks for tuning {args_id}, but the config gives {group.identity}; rerun snakemake"
-        )
     return cfg, spec, resolver, group
 
 
@@ -209,14 +205,14 @@ def cmd_tune_trial(args: argparse.Namespace) -> None:
     from benchmark.tuning import run_trial
 
     _threads(args.threads)
-    cfg, spec, resolver, group = _group(args, "tune_trial", args.trial)
+    cfg, spec, resolver, group = _group(args, args.trial)
     run_trial(cfg, spec, args.trial, Path(args.out) if args.out else None, resolver=resolver)
 
 
 def cmd_tune_select(args: argparse.Namespace) -> None:
     from benchmark.tuning import select_best
 
-    cfg, spec, resolver, group = _group(args, "tune_best")
+    cfg, spec, resolver, group = _group(args)
     select_best(cfg, spec, Path(args.out) if args.out else None, resolver=resolver)
 
 

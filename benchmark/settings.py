@@ -32,6 +32,8 @@ from benchmark.search import apply_params, trial_params, tuning_identity
 NUMERICS_VERSION = 1
 ID_LENGTH = 12
 KINDS = ("run", "estimate", "tune_trial", "tune_best")
+#: the file inside a step's folder that marks it done (an estimate's and a trial's path is the file itself)
+OUTPUT_FILES = {"run": "metrics.json", "tune_best": "best.json"}
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,8 @@ class Resolved:
     @property
     def output(self) -> Path:
         """The file whose existence means the step is done (its identity is in its path, so it is current)."""
-        return (
-            self.path / {"run": "metrics.json", "tune_best": "best.json"}[self.step.kind]
-            if self.step.kind in ("run", "tune_best")
-            else self.path
-        )
+        inside = OUTPUT_FILES.get(self.step.kind)
+        return self.path / inside if inside else self.path
 
     def artifacts(self) -> dict[str, Path]:
         """The prerequisites' files by the key the method reads them as."""
