@@ -44,6 +44,10 @@ def resolved(overlay: Path, spec: RunSpec, kind: str = "run"):
     the overlay's folder, the DAG's working directory)."""
     if str(overlay.parent) not in sys.path:
         sys.path.insert(0, str(overlay.parent))
+    for module in overlay.parent.glob("*.py"):  # another test's module of the same name may be imported already
+        cached = sys.modules.get(module.stem)
+        if cached is not None and Path(getattr(cached, "__file__", "") or "").parent != overlay.parent:
+            del sys.modules[module.stem]
     return Resolver(load_config([overlay], base=REPO / "config.yaml")).resolve(Step(kind, spec))
 
 
