@@ -15,6 +15,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -130,6 +131,7 @@ def validate_config(cfg: Any) -> dict:
                 dataset_settings(cfg, name)
             else:
                 component_params(cfg, axis, name)
+    check_overrides(cfg)
     check_space(cfg)
     if cfg["experiment"] in RESERVED:
         raise ConfigError(
@@ -334,15 +336,33 @@ def component_class(cfg: dict, axis: str, name: str) -> type:
         raise ConfigError(f"{axis}.{name}.class", str(err)) from None
 
 
-def component_params(cfg: dict, axis: str, name: str, section: str | None = None) -> dict:
+#: keys of a component entry that are not constructor parameters
+ENTRY_KEYS = ("class", "preset", "per_dataset", "per_backbone")
+
+
+def component_params(
+    cfg: dict,
+    axis: str,
+    name: str,
+    section: str | None = None,
+    *,
+    dataset: str | None = None,
+    backbone: str | None = None,
+    presets: list[dict] | None = None,
+) -> dict:
     """Constructor keyword arguments of a component: the class defaults overlaid with the config entry.
+
+    A method's entry may also name a ``preset`` (values the class publishes with their source, e.g. a paper's
+    per-dataset setting) and hold ``per_dataset`` / ``per_backbone`` overrides (each again values and/or a
+    preset). Layers, later wins: class defaults, entry preset, entry values, ``per_dataset[dataset]``,
+    ``per_backbone[backbone]``. The presets applied are appended to ``presets`` (name, source, key path).
 
     Checked against what the class declares (``benchmark.params``: names, types, constraints), so a misspelt
     parameter or a wrong value of a built-in or a user class is caught before any job, with its key path.
     """
     cls = component_class(cfg, axis, name)
-    entry = dict(cfg.get(axis, {}).get(name) or {})
-    entry.pop("class", None)
+    raw = dict(cfg.get(axis, {}).get(name) or {})
+    entry = {k: v for k, v in raw.items() if k not in ENTRY_KEYS}
     where = f"{axis}.{name}" + (f".{section}" if section else "")
     if section is not None:  # a dataset's config section: declared by a '<section>_defaults' mapping
         entry = dict(entry.get(section) or {})
@@ -354,11 +374,63 @@ def component_params(cfg: dict, axis: str, name: str, section: str | None = None
                     f"unknown parameter for {axis[:-1]} '{name}'; accepted: {', '.join(sorted(accepted)) or 'none'}",
                 )
         return {**accepted, **entry}
+    applied = presets if presets is not None else []
+    layers = [(where, raw)]
+    for key, which in (("per_dataset", dataset), ("per_backbone", backbone)):
+        overrides = raw.get(key) or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}.{key}", f"must map {key[4:]} names to parameter values")
+        if which is not None and which in overrides:
+            layers.append((f"{where}.{key}.{which}", overrides[which] or {}))
+    params: dict = {}
+    for at, layer in layers:
+        if not isinstance(layer, dict):
+            raise ConfigError(at, "must be a mapping of parameter values")
+        if "preset" in layer:
+            params.update(_preset(cls, axis, name, layer["preset"], f"{at}.preset", applied))
+        values = {k: v for k, v in layer.items() if k not in ENTRY_KEYS}
+        if at != where and set(layer) & {"class", "per_dataset", "per_backbone"}:
+            raise ConfigError(at, "an override holds parameter values and an optional preset only")
+        params.update(values)
+        try:
+            check_params(cls, values)
+        except ParamError as err:
+            raise ConfigError(f"{at}.{err.key}", f"{axis[:-1]} '{name}': {err}") from None
     try:
-        check_params(cls, entry)
-    except ParamError as err:
+        check_params(cls, params)
+    except ParamError as err:  # a preset's own value (a bug in the class's presets)
         raise ConfigError(f"{where}.{err.key}", f"{axis[:-1]} '{name}': {err}") from None
-    return {**declared_params(cls), **entry}
+    return {**declared_params(cls), **params}
+
+
+def _preset(cls: type, axis: str, name: str, preset: str, where: str, applied: list[dict]) -> dict:
+    """The values of a class's named preset (``cls.presets[preset]``, which names its ``source``)."""
+    known = getattr(cls, "presets", {}) or {}
+    if preset not in known:
+        raise ConfigError(
+            where, f"{axis[:-1]} '{name}' has no preset '{preset}'; known: {', '.join(sorted(known)) or 'none'}"
+        )
+    values = dict(known[preset])
+    applied.append({"preset": preset, "source": values.pop("source"), "at": where})
+    return values
+
+
+def check_overrides(cfg: dict) -> None:
+    """Every ``per_dataset`` / ``per_backbone`` override of a component names a dataset or backbone the config
+    knows (a misspelt name would silently apply to nothing) and holds valid values."""
+    for axis in ("balancers", "fusions", "backbones"):
+        for name, raw in (cfg.get(axis) or {}).items():
+            if not isinstance(raw, dict) or name not in grid_names(cfg, axis):
+                continue
+            for key, known in (("per_dataset", "datasets"), ("per_backbone", "backbones")):
+                names = set(cfg.get(known) or {}) | set(grid_names(cfg, known)) | set(registry(known).names())
+                for which in raw.get(key) or {}:
+                    if which not in names:
+                        raise ConfigError(
+                            f"{axis}.{name}.{key}.{which}",
+                            f"no {known[:-1]} '{which}' in the config; known: {', '.join(sorted(names))}",
+                        )
+                    component_params(cfg, axis, name, **{known[:-1]: which})
 
 
 # --- tuning's search space ---------------------------------------------------------------------------
@@ -386,6 +458,37 @@ def check_space(cfg: dict) -> None:
                         f"'{name}' has no parameter '{key}'; it has {', '.join(sorted(accepted)) or 'none'}",
                     )
                 _check_dist(f"tuning.space.{axis}.{name}.{key}", dist)
+    if cfg["tuning"].get("strategy") == "grid":
+        _check_grid_search(cfg, space)
+
+
+def _check_grid_search(cfg: dict, space: dict) -> None:
+    """A grid search needs lists of choices only, and as many trials as every group has combinations."""
+    sizes = {}
+    for key, dist in (space.get("train") or {}).items():
+        if "choices" not in dist:
+            raise ConfigError(f"tuning.space.train.{key}", "tuning.strategy: grid needs a list of choices here")
+    train = math.prod(len(d["choices"]) for d in (space.get("train") or {}).values())
+    for axis in ("balancers", "fusions", "backbones"):
+        for name, params in (space.get(axis) or {}).items():
+            for key, dist in (params or {}).items():
+                if "choices" not in dist:
+                    raise ConfigError(f"tuning.space.{axis}.{name}.{key}", "tuning.strategy: grid needs choices here")
+    for balancer in grid_names(cfg, "balancers"):
+        for fusion in grid_names(cfg, "fusions"):
+            for backbone in grid_names(cfg, "backbones"):
+                n = train
+                for axis, name in (("balancers", balancer), ("fusions", fusion), ("backbones", backbone)):
+                    n *= math.prod(len(d["choices"]) for d in ((space.get(axis) or {}).get(name) or {}).values())
+                sizes[f"{balancer} on {backbone}/{fusion}"] = n
+    wrong = {group: n for group, n in sizes.items() if n != cfg["tuning"]["trials"]}
+    if wrong:
+        group, n = next(iter(wrong.items()))
+        raise ConfigError(
+            "tuning.trials",
+            f"a grid search tries every combination once: {group} has {n}, not {cfg['tuning']['trials']} "
+            "(every group must have as many combinations as trials, so each method gets the same budget)",
+        )
 
 
 def _check_dist(key: str, dist: dict) -> None:

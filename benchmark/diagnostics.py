@@ -99,19 +99,19 @@ def linear_probes(
 def masked_accuracies(
     model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int
 ) -> dict[frozenset[str], float]:
-    """Accuracy of the model with the (normalised) inputs of every modality outside a coalition set to zero."""
+    """Accuracy of the model with the inputs of every modality outside a coalition absent (``model.without``: the
+    training mean input by default)."""
     model.eval()
     correct = {c: 0 for c in coalitions(model.modalities)}
     for batch in make_loader(data, batch_size, shuffle=False):
         inputs, y = prep(batch)
         for c in correct:
-            masked = {m: x if m in c else torch.zeros_like(x) for m, x in inputs.items()}
-            correct[c] += int(hits(model(masked).logits, y).sum())
+            correct[c] += int(hits(model(model.without(inputs, c)).logits, y).sum())
     return {c: n / max(1, len(data)) for c, n in correct.items()}
 
 
 def masked_shapley(model: MultimodalModel, data: CachedSplit, prep: BatchPreparer, batch_size: int) -> dict:
-    """Shapley value φ_m of each modality for the accuracy under zero-masked inputs, and every coalition's accuracy."""
+    """Shapley value φ_m of each modality for the accuracy with absent inputs, and every coalition's accuracy."""
     acc = masked_accuracies(model, data, prep, batch_size)
     shares = shapley_shares(lambda c: torch.tensor(acc[c], dtype=torch.float64), model.modalities)
     empty = acc[frozenset()] / len(model.modalities)

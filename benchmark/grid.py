@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmark.config import ConfigError, component_class, dataset_settings
+from benchmark.config import ConfigError, component_class, component_params, dataset_settings
 
 NO_FUSION = "none"  # the fusion field of runs that use one modality alone
 
@@ -109,8 +109,15 @@ def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
                                 spec = RunSpec(dataset, backbone, fusion, balancer, seed, subset, fold)
                                 fusion_cls = component_class(cfg, "fusions", fusion)
                                 n = len(subset.split("+")) if subset else len(modalities)
-                                reason = fusion_backbone_reason(fusion_cls, backbone_cls) or cls.not_applicable(
-                                    fusion_cls, n, multi_label
+                                reason = (
+                                    fusion_backbone_reason(fusion_cls, backbone_cls)
+                                    or cls.not_applicable(fusion_cls, n, multi_label)
+                                    or cls.backbone_unsupported(
+                                        backbone_cls,
+                                        component_params(
+                                            cfg, "balancers", balancer, dataset=dataset, backbone=backbone
+                                        ),
+                                    )
                                 )
                                 if reason:
                                     skipped[spec] = reason

@@ -1,25 +1,43 @@
 """Aggregate metrics files into the leaderboard: CSV, Markdown, LaTeX, and (``benchmark.report``) plots and HTML.
 
 Numbers are test metrics of each run's best-validation checkpoint, mean ± sample standard deviation over the
-runs of a row (seeds × folds). Per dataset × backbone every row gets a rank by mean test accuracy; the mean rank
-across datasets is a table of its own. Each method is compared with the reference method (``joint``) of the same
-dataset, backbone and fusion by a paired t-test over matching (seed, fold) runs. Everything is rebuilt from the
-metrics files; combinations a method cannot run appear as n/a rows with the reason, failed runs with theirs, runs
-without a metrics file as 'not run'.
+runs of a row (seeds × folds), with a bootstrap confidence interval over test clips. Per dataset × backbone every
+row gets a rank by mean test accuracy computed from exact correct counts (ties share the average rank); the mean
+rank across datasets is a table of its own, and a Friedman test with Nemenyi's critical difference compares the
+methods over every dataset × backbone × fusion block. Each method is compared with the reference method (``joint``)
+of the same dataset, backbone and fusion by a paired t-test over matching (seed, fold) runs, Holm-corrected over the
+comparisons of one dataset × backbone table. Beside them: test accuracy with each modality absent, and what
+selecting the epoch on the test set would have claimed (optimistic, never used for ranking). Everything is rebuilt
+from the metrics files; combinations a method cannot run appear as n/a rows with the reason, failed runs with
+theirs, runs without a metrics file as 'not run'.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmark.grid import NO_FUSION, RunSpec, dataset_modalities, grid_runs
 from benchmark.settings import NUMERICS_VERSION, Resolver
 
 NA = "n/a"
+
+#: bootstrap over test clips: resamples, confidence level, seed (the resamples of one test set are the same for
+#: every row, derived from this seed and the test set's ids digest)
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_SEED = 0
+_BOOTSTRAP_CHUNK = 50  # resamples drawn at a time (fixed, so the draws never depend on the test set's size)
+#: resolution to which a mean score without per-clip records (or mAP) is rounded before ranking: float noise
+SCORE_DECIMALS = 6
+#: the figure of the Friedman/Nemenyi comparison in the report's plots folder
+CD_FIGURE = "critical_difference.png"
 
 
 class StaleResult(ValueError):
@@ -105,6 +123,12 @@ def metric_columns(m: dict, spec: RunSpec, modalities: list[str]) -> dict:
             row[f"probe_{mod}"] = probes[mod]
         if mod in shapley:
             row[f"shapley_{mod}"] = shapley[mod]
+    correct = diagnostics.get("test_correct", {})
+    row["correct_bits"] = correct.get("best")  # per-test-clip correctness of the selected checkpoint
+    row["correct_ids"] = correct.get("ids")
+    masked = masked_columns(diagnostics, m["run"].get("modalities") or modalities)
+    row.update(masked, **({"absent_input": absent_input(m)} if masked else {}))
+    row.update(audit_columns(m.get("audit") or diagnostics.get("audit"), test["accuracy"]))
     row["ogr"] = diagnostics.get("ogr", {}).get("from_initial_to_best")
     cost, timing = m.get("cost", {}), m.get("timing", {})
     row["params"] = cost.get("params")
@@ -112,6 +136,42 @@ def metric_columns(m: dict, spec: RunSpec, modalities: list[str]) -> dict:
     row["sec_per_epoch"] = _mean(timing.get("seconds_per_epoch", []))
     row["peak_mem_mb"] = timing["peak_memory_bytes"] / 2**20 if timing.get("peak_memory_bytes") else None
     return {k: (math.nan if v is None else v) for k, v in row.items()}
+
+
+def masked_columns(diagnostics: dict, model_modalities: list[str]) -> dict:
+    """Test accuracy with every modality present and with each one absent, from the Shapley diagnostic's coalition
+    accuracies (keys 'audio+visual', 'visual', ..., 'none' in the model's modality order)."""
+    masked = diagnostics.get("shapley", {}).get("test", {}).get("masked_accuracy") or {}
+    if not masked:
+        return {}
+
+    def coalition(mods: list[str]) -> str:
+        return "+".join(mods) or "none"
+
+    row = {"masked_all": masked.get(coalition(model_modalities))}
+    for mod in model_modalities:
+        row[f"masked_without_{mod}"] = masked.get(coalition([x for x in model_modalities if x != mod]))
+    return row
+
+
+def absent_input(m: dict) -> str:
+    """What an absent modality's input was in a run's coalition accuracies: ``train.absent_input`` (mean or zero);
+    runs from before that setting zeroed the input."""
+    return (m.get("settings", {}).get("train") or {}).get("absent_input", "zero")
+
+
+def audit_columns(audit: dict | None, selected_test_acc: float) -> dict:
+    """What selecting the epoch on the test set would have claimed (``audit.test_selected``, the record's top-level
+    ``audit`` or ``diagnostics.audit``), and its gap to the validation-selected checkpoint's test accuracy;
+    optimistic by construction, never used for selection or ranks."""
+    chosen = (audit or {}).get("test_selected") or {}
+    if chosen.get("accuracy") is None:
+        return {}
+    return {
+        "audit_test_selected_acc": chosen["accuracy"],
+        "audit_test_selected_epoch": chosen.get("epoch"),
+        "audit_gap": chosen["accuracy"] - selected_test_acc,
+    }
 
 
 def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str, dict]]:
@@ -198,13 +258,84 @@ def paired_test(runs: pd.DataFrame, key: tuple, reference: str) -> dict:
     return out
 
 
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest of m p-values becomes max over j ≤ i of min(1, (m − j + 1)·p_(j));
+    NaN p-values (no test) stay NaN and are not counted in m."""
+    p = np.asarray(list(pvalues), dtype=float)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    running = 0.0
+    for i, j in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        running = max(running, min(1.0, (len(valid) - i) * p[j]))
+        out[j] = running
+    return out.tolist()
+
+
+def _bits(bits: str) -> np.ndarray:
+    return np.frombuffer(bits.encode("ascii"), dtype=np.uint8) == ord("1")
+
+
+def bootstrap_ci(
+    correct: list[tuple[str, str]],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = BOOTSTRAP_LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a row's mean test accuracy over its runs, resampling test clips.
+
+    ``correct`` holds one (ids digest, correctness bitstring) per run. Each resample draws the clips of a test set
+    with replacement — the same draw for every run (seed) on that test set, and for every row, as the draw comes
+    from ``seed`` and the ids digest — and the row's value is the mean over its runs of their accuracy on it."""
+    if not correct:
+        return math.nan, math.nan
+    by_test_set: dict[str, list[np.ndarray]] = {}
+    for ids, bits in correct:
+        by_test_set.setdefault(ids, []).append(_bits(bits))
+    pooled = np.zeros(resamples)
+    for ids, arrays in by_test_set.items():
+        if len({len(a) for a in arrays}) != 1:
+            raise ValueError(f"runs on test set {ids} have correctness records of different lengths")
+        per_clip = np.mean(arrays, axis=0)  # mean over this test set's runs of each clip's correctness
+        n = len(per_clip)
+        rng = np.random.default_rng([seed, int(hashlib.sha256(str(ids).encode()).hexdigest()[:16], 16)])
+        for start in range(0, resamples, _BOOTSTRAP_CHUNK):
+            size = min(_BOOTSTRAP_CHUNK, resamples - start)
+            pooled[start : start + size] += len(arrays) * per_clip[rng.integers(0, n, size=(size, n))].mean(axis=1)
+    pooled /= len(correct)
+    lo, hi = np.percentile(pooled, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def _correct_records(ok: pd.DataFrame) -> list[tuple[str, str]] | None:
+    """(ids digest, bitstring) of every finished run of a row, or None when some run has no per-clip record."""
+    if not len(ok) or "correct_bits" not in ok:
+        return None
+    pairs = list(zip(ok.get("correct_ids", pd.Series([None] * len(ok), index=ok.index)), ok["correct_bits"]))
+    if not all(isinstance(bits, str) and bits for _, bits in pairs):
+        return None
+    return [(ids if isinstance(ids, str) else "", bits) for ids, bits in pairs]
+
+
+def rank_score(ok: pd.DataFrame, multi_label: bool = False) -> float:
+    """The value a row is ranked by: its mean test accuracy as an exact fraction of correct counts (then as the
+    nearest float, so equal counts are equal), or the mean test score rounded to ``SCORE_DECIMALS`` where runs have
+    no per-clip records and for multi-label data (mAP has no count)."""
+    correct = None if multi_label else _correct_records(ok)
+    if correct:
+        return float(sum(Fraction(bits.count("1"), len(bits)) for _, bits in correct) / len(correct))
+    values = ok["test_score"].dropna() if "test_score" in ok else pd.Series(dtype=float)
+    return round(float(values.mean()), SCORE_DECIMALS) if len(values) else math.nan
+
+
 def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05) -> pd.DataFrame:
     """Mean ± std over seeds (and folds) per dataset × backbone × fusion × method, in grid order, with the rank per
-    dataset × backbone and the paired test against ``reference``."""
+    dataset × backbone (exact counts, ties averaged), the bootstrap interval over test clips and the paired test
+    against ``reference`` (Holm-adjusted over each dataset × backbone's comparisons; ``significant`` uses the
+    adjusted p-value)."""
     metric_cols = [
         c
         for c in runs.columns
-        if c.startswith(("test_", "val_", "probe_", "shapley_"))
+        if c.startswith(("test_", "val_", "probe_", "shapley_", "masked_", "audit_"))
         or c in ("best_epoch", "ogr", "params", "flops", "sec_per_epoch", "peak_mem_mb")
     ]
     out = []
@@ -225,6 +356,8 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
             {n for joined in group.get("notes", pd.Series(dtype=str)).dropna() for n in joined.split("; ") if n}
         )
         row["notes"] = "; ".join(notes)
+        absent = ok["absent_input"].dropna() if "absent_input" in ok else pd.Series(dtype=object)
+        row["absent_input"] = ", ".join(sorted(set(absent))) or None
         for col in ("tuning", "hyperparameters", "trials"):  # one tuning per group: the same for all its runs
             values = ok[col].dropna() if col in ok else pd.Series(dtype=object)
             row[col] = values.iloc[0] if len(values) else None
@@ -232,16 +365,26 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
             values = ok[col].dropna() if col in ok else pd.Series(dtype=float)
             row[f"{col}_mean"] = values.mean() if len(values) else math.nan
             row[f"{col}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        row["rank_score"] = rank_score(ok, row["multi_label"])
+        correct = _correct_records(ok)
+        row["test_acc_ci_lo"], row["test_acc_ci_hi"] = bootstrap_ci(correct) if correct else (math.nan, math.nan)
+        row["audit_runs"] = int(ok["audit_gap"].notna().sum()) if "audit_gap" in ok else 0
         modality = group["modality"].iloc[0]
         ref = display_method(f"{reference}-{modality}") if "+" in modality else reference  # same modalities
         if row["method"] != ref and row["fusion"] != NO_FUSION and len(ok):
             row.update(paired_test(runs, key, ref))
-            row["significant"] = bool(row["p_vs_ref"] < alpha)
+            row["significant"] = False  # decided on the Holm-adjusted p-value below
         out.append(row)
     summary = pd.DataFrame(out)
-    if "test_score_mean" in summary:
-        summary["rank"] = summary.groupby(["dataset", "backbone"], sort=False)["test_score_mean"].rank(
-            ascending=False, method="min"
+    if "p_vs_ref" in summary:
+        summary["p_holm"] = math.nan
+        for _, part in summary.groupby(["dataset", "backbone"], sort=False):
+            summary.loc[part.index, "p_holm"] = holm(part["p_vs_ref"])
+        tested = summary["p_vs_ref"].notna()
+        summary.loc[tested, "significant"] = summary.loc[tested, "p_holm"] < alpha
+    if "rank_score" in summary:
+        summary["rank"] = summary.groupby(["dataset", "backbone"], sort=False)["rank_score"].rank(
+            ascending=False, method="average"
         )
     return summary
 
@@ -255,6 +398,70 @@ def mean_ranks(summary: pd.DataFrame) -> pd.DataFrame:
     table["mean rank"] = table.mean(axis=1)
     table["datasets"] = table.drop(columns="mean rank").notna().sum(axis=1)
     return table.reset_index().sort_values(["backbone", "mean rank"], kind="stable")
+
+
+def friedman(summary: pd.DataFrame, alpha: float = 0.05) -> dict:
+    """Friedman test of the methods (treatments) over the experiment's dataset × backbone × fusion blocks (unimodal
+    rows excluded), on the methods that have a score in every block, with Nemenyi's pairwise post-hoc p-values and
+    critical difference (Demšar 2006) for the critical-difference diagram.
+
+    Returns ``applicable`` and, when it is not, ``reason``; otherwise also ``statistic``, ``p``, ``mean_ranks``
+    (rank 1 = best, ties averaged, best first), ``nemenyi`` (p-values, methods × methods), ``cd`` and the
+    ``blocks``, ``methods`` and ``dropped`` (methods missing from some block)."""
+    out: dict = {"applicable": False, "alpha": alpha, "blocks": [], "methods": [], "dropped": []}
+    if "rank_score" not in summary or summary.empty:
+        out["reason"] = "no finished runs"
+        return out
+    fused = summary[(summary["fusion"] != NO_FUSION) & summary["rank_score"].notna()]
+    blocks = ["dataset", "backbone", "fusion"]
+    table = fused.pivot_table(index=blocks, columns="method", values="rank_score", sort=False)
+    table = table[list(dict.fromkeys(fused["method"]))] if len(fused) else table
+    common = [m for m in table.columns if table[m].notna().all()]
+    out["blocks"] = [" · ".join(map(str, b)) for b in table.index]
+    out["methods"] = common
+    out["dropped"] = [m for m in table.columns if m not in common]
+    if len(table) < 2 or len(common) < 3:
+        out["reason"] = (
+            f"needs at least 2 dataset × backbone × fusion blocks and 3 methods present in every block; this "
+            f"experiment has {len(table)} block(s) and {len(common)} such method(s)"
+        )
+        return out
+    from scipy.stats import friedmanchisquare, studentized_range
+
+    values = table[common]
+    if (values.nunique(axis=1) == 1).all():
+        out["reason"] = "every method ties in every block: no ranking to test"
+        return out
+    statistic, p = friedmanchisquare(*(values[m].to_numpy() for m in common))
+    import scikit_posthocs
+
+    k, n = len(common), len(values)
+    nemenyi = scikit_posthocs.posthoc_nemenyi_friedman(values.reset_index(drop=True))
+    q = studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
+    out.update(
+        applicable=True,
+        statistic=float(statistic),
+        p=float(p),
+        mean_ranks=values.rank(axis=1, ascending=False, method="average").mean().sort_values(kind="stable"),
+        nemenyi=nemenyi.loc[common, common],
+        cd=float(q * math.sqrt(k * (k + 1) / (6 * n))),
+    )
+    return out
+
+
+def friedman_text(result: dict) -> str:
+    """One paragraph: what was compared and the test's outcome (or why there is none)."""
+    if not result["applicable"]:
+        return f"Friedman test across blocks: not computed — {result['reason']}."
+    ranks = ", ".join(f"{m} {r:.2f}" for m, r in result["mean_ranks"].items())
+    dropped = f" Left out (missing from some block): {', '.join(result['dropped'])}." if result["dropped"] else ""
+    return (
+        f"Friedman test over {len(result['blocks'])} dataset × backbone × fusion blocks and the "
+        f"{len(result['methods'])} methods present in every block (ranked by mean test score per block): "
+        f"χ²_F = {result['statistic']:.3f}, p = {result['p']:.4g}. Nemenyi critical difference at α = "
+        f"{result['alpha']:g}: CD = {result['cd']:.3f}; methods whose mean ranks differ by less are joined in the "
+        f"diagram. Mean ranks (1 = best): {ranks}.{dropped}"
+    )
 
 
 def agreement(cfg: dict, runs: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
@@ -329,6 +536,17 @@ def _cell(r: pd.Series, col: str, scale: float = 100.0, digits: int = 1) -> str:
     return pm(r.get(f"{col}_mean", math.nan), r.get(f"{col}_std", math.nan), scale, digits)
 
 
+def _ci(r: pd.Series, col: str = "test_acc", scale: float = 100.0, digits: int = 1) -> str:
+    lo, hi = r.get(f"{col}_ci_lo", math.nan), r.get(f"{col}_ci_hi", math.nan)
+    if lo != lo or hi != hi:
+        return "–"
+    return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def _is_true(value) -> bool:
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
 def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str) -> tuple[pd.DataFrame, list[str]]:
     """The displayed main table of one dataset × backbone, and its footnotes (method notes and reasons)."""
     rows, footnotes = [], []
@@ -348,9 +566,9 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
             if note not in footnotes:
                 footnotes.append(note)
             status += f" [{footnotes.index(note) + 1}]"
-        star = " *" if r.get("significant") is True else ""
+        star = " *" if _is_true(r.get("significant")) else ""
         row = {
-            "rank": _num(r.get("rank"), ".0f"),
+            "rank": _num(r.get("rank"), "g"),  # a tie's average rank keeps its .5
             "method": r["method"],
             "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
             "runs": str(r["runs"]),
@@ -361,16 +579,20 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
                     "test mAP": _cell(r, "test_map") + star,
                     f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
                     "p": _num(r.get("p_vs_ref"), ".3f"),
+                    "p Holm": _num(r.get("p_holm"), ".3f"),
                     "mAUC": _cell(r, "test_mauc"),
                     "top-1": _cell(r, "test_acc"),
+                    "top-1 95% CI": _ci(r),
                 }
             )
         else:
             row.update(
                 {
                     "test acc": _cell(r, "test_acc") + star,
+                    "95% CI": _ci(r),
                     f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
                     "p": _num(r.get("p_vs_ref"), ".3f"),
+                    "p Holm": _num(r.get("p_holm"), ".3f"),
                     "macro-F1": _cell(r, "test_f1"),
                     "mAP": _cell(r, "test_map"),
                     "ECE": _cell(r, "test_ece"),
@@ -416,6 +638,76 @@ def diagnostics_table(table: pd.DataFrame, modalities: list[str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def robustness_table(table: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
+    """Per fused row: test accuracy with every modality present and with each one absent (input zeroed), mean ± std
+    over runs; empty when no row has the coalition accuracies (``evaluation.shapley`` off)."""
+    fused = table[(table["runs"] > 0) & (table["fusion"] != NO_FUSION)]
+    cols = ["masked_all_mean"] + [f"masked_without_{m}_mean" for m in modalities]
+    if not any(c in fused and fused[c].notna().any() for c in cols):
+        return pd.DataFrame()
+    rows = []
+    for _, r in fused.iterrows():
+        row = {"method": r["method"], "fusion": r["fusion"], "all present": _cell(r, "masked_all")}
+        row.update({f"without {m}": _cell(r, f"masked_without_{m}") for m in modalities})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _signed(mean: float, std: float, scale: float = 100.0) -> str:
+    if mean != mean:
+        return NA
+    return f"{scale * mean:+.1f} ± {scale * std:.1f}" if std == std else f"{scale * mean:+.1f}"
+
+
+def audit_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per row with finished runs: the validation-selected test accuracy beside what selecting the epoch on the test
+    set would have claimed and the gap (optimistic; never used for ranks or tests); n/a for runs without an audit."""
+    rows = []
+    for _, r in table[table["runs"] > 0].iterrows():
+        audited = r.get("audit_runs", 0) or 0
+        had = audited > 0
+
+        def cell(col: str, scale: float = 100.0, digits: int = 1) -> str:
+            return _cell(r, col, scale, digits) if had else NA
+
+        rows.append(
+            {
+                "method": r["method"],
+                "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
+                "test acc (val-selected)": _cell(r, "test_acc"),
+                "epoch (val-selected)": _cell(r, "best_epoch", 1.0, 1),
+                "test acc (test-selected, optimistic)": cell("audit_test_selected_acc"),
+                "epoch (test-selected)": cell("audit_test_selected_epoch", 1.0, 1),
+                "gap (optimistic)": _signed(r.get("audit_gap_mean", math.nan), r.get("audit_gap_std", math.nan))
+                if had
+                else NA,
+                "audited runs": f"{int(audited)}/{int(r['runs'])}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+ABSENT = {"mean": "replaced by the training split's mean input", "zero": "set to zero"}
+
+
+def robustness_caption(table: pd.DataFrame) -> str:
+    """The missing-modality table's caption, saying what an absent input was in these runs."""
+    kinds = sorted({k for v in table.get("absent_input", pd.Series(dtype=object)).dropna() for k in v.split(", ")})
+    how = " or ".join(ABSENT.get(k, k) for k in kinds) or "absent"
+    mixed = " (the runs differ: see train.absent_input)" if len(kinds) > 1 else ""
+    return (
+        "Missing-modality robustness: test accuracy (%) with every modality present and with one modality absent "
+        f"(its input {how}{mixed}), mean ± std over runs"
+    )
+
+
+AUDIT_CAPTION = (
+    "What test-set selection would have claimed (optimistic: the epoch with the best test accuracy, never used for "
+    "selection, ranks or tests): test accuracy (%) of the validation-selected checkpoint beside the best per-epoch "
+    "test accuracy and the gap (test-selected − validation-selected, points), mean ± std over the audited runs"
+)
+
+
 def agreement_table(agree: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
     """One row per method × fusion: for each group, its share of the test set and the multimodal accuracy in it."""
     rows = []
@@ -434,18 +726,25 @@ def agreement_table(agree: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
 COLUMN_GUIDE = [
     (
         "rank",
-        "position by mean test accuracy (test mAP for multi-label data) within the dataset × backbone (ties share the "
-        "better rank)",
+        "position by mean test accuracy within the dataset × backbone, from exact correct counts (test mAP rounded "
+        f"to {SCORE_DECIMALS} decimals for multi-label data); tied rows share the average rank",
     ),
     (
         "test acc",
         "test accuracy of the best-validation checkpoint, mean ± std over seeds × folds; * = differs from the "
-        "reference method at the configured level (paired t-test)",
+        "reference method at the configured level (paired t-test, Holm-adjusted p)",
     ),
     (
-        "Δ vs ref, p",
+        "95% CI",
+        f"percentile bootstrap interval of the mean test accuracy over test clips ({BOOTSTRAP_RESAMPLES} resamples "
+        f"of the test clips with replacement, seed {BOOTSTRAP_SEED}, the same resamples for every run and method on "
+        "a test set; each resample's value is the mean over the row's runs); multi-label data: of top-1",
+    ),
+    (
+        "Δ vs ref, p, p Holm",
         "mean paired difference in test accuracy (mAP for multi-label data) from the reference method (same fusion, "
-        "modalities, seeds/folds), and the t-test's p-value",
+        "modalities, seeds/folds), the t-test's p-value, and that p-value Holm-adjusted over every comparison of "
+        "the dataset × backbone table",
     ),
     (
         "macro-F1, mAP, ECE",
@@ -473,13 +772,29 @@ COLUMN_GUIDE = [
     ),
     (
         "Shapley <modality>",
-        "Shapley value of the modality for test accuracy with other modalities' inputs zeroed; values add up to "
-        "acc(all) − acc(none)",
+        "Shapley value of the modality for test accuracy with other modalities' inputs absent (train.absent_input); "
+        "values add up to acc(all) − acc(none)",
     ),
     (
         "OGR",
         "overfitting-to-generalisation ratio from the initial model to the selected checkpoint (G-Blend eq. 3); lower "
         "is better",
+    ),
+    (
+        "missing-modality robustness",
+        "test accuracy with every modality present and with each modality absent (its input as train.absent_input "
+        "sets it: the training mean, or zeros; the Shapley diagnostic's coalition accuracies), mean ± std over seeds",
+    ),
+    (
+        "test-selected (optimistic)",
+        "the best per-epoch test accuracy and its epoch, i.e. what selecting on the test set would have claimed, "
+        "and the gap to the validation-selected checkpoint's; never used for selection, ranks or tests; n/a for "
+        "runs without the audit record",
+    ),
+    (
+        "Friedman, CD diagram",
+        "Friedman test of the methods present in every dataset × backbone × fusion block, ranked within blocks; "
+        "Nemenyi's critical difference joins methods whose mean ranks do not differ significantly",
     ),
     (
         "agreement",
@@ -534,9 +849,10 @@ def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = N
     lines = [
         f"# Leaderboard: experiment `{experiment}`",
         "",
-        "Test metrics (%) of each run's best-validation checkpoint, mean ± std over runs (seeds × folds); `*`: "
-        "differs from "
-        f"`{reference}` with the same fusion at p < {alpha} (paired t-test over seeds × folds). Regenerate with "
+        "Test metrics (%) of each run's best-validation checkpoint, mean ± std over runs (seeds × folds) and a "
+        "95% bootstrap interval over test clips; `*`: differs from "
+        f"`{reference}` with the same fusion at Holm-adjusted p < {alpha} (paired t-test over seeds × folds, Holm "
+        "over each table's comparisons). Regenerate with "
         "`snakemake` "
         f"(or `python -m benchmark aggregate`); `results/{experiment}/report.html` has the plots. Every row shows only "
         "runs "
@@ -560,6 +876,12 @@ def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = N
         diag = diagnostics_table(table, modalities)
         if not diag.empty:
             lines += ["", "Diagnostics (test split, best-validation checkpoint):", ""] + _markdown(diag)
+        robust = robustness_table(table, modalities)
+        if not robust.empty:
+            lines += ["", f"{robustness_caption(table)}:", ""] + _markdown(robust)
+        audit = audit_table(table)
+        if not audit.empty:
+            lines += ["", f"{AUDIT_CAPTION}:", ""] + _markdown(audit)
         if agree is not None and len(agree):
             part = agree[(agree["dataset"] == dataset) & (agree["backbone"] == backbone)]
             if len(part):
@@ -569,6 +891,10 @@ def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = N
     ranks = mean_ranks(summary)
     if len(ranks):
         lines += ["## Mean rank across datasets", ""] + _markdown(ranks.round(2).astype(str).replace("nan", "–")) + [""]
+    result = friedman(summary, alpha)
+    lines += ["## Friedman test and critical-difference diagram", "", friedman_text(result), ""]
+    if result["applicable"]:
+        lines += [f"![critical-difference diagram](plots/{CD_FIGURE})", ""]
     return "\n".join(lines)
 
 

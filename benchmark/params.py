@@ -10,12 +10,16 @@ import typing
 from typing import Annotated, Any
 
 from annotated_types import Ge, Gt, Le, Lt
+from pydantic import StringConstraints
 
 #: constrained types the built-in components use
 Positive = Annotated[float, Gt(0)]
 NonNegative = Annotated[float, Ge(0)]
 PositiveInt = Annotated[int, Ge(1)]
 Epoch = Annotated[int, Ge(0)]
+#: an epoch window bound: a 0-based epoch, or a share of the schedule written as a percentage ("50%": epoch
+#: round(0.5 · epochs), so the released OGM-GE window [0, 50] of 100 epochs is ["0%", "50%"])
+EpochBound = Epoch | Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)?%$")]
 Probability = Annotated[float, Ge(0), Le(1)]
 DropProbability = Annotated[float, Ge(0), Lt(1)]  # 1 would drop everything
 Momentum = Annotated[float, Ge(0), Lt(1)]

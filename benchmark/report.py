@@ -2,7 +2,8 @@
 
 Per dataset × backbone: accuracy bars per method × fusion, OGR per epoch, and per fusion the training curves
 (accuracy and loss of the fused head and of each modality's share) and the traces of each method's coefficients
-(OGM's discrepancy ratio and k, MLB's coefficients, G-Blend's weights, ...), all as means over the row's runs.
+(OGM's discrepancy ratio and k, MLB's coefficients, G-Blend's weights, ...), all as means over the row's runs. Across
+the experiment: the Friedman test's critical-difference diagram (Nemenyi) over dataset × backbone × fusion blocks.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ import pandas as pd
 
 from benchmark.grid import NO_FUSION, dataset_modalities
 from benchmark.leaderboard import (
+    AUDIT_CAPTION,
+    CD_FIGURE,
     COLUMN_GUIDE,
     agreement_table,
+    audit_table,
     diagnostics_table,
+    friedman,
+    friedman_text,
     leaderboard_table,
     mean_ranks,
+    robustness_caption,
+    robustness_table,
     tuning_statement,
 )
 
@@ -166,6 +174,45 @@ def ogr_curves(histories: dict[str, pd.DataFrame], title: str, path: Path) -> Pa
     return _save(fig, path)
 
 
+def critical_difference_diagram(result: dict, path: Path) -> Path:
+    """The Friedman/Nemenyi comparison as a critical-difference diagram: methods at their mean rank (1 = best) on a
+    rank axis from 1 to k, joined where Nemenyi's test finds no difference at the level, the critical difference
+    drawn above the axis (Demšar 2006)."""
+    import scikit_posthocs
+
+    plt = _pyplot()
+    ranks, cd, k = result["mean_ranks"], result["cd"], len(result["methods"])
+    fig, ax = plt.subplots()
+    scikit_posthocs.critical_difference_diagram(
+        ranks,
+        result["nemenyi"],
+        alpha=result["alpha"],
+        ax=ax,
+        label_fmt_left="{label} ({rank:.2f})",
+        label_fmt_right="({rank:.2f}) {label}",
+    )
+    bottom, _ = ax.get_ylim()  # the library puts the rank axis at y = 0 and the labels below it
+    ax.set_ylim(bottom, 1.2)
+    ax.set_xlim(1, max(k, 1 + cd))
+    ax.plot([1, 1 + cd], [0.8, 0.8], color="k", linewidth=2)
+    ax.plot([1, 1], [0.7, 0.9], color="k")
+    ax.plot([1 + cd, 1 + cd], [0.7, 0.9], color="k")
+    ax.text(1 + cd / 2, 0.9, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
+    height = 0.42 * (1.2 - bottom) + 1.2
+    fig.set_size_inches(9.0, height)
+    margin = min(0.4, 0.0095 * (max(len(str(m)) for m in ranks.index) + 9))  # the labels sit outside the axes
+    fig.subplots_adjust(left=margin, right=1 - margin, bottom=0.15 / height, top=1 - 0.75 / height)
+    fig.suptitle(
+        f"Friedman over {len(result['blocks'])} dataset × backbone × fusion blocks: χ²_F = {result['statistic']:.2f}, "
+        f"p = {result['p']:.3g}\nmean rank (1 = best); bars join methods Nemenyi does not separate at "
+        f"α = {result['alpha']:g}",
+        fontsize=9,
+    )
+    fig.savefig(path, dpi=100)  # not tight_layout: it ignores the labels outside the axes
+    plt.close(fig)
+    return path
+
+
 def _slug(*parts: str) -> str:
     return "__".join(parts)
 
@@ -243,13 +290,15 @@ def write_report(
     plots.mkdir(parents=True, exist_ok=True)
     for stale in plots.glob("*.png"):  # the report shows exactly the current grid's figures
         stale.unlink()
-    reference = cfg.get("leaderboard", {}).get("reference", "joint")
+    board = cfg.get("leaderboard", {})
+    reference, alpha = board.get("reference", "joint"), board.get("alpha", 0.05)
     commits = sorted({r["provenance"]["git_commit"] for r in records.values()})
     body = [
         "<h1>Multimodal balancing benchmark: leaderboard</h1>",
         f"<p>{len(records)} finished runs; code {html.escape(', '.join(commits) or 'n/a')}. Test metrics of each run's "
-        "best-validation checkpoint, mean ± std over seeds × folds. Rebuilt from the metrics files by "
-        "<code>python -m benchmark aggregate</code>.</p>",
+        "best-validation checkpoint, mean ± std over seeds × folds, with a 95% bootstrap interval over test clips; "
+        f"* = differs from {html.escape(reference)} at Holm-adjusted p &lt; {alpha:g}. Rebuilt from the metrics files "
+        "by <code>python -m benchmark aggregate</code>.</p>",
         f"<p>{html.escape(tuning_statement(summary)).replace('**', '')}</p>",
         "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(t)}</li>" for n, t in COLUMN_GUIDE) + "</ul>",
     ]
@@ -265,6 +314,19 @@ def write_report(
         diag = diagnostics_table(table, modalities)
         if not diag.empty:
             body += ["<h3>Diagnostics</h3>", _table_html(diag, "diagnostics")]
+        robust = robustness_table(table, modalities)
+        if not robust.empty:
+            body += [
+                f"<h3>Missing-modality robustness</h3><p class='notes'>{html.escape(robustness_caption(table))}</p>",
+                _table_html(robust, "robustness"),
+            ]
+        audit = audit_table(table)
+        if not audit.empty:
+            body += [
+                "<h3>What test-set selection would have claimed (optimistic)</h3>"
+                f"<p class='notes'>{html.escape(AUDIT_CAPTION)}</p>",
+                _table_html(audit, "audit"),
+            ]
         part = agree[(agree["dataset"] == dataset) & (agree["backbone"] == backbone)] if len(agree) else agree
         if len(part):
             body += [
@@ -282,6 +344,18 @@ def write_report(
     ranks = mean_ranks(summary)
     if len(ranks):
         body += ["<h2>Mean rank across datasets</h2>", _table_html(ranks.round(2), "ranks")]
+    result = friedman(summary, alpha)
+    body += [
+        "<h2 id='friedman'>Friedman test and critical-difference diagram</h2>",
+        f"<p class='friedman'>{html.escape(friedman_text(result))}</p>",
+    ]
+    if result["applicable"]:
+        path = critical_difference_diagram(result, plots / CD_FIGURE)
+        caption = f"critical-difference diagram (Nemenyi), Friedman p = {result['p']:.4g}"
+        body.append(
+            f"<figure><img src='{html.escape(path.relative_to(out_dir).as_posix())}' alt='{html.escape(caption)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
     page = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Leaderboard</title>"
         f"<style>{STYLE}</style></head><body>" + "\n".join(body) + "</body></html>\n"

@@ -215,6 +215,10 @@ def execute_run(
     )
     fusion_cls = None if spec.fusion == NO_FUSION else component_class(cfg, "fusions", spec.fusion)
     notes = list(balancer_cls.notes(fusion_cls, len(settings["modalities"])))
+    notes += [
+        f"parameters from preset '{p['preset']}' of {spec.balancer} ({p['source']}; {p['at']})"
+        for p in settings["balancer"].get("presets", [])
+    ]
     log(
         f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, "
         f"identity {prepared.resolved.identity}"
@@ -222,6 +226,7 @@ def execute_run(
     evaluation = settings["evaluation"]
     train_eval = train_eval_subset(train, evaluation["train_eval_max"], spec.seed)
     bins = evaluation["ece_bins"]
+    audit = data.test(settings["modalities"]) if evaluation["test_selection_audit"] else None
     result = fit(
         model,
         balancer,
@@ -235,6 +240,7 @@ def execute_run(
         ece_bins=bins,
         checkpoint=checkpoint,
         settings_hash=settings_hash(settings),
+        audit=audit,
     )
     notes += getattr(balancer, "run_notes", [])
     record = {
@@ -307,6 +313,14 @@ def execute_run(
         "ids": ids_digest(test.ids()),
         **{name: correct_string(p.logits, p.labels) for name, p in test_predictions.items()},
     }
+    if result.audit:
+        top = max(range(len(result.audit)), key=lambda e: (result.audit[e], -e))  # earliest best, as selection
+        diagnostics["audit"] = {
+            "rule": "test accuracy after every epoch and the epoch test-set selection would keep (the protocol of "
+            "peer toolkits and the OGM-GE code); optimistic, reported only, never used for selection or ranking",
+            "test_accuracy_per_epoch": result.audit,
+            "test_selected": {"epoch": top, "accuracy": result.audit[top]},
+        }
     sample, _ = data.prep(next(iter(make_loader(test, 1, shuffle=False))))
     cost = model_cost(model, sample)
     metrics = {

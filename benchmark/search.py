@@ -7,6 +7,7 @@ so the same config always draws the same trials.
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 
@@ -49,10 +50,22 @@ def sample(dist: dict, rng: np.random.Generator):
 
 
 def trial_params(cfg: dict, spec: RunSpec, trial: int) -> dict:
-    """The hyperparameters of one trial (random search, seeded by the tuning seed, the group and the trial)."""
+    """The hyperparameters of one trial: random search, seeded by the tuning seed, the group and the trial; or,
+    with ``tuning.strategy: grid``, the trial-th combination of the space's choices (every one is tried once)."""
+    space = group_space(cfg, spec)
+    if cfg["tuning"].get("strategy", "random") == "grid":
+        combos = list(itertools.product(*(dist["choices"] for dist in space.values())))
+        return dict(zip(space, combos[trial % len(combos)]))
     group = zlib.crc32(group_key(spec).encode())
     rng = np.random.default_rng([cfg["tuning"]["seed"], group, trial])
-    return {name: sample(dist, rng) for name, dist in group_space(cfg, spec).items()}
+    return {name: sample(dist, rng) for name, dist in space.items()}
+
+
+def grid_size(space: dict[str, dict]) -> int | None:
+    """How many combinations a grid search over ``space`` has (None: a range that is not a list of choices)."""
+    if any("choices" not in dist for dist in space.values()):
+        return None
+    return math.prod(len(dist["choices"]) for dist in space.values())
 
 
 def apply_params(settings: dict, params: dict) -> dict:
@@ -74,4 +87,7 @@ def apply_params(settings: dict, params: dict) -> dict:
 def tuning_identity(cfg: dict, spec: RunSpec) -> dict:
     """What defines a group's tuning (its budget, seeds and space) — its outcome follows from it."""
     t = cfg["tuning"]
-    return {"trials": t["trials"], "seed": t["seed"], "train_seed": t["train_seed"], "space": group_space(cfg, spec)}
+    out = {"trials": t["trials"], "seed": t["seed"], "train_seed": t["train_seed"], "space": group_space(cfg, spec)}
+    if t.get("strategy", "random") != "random":  # absent for random search: identities made before it stay valid
+        out["strategy"] = t["strategy"]
+    return out

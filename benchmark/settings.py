@@ -29,7 +29,7 @@ from benchmark.prerequisites import needs_of
 from benchmark.search import apply_params, trial_params, tuning_identity
 
 #: bumped by every change that alters existing runs' numbers (a test re-trains a golden grid to catch a forgotten bump)
-NUMERICS_VERSION = 1
+NUMERICS_VERSION = 2  # 2: absent inputs are the training mean (Shapley, modality dropout, AGM)
 ID_LENGTH = 12
 KINDS = ("run", "estimate", "tune_trial", "tune_best")
 #: the file inside a step's folder that marks it done (an estimate's and a trial's path is the file itself)
@@ -345,6 +345,7 @@ def _run_settings(cfg: dict, spec: RunSpec) -> dict:
     if unknown:
         raise ValueError(f"dataset '{spec.dataset}' has no modality '{unknown[0]}'; it has {', '.join(all_modalities)}")
     fusion = "concat" if spec.fusion == NO_FUSION else spec.fusion  # one modality: a linear classifier
+    presets: list[dict] = []  # filled by component_params: the presets the method's parameters came from
     return copy.deepcopy(
         {
             "dataset": dataset_settings(cfg, spec.dataset),
@@ -361,8 +362,11 @@ def _run_settings(cfg: dict, spec: RunSpec) -> dict:
             },
             "balancer": {
                 "name": spec.balancer,
-                "params": component_params(cfg, "balancers", spec.balancer),
+                "params": component_params(
+                    cfg, "balancers", spec.balancer, dataset=spec.dataset, backbone=spec.backbone, presets=presets
+                ),
                 "class": _qualname(balancer_cls),
+                "presets": presets,
             },
             "train": train_settings(cfg, spec.backbone),
             "evaluation": cfg["evaluation"],

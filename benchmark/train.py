@@ -2,7 +2,10 @@
 
 Model selection uses the validation split only: the best-validation epoch (earliest on ties) by accuracy, or by
 mAP for multi-label data (``selection_metric``).
-The test split is not touched here at all; ``benchmark.run`` evaluates it once per reported checkpoint.
+The test split is not used here for anything that affects training or selection. With ``audit`` (the test split),
+the loop records its accuracy after every epoch into ``FitResult.audit`` only, so a report can show what test-set
+selection (the protocol of peer toolkits and the OGM-GE code) would have claimed; no hook, no selection and no log
+line sees it.
 """
 
 from __future__ import annotations
@@ -111,6 +114,8 @@ class FitResult:
     failure: str | None = None
     #: the epoch training resumed after, when it started from a checkpoint
     resumed_after: int | None = None
+    #: test accuracy after every epoch (``audit``): reported, never used
+    audit: list[float] = field(default_factory=list)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:
@@ -130,6 +135,7 @@ def fit(
     ece_bins: int = 15,
     checkpoint: Path | None = None,
     settings_hash: str = "",
+    audit: CachedSplit | None = None,
 ) -> FitResult:
     """Train ``model`` (already configured by the balancer) for settings['epochs'] epochs on ``train``; with
     ``val``, keep the best-validation-accuracy weights. With ``train_eval`` (a fixed part of the training split)
@@ -143,6 +149,8 @@ def fit(
         model.to(memory_format=torch.channels_last)
     bf16 = settings.get("precision") == "bf16"
     ctx.train, ctx.prep, ctx.settings, ctx.log = train, prep, settings, log
+    if settings.get("absent_input", "mean") == "mean":
+        model.absent.fit(prep(batch)[0] for batch in make_loader(train, settings["eval_batch_size"], shuffle=False))
     balancer.setup(model, ctx)
     optimizer = make_optimizer(model, settings["optimizer"])
     scheduler = torch.optim.lr_scheduler.StepLR(
@@ -209,6 +217,9 @@ def fit(
             row.update({f"val_{k}": v for k, v in predict(model, val, prep, bs).metrics(ece_bins).items()})
             if row[criterion] > best_acc:
                 best_acc, result.best_epoch, result.best_state = row[criterion], epoch, _cpu_state(model)
+        if audit is not None:  # after selection, into its own list: nothing below reads it
+            seen_test = predict(model, audit, prep, bs)
+            result.audit.append(accuracy(seen_test.logits, seen_test.labels))
         if track_ogr:
             row["train_eval_loss"] = predict(model, train_eval, prep, bs).metrics(ece_bins)["loss"]
             row["ogr"] = ogr(

@@ -34,6 +34,23 @@ def default_config() -> dict:
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
+def untuned_config() -> dict:
+    """The default config with tuning off and a random search space, for tests of what tuning changes."""
+    cfg = default_config()
+    cfg["tuning"] = {
+        "enabled": False,
+        "strategy": "random",
+        "trials": 8,
+        "seed": 0,
+        "train_seed": 0,
+        "space": {
+            "train": {"optimizer.lr": {"low": 1.0e-3, "high": 1.0e-1, "scale": "log"}},
+            "balancers": {"ogm": {"alpha": {"low": 0.1, "high": 1.0}}, "mlb": {"alpha": {"low": 0.1, "high": 2.0}}},
+        },
+    }
+    return cfg
+
+
 def tiny_config(**grid) -> dict:
     """The default config shrunk to seconds: few small clips, one epoch, small CNN."""
     cfg = default_config()
@@ -51,6 +68,9 @@ def tiny_config(**grid) -> dict:
     cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=16, fps=2)
     cfg["backbones"]["small_cnn"]["width"] = 4
     cfg["resources"]["preprocess"]["threads"] = 2
+    for name in ("gblend", "gblend_online"):  # 24 training clips: the 64-clip held-out floor cannot apply
+        cfg["balancers"][name]["min_holdout"] = 4
+    cfg["tuning"].update(enabled=False, strategy="random")  # tests that tune switch it on with their own space
     return cfg
 
 
@@ -68,7 +88,8 @@ def small_model(
         "visual": SmallCNN("frames", (2, 3, 8, 8), width=2),
     }
     fusion_module = FUSIONS.get(fusion)({m: e.out_dim for m, e in encoders.items()}, num_classes)
-    return MultimodalModel(encoders, fusion_module, num_classes, unimodal_heads=unimodal_heads)
+    shapes = {"audio": (1, 16, 16), "visual": (2, 3, 8, 8)}
+    return MultimodalModel(encoders, fusion_module, num_classes, unimodal_heads=unimodal_heads, input_shapes=shapes)
 
 
 def small_batch(n: int = 6, num_classes: int = 3, seed: int = 0) -> tuple[dict, torch.Tensor]:

@@ -27,7 +27,8 @@ def micro_config(backbone: str) -> dict:
     cfg["datasets"]["synthetic-av"]["preprocess"]["audio"].update(n_mels=16, hop_length=4000)
     cfg["backbones"]["conformer"] = {"dim": 16, "layers": 1, "heads": 2, "ffn_dim": 32, "frame_width": 4}
     cfg["balancers"]["gblend"]["estimate_epochs"] = 1
-    cfg["balancers"]["gblend_online"] = {"first_super_epoch": 1, "super_epoch": 1}
+    cfg["balancers"]["gblend_online"] = {"first_super_epoch": 1, "super_epoch": 1, "min_holdout": 4}
+    cfg["balancers"]["gblend"] = {**cfg["balancers"]["gblend"], "min_holdout": 4}
     return validate_config(cfg)
 
 

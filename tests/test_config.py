@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from benchmark.config import ConfigError, validate_config
+from benchmark.config import ConfigError, load_config, validate_config
 from benchmark.grid import grid_runs
 from benchmark.registry import Registry, UnknownNameError
 from tests.conftest import REPO
@@ -89,9 +89,11 @@ def test_a_built_in_methods_parameters_have_no_schema_entry_of_their_own():
     "axis,bad", [("balancers", "ogmm"), ("fusions", "concatt"), ("backbones", "resnet19"), ("datasets", "cremad2")]
 )
 def test_unknown_name_in_grid_lists_known_names(cfg, axis, bad):
-    cfg["grid"][0][axis].append(bad)
+    blocks = cfg["grid"] if isinstance(cfg["grid"], list) else [cfg["grid"]]
+    blocks[0][axis].append(bad)
     err = error_of(cfg)
-    assert err.key == f"grid[0].{axis}[{len(cfg['grid'][0][axis]) - 1}]"
+    where = "grid[0]" if len(blocks) > 1 else "grid"
+    assert err.key == f"{where}.{axis}[{len(blocks[0][axis]) - 1}]"
     assert f"'{bad}'" in str(err) and "known" in str(err)
     if axis == "balancers":
         assert "ogm_ge" in str(err) and "mlb" in str(err)
@@ -212,13 +214,14 @@ def test_cli_list_and_check():
             [sys.executable, "-m", "benchmark", "list", axis], capture_output=True, text=True, check=True
         ).stdout.split()
         assert set(names) <= set(listed), axis
+    full = REPO / "configs" / "full-grid.yaml"  # the widest named experiment: it has n/a combinations
     res = subprocess.run(
-        [sys.executable, "-m", "benchmark", "check", "--config", str(REPO / "config.yaml")],
+        [sys.executable, "-m", "benchmark", "check", "--config", str(full)],
         capture_output=True,
         text=True,
         cwd=REPO,
     )
-    runs, _ = grid_runs(validate_config(yaml.safe_load((REPO / "config.yaml").read_text())))
+    runs, _ = grid_runs(load_config([full], [], REPO / "config.yaml"))
     assert (
         res.returncode == 0
         and f"{len(runs)} training runs" in res.stdout
@@ -245,7 +248,7 @@ def test_per_backbone_training_overrides(cfg):
 
 
 def test_grid_may_be_a_list_of_blocks(cfg):
-    block = dict(cfg["grid"][0])
+    block = {**cfg["grid"][0], "backbones": ["small_cnn", "resnet18"]}
     cfg["grid"] = [block, {**block, "backbones": ["small_cnn"], "balancers": ["joint", "agm"], "seeds": [0, 5]}]
     out = validate_config(cfg)
     runs, _ = grid_runs(out)

@@ -396,6 +396,8 @@ def gblend_setting_config() -> dict:
     ml["preprocess"]["visual"].update(size=16, fps=2)
     cfg["train"]["epochs"] = 2
     cfg["balancers"]["early_stop"] = {"fraction": 0.5}
+    # a few dozen training clips: a held-out floor of a few clips, two held-out draws
+    cfg["balancers"]["gblend"].update(min_holdout=2, holdout_draws=2, bootstrap=200)
     return cfg
 
 
@@ -469,7 +471,8 @@ def test_three_modality_multilabel_run_through_the_dag(tmp_path):
         overlay, RunSpec.from_method("synthetic-ml", "small_cnn", "concat", "gblend-visual+flow", 0), "estimate"
     )
     weights = yaml.safe_load((tmp_path / estimate.path).read_text())
-    assert set(weights["weights"]) == {"visual", "flow", "fused"}
+    assert set(weights["weights"]) == {"visual", "flow", "fused"} == set(weights["weights_ci"])
+    assert len(weights["draws"]) == 2 and all(len(d["holdout_clip_ids"]) % 2 == 0 for d in weights["draws"])
     es = yaml.safe_load(
         (run_path(tmp_path, overlay, "early_stop", dataset="synthetic-ml") / "metrics.json").read_text()
     )

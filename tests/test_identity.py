@@ -20,7 +20,7 @@ from benchmark.config import ConfigError, load_config, parse_set, typed, validat
 from benchmark.grid import RunSpec
 from benchmark.leaderboard import StaleResult
 from benchmark.settings import Resolver, Step
-from tests.conftest import REPO, default_config, tiny_config
+from tests.conftest import REPO, tiny_config, untuned_config
 
 OGM = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
 
@@ -43,7 +43,7 @@ def identity(cfg: dict, spec: RunSpec = OGM, kind: str = "run") -> str:
     ],
 )
 def test_every_setting_that_can_change_numbers_changes_the_identity(change):
-    cfg = default_config()
+    cfg = untuned_config()
     before = identity(cfg)
     change(cfg)
     assert identity(cfg) != before
@@ -61,14 +61,14 @@ def test_every_setting_that_can_change_numbers_changes_the_identity(change):
     ],
 )
 def test_what_cannot_change_a_runs_numbers_leaves_its_identity(change):
-    cfg = default_config()
+    cfg = untuned_config()
     before = identity(cfg)
     change(cfg)
     assert identity(cfg) == before
 
 
 def test_seed_fold_and_method_are_part_of_the_identity_and_of_the_path():
-    cfg = validate_config(default_config())
+    cfg = validate_config(untuned_config())
     r = Resolver(cfg)
     ids = {
         r.run(RunSpec("synthetic-av", "small_cnn", "concat", m, s)).identity for m in ("ogm", "ogm_ge") for s in (0, 1)
@@ -80,13 +80,13 @@ def test_seed_fold_and_method_are_part_of_the_identity_and_of_the_path():
 
 
 def test_a_numerics_version_bump_changes_every_identity(monkeypatch):
-    before = identity(default_config())
+    before = identity(untuned_config())
     monkeypatch.setattr(settings_module, "NUMERICS_VERSION", settings_module.NUMERICS_VERSION + 1)
-    assert identity(default_config()) != before
+    assert identity(untuned_config()) != before
 
 
 def test_prerequisites_are_part_of_the_identity_of_the_runs_that_read_them():
-    cfg = validate_config(default_config())
+    cfg = validate_config(untuned_config())
     r = Resolver(cfg)
     pretrain = r.run(RunSpec("synthetic-av", "small_cnn", "concat", "pretrain", 0))
     for m in ("audio", "visual"):
@@ -97,13 +97,13 @@ def test_prerequisites_are_part_of_the_identity_of_the_runs_that_read_them():
     estimate = r.resolve(Step("estimate", RunSpec("synthetic-av", "small_cnn", "concat", "gblend", 0)))
     assert gblend.artifacts() == {"gblend_weights": estimate.path}
     # a change of the estimate alone (its held-out fraction is a G-Blend parameter, so the run changes too)
-    changed = copy.deepcopy(default_config())
+    changed = copy.deepcopy(untuned_config())
     changed["balancers"]["gblend"]["holdout_fraction"] = 0.2
     assert identity(changed, estimate.spec, "estimate") != estimate.identity
 
 
 def test_tuned_runs_name_their_tuning_and_every_trial_is_in_the_groups_identity():
-    cfg = default_config()
+    cfg = untuned_config()
     cfg["tuning"]["enabled"] = True
     cfg["tuning"]["trials"] = 3
     r = Resolver(validate_config(cfg))
@@ -122,10 +122,10 @@ def test_tuned_runs_name_their_tuning_and_every_trial_is_in_the_groups_identity(
 
 
 def test_resolved_settings_are_frozen():
-    r = Resolver(validate_config(default_config()))
+    r = Resolver(validate_config(untuned_config()))
     run = r.run(OGM)
     run.settings["train"]["epochs"] = 99  # a copy
-    assert run.settings["train"]["epochs"] == 8
+    assert run.settings["train"]["epochs"] == untuned_config()["train"]["epochs"]
     with pytest.raises(AttributeError):
         run.identity = "x"  # type: ignore[misc]
 

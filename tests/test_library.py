@@ -101,11 +101,12 @@ def test_agm_coefficients_hand_computed():
 
 def test_agm_scales_each_modalitys_share_of_the_gradient():
     """For a concat head m_a = W_a φ_a + b/2, so the audio encoder and head block get k_a × the joint gradient,
-    the visual ones k_v ×, and the shared bias (k_a + k_v)/2 ×."""
+    the visual ones k_v ×, and the shared bias (k_a + k_v)/2 × (the feature-masking option: the released input
+    masking is tested in tests/test_agm.py)."""
     inputs, y = small_batch()
     model = small_model("concat")
     ref = reference_grads(model, JOINT, inputs, y)
-    agm = AGM(alpha=0.5)
+    agm = AGM(alpha=0.5, masking="feature")
     agm.setup(model, RunContext(**CTX))
     model.zero_grad()
     out = agm.forward(model, inputs)
@@ -187,8 +188,8 @@ def test_pmr_prototypes_are_class_means_and_only_the_weak_encoder_gets_the_proto
         for m, k in (("audio", "spectrogram"), ("visual", "frames"))
     }
     model = MultimodalModel(encoders, ConcatFusion({m: e.out_dim for m, e in encoders.items()}, 8), 8)
-    pmr = PMR(alpha=1.0)
-    ctx = RunContext(**CTX, train=data, prep=prep, settings={"eval_batch_size": 7})
+    pmr = PMR(alpha=1.0, prototype_fraction=1.0)  # prototypes from all batches; the released constant weight
+    ctx = RunContext(**CTX, train=data, prep=prep, settings={"eval_batch_size": 7, "batch_size": 7})
     pmr.setup(model, ctx)
     pmr.on_epoch_start(0)
     model.eval()
@@ -293,7 +294,7 @@ def test_aux_loss_is_the_mean_of_the_head_losses():
 def test_gblend_online_super_epochs_and_held_out_split(in_tiny_workspace):
     from benchmark.data.cache import load_part
 
-    gb = GBlendOnline(first_super_epoch=4, super_epoch=3, holdout_fraction=0.25)
+    gb = GBlendOnline(first_super_epoch=4, super_epoch=3, holdout_fraction=0.25, min_holdout=4)
     assert gb.super_epoch_starts(10) == [0, 4, 7] and gb.super_epoch_starts(3) == [0]
     train = load_part(tiny_data_dirs().processed, "main", "train", splits_dir=tiny_data_dirs().splits)
     kept = gb.training_split(train, seed=0)
@@ -337,7 +338,12 @@ def test_gblend_online_reestimates_at_every_super_epoch(in_tiny_workspace):
 
     cfg = yaml.safe_load((in_tiny_workspace / "config.yaml").read_text())
     cfg["train"]["epochs"] = 4
-    cfg["balancers"]["gblend_online"] = {"first_super_epoch": 2, "super_epoch": 1, "holdout_fraction": 0.25}
+    cfg["balancers"]["gblend_online"] = {
+        "first_super_epoch": 2,
+        "super_epoch": 1,
+        "holdout_fraction": 0.25,
+        "min_holdout": 4,
+    }
     lines = []
     metrics, _ = execute_run(
         validate_config(cfg), RunSpec("synthetic-av", "small_cnn", "concat", "gblend_online", 0), log=lines.append

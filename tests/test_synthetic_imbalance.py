@@ -1,7 +1,8 @@
 """The built-in dataset exhibits the problem the benchmark exists for (on its default settings).
 
-Audio learns fast but alone caps at 50%; video learns slowly, alone also caps at 50% yet gets well above
-chance (12.5%); only a model using both can separate all 8 classes.
+Audio learns fast but, with a quarter of its clips toneless, alone caps near 78%; video learns slowly but alone gets
+far above that; the jointly trained model leans on audio and leaves its visual encoder under-trained (its linear
+probe stays well below what video reaches alone): the imbalance a balancing method can fix.
 """
 
 from __future__ import annotations
@@ -36,20 +37,23 @@ def run(cfg, root, method, epochs, monkeypatch, fusion="concat"):
     return train_run(cfg, spec, root / "runs" / f"{method}-{epochs}", log=lambda s: None)
 
 
-def test_audio_leads_video_early_video_learns_late_and_fusion_beats_both(default_data, monkeypatch):
+def test_audio_leads_early_video_learns_late_and_joint_under_trains_video(default_data, monkeypatch):
     root, cfg = default_data
-    audio = run(cfg, root, "unimodal-audio", 8, monkeypatch)
-    video = run(cfg, root, "unimodal-visual", 20, monkeypatch)
-    joint = run(cfg, root, "joint", 12, monkeypatch)
+    cfg = copy.deepcopy(cfg)
+    cfg["tuning"]["enabled"] = False
+    cfg["train"]["optimizer"]["lr"] = 0.03  # the rate tuning picks for most methods on this data
+    audio = run(cfg, root, "unimodal-audio", 16, monkeypatch)
+    video = run(cfg, root, "unimodal-visual", 16, monkeypatch)
+    joint = run(cfg, root, "joint", 16, monkeypatch)
     val = lambda m, e: m["history"][e]["val_accuracy"]  # noqa: E731
     # after the first epochs audio is far ahead of video
     for epoch in (0, 1):
-        assert val(audio, epoch) >= val(video, epoch) + 0.15, (epoch, val(audio, epoch), val(video, epoch))
-    assert val(video, 1) < 0.25
-    # audio cannot separate the classes on its own (50% cap) ...
-    assert max(h["val_accuracy"] for h in audio["history"]) < 0.65
-    # ... video alone gets well above chance (12.5%) given enough training ...
-    assert video["metrics"]["best"]["test"]["accuracy"] >= 0.3
-    # ... and the multimodal model beats both unimodal ones clearly
-    best_uni = max(audio["metrics"]["best"]["test"]["accuracy"], video["metrics"]["best"]["test"]["accuracy"])
-    assert joint["metrics"]["best"]["test"]["accuracy"] >= best_uni + 0.2
+        assert val(audio, epoch) >= val(video, epoch) + 0.2, (epoch, val(audio, epoch), val(video, epoch))
+    # audio alone is capped by its toneless clips (1 - 0.25 + 0.25/8 = 78%) ...
+    assert max(h["val_accuracy"] for h in audio["history"]) < 0.88
+    # ... video alone learns slowly but ends above that ...
+    video_acc = video["metrics"]["best"]["test"]["accuracy"]
+    assert video_acc >= 0.75
+    # ... and the jointly trained model's visual encoder stays far below what video reaches alone
+    probe = joint["diagnostics"]["linear_probe"]["test"]["visual"]
+    assert probe <= video_acc - 0.15, (probe, video_acc)

@@ -79,8 +79,28 @@ def test_test_split_is_not_read_during_training(tiny_cfg, tmp_path, monkeypatch)
 
     monkeypatch.setattr(splits, "read_split", spy)
     monkeypatch.setattr(run_module, "fit", checked_fit)
+    tiny_cfg["evaluation"]["test_selection_audit"] = False
     train_run(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "concat", "joint", 0), tmp_path, log=quiet)
     assert parts_read == ["train", "val", "test"]  # test read once, after selection, for reporting
+
+
+def test_test_selection_audit_is_reported_and_changes_nothing_else(tiny_cfg, tmp_path):
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm_ge", 0)
+    audited = train_run(tiny_cfg, spec, tmp_path / "a", log=quiet)
+    tiny_cfg["evaluation"]["test_selection_audit"] = False
+    plain = train_run(tiny_cfg, spec, tmp_path / "b", log=quiet)
+    audit = audited["diagnostics"].pop("audit")
+    assert "audit" not in plain["diagnostics"]
+    for key in ("history", "metrics", "diagnostics", "selection"):
+        assert json.dumps(audited[key], sort_keys=True) == json.dumps(plain[key], sort_keys=True), key
+    per_epoch = audit["test_accuracy_per_epoch"]
+    assert len(per_epoch) == 3
+    assert per_epoch[audited["selection"]["best_epoch"]] == pytest.approx(
+        audited["metrics"]["best"]["test"]["accuracy"]
+    )
+    assert per_epoch[-1] == pytest.approx(audited["metrics"]["last"]["test"]["accuracy"])
+    top = audit["test_selected"]
+    assert top["accuracy"] == max(per_epoch) and top["epoch"] == per_epoch.index(max(per_epoch))
 
 
 def test_unimodal_run_uses_one_modality(tiny_cfg, tmp_path):

@@ -17,7 +17,7 @@ from benchmark import search, tuning
 from benchmark.config import ConfigError, settings_hash, validate_config
 from benchmark.grid import RunSpec
 from benchmark.settings import Resolver, Step
-from tests.conftest import default_config, run_dir, tiny_config
+from tests.conftest import run_dir, tiny_config, untuned_config
 
 
 def run_hash(cfg: dict, spec: RunSpec) -> str:
@@ -82,7 +82,7 @@ def test_search_space_errors_name_the_key():
 
 
 def test_tuning_off_keeps_every_run_hash_and_on_changes_it():
-    cfg = validate_config(default_config())
+    cfg = validate_config(untuned_config())
     spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm", 0)
     without = copy.deepcopy(cfg)
     del without["tuning"]

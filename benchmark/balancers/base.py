@@ -16,6 +16,7 @@ its hyperparameters are the keyword-only arguments of ``__init__``, which must c
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
@@ -97,6 +98,11 @@ class Balancer:
                 "(its streams merge inside the encoders)"
             )
         return cls.unsupported(fusion_cls, num_modalities)
+
+    @classmethod
+    def backbone_unsupported(cls, backbone_cls: type, params: dict) -> str | None:
+        """Why this method, with these parameters, cannot run on ``backbone_cls`` (None: it can)."""
+        return None
 
     @classmethod
     def notes(cls, fusion_cls: type | None, num_modalities: int) -> list[str]:
@@ -214,6 +220,18 @@ def unimodal_ce(out: ModelOutput, y: torch.Tensor) -> dict[str, torch.Tensor]:
 def true_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """softmax(logits)_i[y_i] per sample, detached: the 'score' the balancing papers compare."""
     return torch.softmax(logits.detach().float(), dim=1).gather(1, y[:, None]).squeeze(1)
+
+
+def window_epoch(bound: int | str, num_epochs: int) -> int:
+    """A window bound as a 0-based epoch: an int is one; "p%" is p/100 · num_epochs rounded half up."""
+    if isinstance(bound, str):
+        return math.floor(float(bound.rstrip("%")) / 100 * num_epochs + 0.5)
+    return bound
+
+
+def in_window(epoch: int, start: int | str, end: int | str, num_epochs: int) -> bool:
+    """Whether 0-based ``epoch`` lies in the inclusive window [start, end] (bounds as ``window_epoch`` reads them)."""
+    return window_epoch(start, num_epochs) <= epoch <= window_epoch(end, num_epochs)
 
 
 def scale_grads(params: list[tuple[torch.nn.Parameter, tuple | None]], k: torch.Tensor) -> None:

@@ -9,11 +9,12 @@ from benchmark.balancers.base import (
     Balancer,
     estimator_note,
     fused_ce,
+    in_window,
     modality_parameter_groups,
     scale_grads,
 )
 from benchmark.models.model import ModelOutput
-from benchmark.params import Epoch, Positive, PositiveInt
+from benchmark.params import EpochBound, Positive, PositiveInt
 
 
 def mslr_coefficient(initial: float, accuracy: float, recent: list[float]) -> float:
@@ -40,8 +41,8 @@ class MSLR(Balancer):
         *,
         window: PositiveInt = 5,
         initial: dict[str, Positive] | None = None,
-        start_epoch: Epoch = 0,
-        end_epoch: Epoch = 50,
+        start_epoch: EpochBound = 0,
+        end_epoch: EpochBound = 50,
     ) -> None:
         super().__init__()
         if window < 1:
@@ -73,7 +74,7 @@ class MSLR(Balancer):
         return fused_ce(out, y)
 
     def after_backward(self, out: ModelOutput, y: torch.Tensor) -> None:
-        if self.start_epoch <= self.ctx.epoch <= self.end_epoch:
+        if in_window(self.ctx.epoch, self.start_epoch, self.end_epoch, self.ctx.num_epochs):
             for m, group in self.groups.items():
                 scale_grads(group, torch.tensor(self.k[m]))
 

@@ -7,9 +7,20 @@ from typing import Literal
 import torch
 from torch import nn
 
-from benchmark.balancers.base import BALANCERS, Balancer, estimator_note, fused_ce, true_class_probability
+from benchmark.balancers.base import BALANCERS, Balancer, estimator_note, fused_ce, in_window, true_class_probability
 from benchmark.models.model import ModelOutput
-from benchmark.params import Epoch, Positive
+from benchmark.params import EpochBound, Positive
+
+#: the released code's per-dataset settings (GeWu-Lab/OGM-GE_CVPR2022, README and main.py arguments)
+OGM_PRESETS = {
+    "cremad": {"alpha": 0.8, "source": "released OGM-GE code, CREMA-D setting (alpha 0.8)"},
+    "vggsound": {"alpha": 0.1, "source": "released OGM-GE code, VGGSound setting (alpha 0.1)"},
+}
+NO_CONVOLUTIONS = (
+    "backbone '{name}' has no convolution weights, the only parameters OGM's released rule (modulate: conv) "
+    "scales, so the method would modulate nothing; set modulate: all to scale every encoder parameter (an "
+    "extension, recorded in the run's notes)"
+)
 
 
 def ogm_scores(modality_logits: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -46,7 +57,12 @@ def modulated_parameters(encoder: nn.Module, which: str) -> list[nn.Parameter]:
 @BALANCERS.register("ogm")
 class OGM(Balancer):
     """OGM (Peng et al. 2022, eqs. 8-11): cross-entropy on the fused output; after backward, inside the epoch
-    window [start_epoch, end_epoch] (inclusive), each modulated encoder gradient becomes k_m·g (eq. 11).
+    window [start_epoch, end_epoch] (inclusive; a bound is an epoch or a share of the schedule such as "50%": the
+    released code modulates epochs 0–50 of 100, the default ["0%", "50%"]), each modulated encoder gradient
+    becomes k_m·g (eq. 11). ``modulate: conv`` scales convolution weights only, as the released code; on a backbone
+    without convolutions that is nothing, so such a run is n/a; ``modulate: all`` (every encoder parameter) is an
+    extension named in the run's notes. Presets ``cremad`` (α 0.8) and ``vggsound`` (α 0.1) are the released
+    per-dataset values (config: ``per_dataset: {vggsound: {preset: vggsound}}``).
 
     Per-modality logits come from the fused head as the fusion defines them (concat: W_m·φ_m + b/M; fusions
     without a linear split use the zero-masking Shapley estimate, an extension noted in the run's outputs).
@@ -56,13 +72,14 @@ class OGM(Balancer):
     paper = "Peng et al. 2022 (OGM-GE), eqs. 8-11"
     single_label_only = "its discrepancy ratio compares softmax scores of the one true class (eq. 10)"
     generalization_enhancement = False
+    presets = OGM_PRESETS
 
     def __init__(
         self,
         *,
         alpha: Positive = 0.8,
-        start_epoch: Epoch = 0,
-        end_epoch: Epoch = 50,
+        start_epoch: EpochBound = "0%",
+        end_epoch: EpochBound = "50%",
         modulate: Literal["conv", "all"] = "conv",
     ) -> None:
         super().__init__()
@@ -79,9 +96,24 @@ class OGM(Balancer):
             )
         return notes
 
+    @classmethod
+    def backbone_unsupported(cls, backbone_cls: type, params: dict) -> str | None:
+        if params.get("modulate", "conv") == "conv" and getattr(backbone_cls, "has_convolutions", None) is False:
+            return NO_CONVOLUTIONS.format(name=getattr(backbone_cls, "name", backbone_cls.__name__))
+        return None
+
     def setup(self, model, ctx) -> None:
         super().setup(model, ctx)
         self.params = {m: modulated_parameters(model.encoders[m], self.modulate) for m in model.modalities}
+        empty = [m for m, params in self.params.items() if not params]
+        if empty:  # a backbone that did not declare has_convolutions
+            name = type(model.encoders[empty[0]]).__name__
+            raise ValueError(NO_CONVOLUTIONS.format(name=name) + f" (encoder of modality '{empty[0]}')")
+        if self.modulate == "all":
+            self.run_notes.append(
+                "extension: modulate: all scales every encoder parameter (biases, normalisation and linear "
+                "weights too); the released code scales convolution weights only"
+            )
 
     def loss(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
         rho, k = ogm_coefficients(ogm_scores(self.model.modality_logits(out), y), self.alpha)
@@ -90,7 +122,7 @@ class OGM(Balancer):
         return fused_ce(out, y)
 
     def after_backward(self, out: ModelOutput, y: torch.Tensor) -> None:
-        if not self.start_epoch <= self.ctx.epoch <= self.end_epoch:
+        if not in_window(self.ctx.epoch, self.start_epoch, self.end_epoch, self.ctx.num_epochs):
             return
         for m, params in self.params.items():
             for p in params:

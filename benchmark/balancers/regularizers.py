@@ -58,9 +58,9 @@ class FeatureDropout(Joint):
 @BALANCERS.register("modality_dropout")
 class ModalityDropout(Joint):
     """Modality dropout (ModDrop, Neverova et al. 2016): in training each modality of each sample is dropped with
-    probability p — its input set to zero, i.e. the dataset mean after normalisation (``level: input``) or its
-    feature vector zeroed (``level: feature``) — and a sample never loses all modalities (one is kept at random);
-    joint cross-entropy. p has no default in the seed papers; 0.25 here."""
+    probability p — its input replaced by the absent input (``model.without``: the training mean by default,
+    ``level: input``) or its feature vector zeroed (``level: feature``) — and a sample never loses all modalities
+    (one is kept at random); joint cross-entropy. p has no default in the seed papers; 0.25 here."""
 
     paper = "Neverova et al. 2016 (ModDrop); compared in the G-Blend and MLB settings"
     needs_modality_features = True  # feature-level dropping indexes the modalities' features
@@ -86,7 +86,10 @@ class ModalityDropout(Joint):
         keep = self.keep_mask(len(next(iter(inputs.values()))), len(model.modalities), self.ctx.device)
         self.track(kept=keep.mean(0).sum())
         if self.level == "input":
-            dropped = {m: x * keep[:, i].view(-1, *[1] * (x.dim() - 1)) for i, (m, x) in enumerate(inputs.items())}
+            dropped = {
+                m: torch.where(keep[:, i].view(-1, *[1] * (x.dim() - 1)) > 0, x, model.absent.like(m, x))
+                for i, (m, x) in enumerate(inputs.items())
+            }
             return model(dropped)
         features = model.encode(inputs)
         return model.decode({m: f * keep[:, model.modalities.index(m), None] for m, f in features.items()})

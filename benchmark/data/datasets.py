@@ -116,6 +116,7 @@ class SyntheticAV(Dataset):
         "audio_snr_db": 0.0,
         "visual_contrast": 0.3,
         "visual_noise": 0.25,
+        "audio_missing": 0.0,  # share of clips whose audio lacks the class tone (config.yaml: 0.25 for synthetic-av)
     }
 
     def download(self, raw_dir: Path, workers: int = 1) -> None:

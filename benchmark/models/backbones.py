@@ -33,6 +33,9 @@ class Backbone(nn.Module):
     out_dim: int
     #: the trunk index where each block ends (e.g. ResNet-18: stem, layer1..layer4); empty: no block structure
     block_ends: ClassVar[tuple[int, ...]] = ()
+    #: whether the encoder has convolution weights, the parameters OGM/OGM-GE's released rule modulates (None:
+    #: not declared; such a method then checks the built encoder before training)
+    has_convolutions: ClassVar[bool | None] = None
 
     def __init__(self, kind: str, shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -127,6 +130,8 @@ class ResNet18(Backbone):
     """torchvision's ResNet-18 without its classifier; 1-channel stem for spectrograms (as OGM-GE). Five blocks for
     mid-level fusion: the stem (conv, BN, ReLU, max-pool), then layer1..layer4 (the G-Blend supplement's five)."""
 
+    has_convolutions = True
+
     block_ends = (4, 5, 6, 7, 8)
 
     def __init__(self, kind: str, shape: tuple[int, ...], *, weights: WeightsFile = None) -> None:
@@ -151,6 +156,8 @@ def _small_trunk(in_channels: int, width: int) -> tuple[nn.Sequential, int]:
 class SmallCNN(Backbone):
     """Four conv-BN-ReLU blocks (widths w, 2w, 4w, 4w): a ResNet-shaped encoder small enough for CPU runs."""
 
+    has_convolutions = True
+
     block_ends = (3, 6, 9, 12)
 
     def __init__(
@@ -167,6 +174,8 @@ class ConformerEncoder(Backbone):
     F bins projected to ``dim``), or per-frame embeddings of a clip (a small conv stem per frame, pooled over
     space, projected to ``dim``); the output is averaged over time. MLB's Conformer backbone, minus its pretrained
     front-ends (nothing is downloaded; ``weights`` loads a local file)."""
+
+    has_convolutions = True
 
     def __init__(
         self,
@@ -219,6 +228,8 @@ class R2Plus1D18(Backbone):
     """torchvision's R(2+1)D-18 video network for clips of frames (its classifier removed): [B, T, C, H, W] is fed as
     a [B, C, T, H, W] clip. It has no spectrogram form, so a spectrogram modality gets ResNet-18 (the audio
     encoder of the papers), which this backbone's name then covers for that modality."""
+
+    has_convolutions = True
 
     def __init__(self, kind: str, shape: tuple[int, ...], *, weights: WeightsFile = None) -> None:
         super().__init__(kind, shape)

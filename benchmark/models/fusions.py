@@ -23,7 +23,7 @@ ParamSlice = tuple[nn.Parameter, "tuple[slice, ...] | None"]
 
 SHAPLEY_RULE = (
     "zero-masking Shapley estimate: the modality's Shapley value of the fused logits with absent "
-    "modalities' features set to zero, plus 1/M of the all-absent output (as AGM)"
+    "modalities' features set to zero, plus 1/M of the all-absent output (as AGM's masking: feature option)"
 )
 
 

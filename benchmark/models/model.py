@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -26,12 +27,53 @@ class ModelOutput:
     unimodal: dict[str, torch.Tensor] | None = None
 
 
+class AbsentInputs(nn.Module):
+    """What an absent modality's input is: one tensor per modality, the shape of one sample.
+
+    Zero means "no signal" only for inputs normalised to zero mean; a log-spectrogram or a user's tensors are not, so
+    by default (``train.absent_input: mean``) an absent modality is the training split's mean input (element-wise,
+    after the batch preparer's normalisation), set once before training (``fit``) and saved with the model.
+    ``zero`` keeps literal zeros (the released AGM and Shapley code). Shapley values, the missing-modality table,
+    AGM's masked passes and input-level modality dropout all read it from here."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        super().__init__()
+        for m, shape in shapes.items():
+            self.register_buffer(m, torch.zeros(shape))
+        self.modalities = list(shapes)
+
+    def like(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """The absent input of ``modality`` for a batch shaped like ``x``."""
+        if modality not in self.modalities:  # a model built without shapes: literal zeros
+            return torch.zeros_like(x)
+        return getattr(self, modality).to(x.dtype).expand_as(x)
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Set every modality's absent input to the mean of ``batches`` (prepared inputs, no augmentation)."""
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for inputs in batches:
+            for m in self.modalities:
+                x = inputs[m].double().sum(0)
+                sums[m] = x if m not in sums else sums[m] + x
+            count += len(next(iter(inputs.values())))
+        for m in self.modalities:
+            getattr(self, m).copy_((sums[m] / max(1, count)).float())
+
+
 class MultimodalModel(nn.Module):
     def __init__(
-        self, encoders: dict[str, Backbone], fusion: Fusion, num_classes: int, unimodal_heads: bool = False
+        self,
+        encoders: dict[str, Backbone],
+        fusion: Fusion,
+        num_classes: int,
+        unimodal_heads: bool = False,
+        input_shapes: dict[str, tuple[int, ...]] | None = None,
     ) -> None:
         super().__init__()
         self.modalities = list(encoders)
+        self.absent = AbsentInputs(input_shapes or {})
         self.num_classes = num_classes
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
@@ -61,6 +103,11 @@ class MultimodalModel(nn.Module):
         """Per-modality logits taken from the fused head (the fusion defines how)."""
         return self.fusion.modality_logits(out.features)
 
+    def without(self, inputs: dict[str, torch.Tensor], keep: Iterable[str]) -> dict[str, torch.Tensor]:
+        """``inputs`` with every modality outside ``keep`` replaced by its absent input (``AbsentInputs``)."""
+        keep = set(keep)
+        return {m: x if m in keep else self.absent.like(m, x) for m, x in inputs.items()}
+
 
 def input_kind(info: dict) -> tuple[str, tuple[int, ...]]:
     """(backbone input kind, per-sample shape) of a cached modality described in a dataset's info.json."""
@@ -80,9 +127,10 @@ def build_model(
 ) -> MultimodalModel:
     """Construct the model with a seeded initialisation: the same arguments always give the same weights."""
     torch.manual_seed(seed)
-    encoders = {}
+    encoders, shapes = {}, {}
     for m, info in modality_info.items():
         kind, shape = input_kind(info)
+        shapes[m] = shape
         params = dict(backbone_params)
         if isinstance(params.get("weights"), dict):  # one weights file per modality
             params["weights"] = params["weights"].get(m)
@@ -90,7 +138,7 @@ def build_model(
     fusion = fusion_cls({m: e.out_dim for m, e in encoders.items()}, num_classes, **fusion_params)
     if getattr(fusion, "needs_blocks", False):
         fusion.bind(encoders)
-    return MultimodalModel(encoders, fusion, num_classes, unimodal_heads=unimodal_heads)
+    return MultimodalModel(encoders, fusion, num_classes, unimodal_heads=unimodal_heads, input_shapes=shapes)
 
 
 def fingerprint(model: nn.Module) -> str:

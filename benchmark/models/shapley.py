@@ -1,4 +1,5 @@
-"""Per-modality contributions by zero-masking Shapley values (as AGM, Li et al. 2023, computes them).
+"""Per-modality contributions by masking Shapley values (AGM, Li et al. 2023, masks inputs; masking features, as
+here, is its ``masking: feature`` option).
 
 f(S) is the fused output with the features of every modality outside S set to zero. The share of modality m is
 its Shapley value plus an equal part of the empty-coalition output, so the shares add up to the full output:
