@@ -82,7 +82,13 @@ def tuning_columns(m: dict) -> dict:
     tuning = m.get("settings", {}).get("tuning")
     if not tuning:
         return {"tuning": "paper defaults"}
-    return {"tuning": "tuned", "hyperparameters": hyperparameter_text(tuning["chosen"]), "trials": tuning["trials"]}
+    search = "a grid" if tuning.get("strategy") == "grid" else "random search"
+    return {
+        "tuning": "tuned",
+        "hyperparameters": hyperparameter_text(tuning["chosen"]),
+        "trials": tuning["trials"],
+        "search": search,
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -358,7 +364,7 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
         row["notes"] = "; ".join(notes)
         absent = ok["absent_input"].dropna() if "absent_input" in ok else pd.Series(dtype=object)
         row["absent_input"] = ", ".join(sorted(set(absent))) or None
-        for col in ("tuning", "hyperparameters", "trials"):  # one tuning per group: the same for all its runs
+        for col in ("tuning", "hyperparameters", "trials", "search"):  # one tuning per group: the same for all its runs
             values = ok[col].dropna() if col in ok else pd.Series(dtype=object)
             row[col] = values.iloc[0] if len(values) else None
         for col in metric_cols:
@@ -833,9 +839,11 @@ def tuning_statement(summary: pd.DataFrame) -> str:
             "no method was tuned."
         )
     budgets = sorted({int(t) for t in summary["trials"].dropna()})
+    searches = sorted({s for s in summary.get("search", pd.Series(dtype=object)).dropna()}) or ["random search"]
     mixed = " Some rows were not tuned (paper defaults)." if "paper defaults" in modes else ""
     return (
-        f"Hyperparameters: **tuned on validation** ({' / '.join(map(str, budgets))} trials of random search per "
+        f"Hyperparameters: **tuned on validation** ({' / '.join(map(str, budgets))} trials of "
+        f"{' / '.join(searches)} per "
         "dataset × "
         "fold × backbone × fusion × method, the same budget for every method; the test split is never read while "
         f"tuning). Each row lists the chosen values.{mixed}"

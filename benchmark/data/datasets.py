@@ -138,8 +138,9 @@ class SyntheticAVM(SyntheticAV):
 @DATASETS.register("synthetic-ml")
 class SyntheticMultiLabel(SyntheticAV):
     """The synthetic-av clips as a multi-label, three-modality dataset (the G-Blend paper's RGB + optical flow +
-    audio, mini-AudioSet style). Every clip carries three labels: its class ``class<c>`` (needs audio and video),
-    its tone ``tone<g>`` (the pitch group: audio alone) and its stripes ``stripes-vertical|horizontal`` (the
+    audio, mini-AudioSet style). Every clip carries three labels: its class ``class<c>`` (named by the audio's pitch
+    and by the video's grating, so either modality alone), its tone ``tone<g>`` (a pair of neighbouring pitches:
+    audio alone) and its stripes ``stripes-vertical|horizontal`` (the
     grating's orientation: video or flow alone). Class volumes are therefore uneven (1/8, 1/4 and 1/2 of the
     clips), which the supplement's Algorithm 1 (``balance``) evens out. Modalities: audio, RGB frames and dense
     optical flow between consecutive frames."""

@@ -1,16 +1,19 @@
 """The built-in `synthetic-av` dataset: real H.264/AAC clips with a fast, unreliable modality and a slow, reliable one.
 
 A class is 3 bits (8 classes, chance 12.5%), and each modality alone carries all three:
-  * the audio track is a tone whose pitch (one of 8) names the class, under noise and unrelated distractor
-    tones — learned in a couple of epochs; but in a fraction ``audio_missing`` of the clips (the same fraction
-    of every class and split) the tone is absent, so audio alone is capped near
-    ``1 - audio_missing + audio_missing / 8``;
-  * the video shows a faint drifting grating, in noise, whose orientation (bit 0), colour (bit 1: a luminance or a
-    chromatic grating) and spatial frequency (bit 2) name the class — slow to learn, but present in every clip;
-  * so the modalities are redundant and complementary: a model that uses both reaches nearly 100%, well above
-    either alone, while a jointly trained model settles on the fast audio cue and leaves the visual encoder
-    under-trained (the imbalance this benchmark exists for).
-Everything is drawn from one seeded generator per clip, so the same seed gives the same clips.
+  * the audio track is a tone whose pitch (one of 8, 1.4x apart) names the class, under noise and two unrelated
+    distractor tones: learnt in an epoch or two. But in a fraction ``audio_missing`` of the clips (the same
+    fraction of every class in every split; the manifest's ``audio_tone`` column says which) the tone is absent,
+    so audio alone is capped near ``1 - audio_missing + audio_missing / 8`` (78% at config.yaml's 0.25);
+  * the video shows a faint drifting grating, in noise, whose orientation (bit 0), colour (bit 1: a luminance or an
+    equally strong chromatic grating) and spatial frequency (bit 2) name the class: slow to learn, but present in
+    every clip;
+  * so the modalities are redundant and complementary: the two together reach about 95%, well above either alone,
+    while a jointly trained model fits the fast audio cue (and memorises the clips without a tone through
+    their noise and distractors) and leaves its visual encoder under-trained, the imbalance this benchmark exists
+    for.
+Everything is drawn from one seeded generator per clip (the audio draws are the same with or without the tone, so
+``audio_missing`` changes no frame), so the same seed gives the same clips.
 """
 
 from __future__ import annotations
