@@ -258,6 +258,7 @@ def large_grid_dry_run(cfg: dict, workdir: Path, grid: dict) -> dict:
 def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:
     device = resolve_device(cfg["train"]["device"])
     cfg = copy.deepcopy(cfg)
+    cfg["tuning"]["enabled"] = False  # it times the training step, not the tuned values (which need the tune stage)
     if tiny:  # seconds, for the test suite: few small clips, small model, one timed epoch, a small grid
         cfg["datasets"]["synthetic-av"]["generate"].update(num_clips=48, size=32, fps=4)
         cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=16, fps=2)

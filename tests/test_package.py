@@ -43,8 +43,8 @@ def test_an_installed_wheel_runs_check_and_the_dag_outside_the_checkout(tmp_path
     assert where.stdout.splitlines() == [str(target / "benchmark/__init__.py"), str(target / "benchmark/_bundle")]
     check = run(str(target / "bin/mmbench"), "check", "--set", "train.epochs=2")
     assert check.returncode == 0, check.stderr
-    assert "packaged config.yaml: valid; experiment 'default'; 80 training runs" in check.stdout
+    assert "packaged config.yaml: valid; experiment 'default'; 30 training runs" in check.stdout
     dry = run(sys.executable, "-m", "benchmark", "run", "-n", "--set", "train.epochs=2")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert "train" in dry.stdout and "results/runs/synthetic-av/main/small_cnn/concat/ogm/seed0-" in dry.stdout
+    assert "train" in dry.stdout and "results/runs/synthetic-av/main/small_cnn/concat/ogm_ge/seed0-" in dry.stdout
     assert not (work / "results").exists()  # a dry run writes nothing

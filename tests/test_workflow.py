@@ -228,6 +228,7 @@ def test_user_classes_from_a_module_run_through_the_dag(tmp_path):
         "name": "weakest_boost",
         "params": {"lam": 0.3},
         "class": "my_methods:WeakestBoost",
+        "presets": [],
     }
     assert "score_audio" in m["history"][0]
 
