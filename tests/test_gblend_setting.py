@@ -457,8 +457,7 @@ def test_three_modality_multilabel_run_through_the_dag(tmp_path):
     md = (tmp_path / "results/default/leaderboard.md").read_text()
     assert (
         "| test mAP | Δ vs joint | p | p Holm | mAUC | top-1 | top-1 95% CI | top-5 | video top-1 | video top-5 | "
-        "video mAP | video mAUC |"
-        in md
+        "video mAP | video mAUC |" in md
     )
     assert "early stopping: trained 1 of 2 epochs" in md
 
