@@ -228,12 +228,14 @@ def _check_schema(cfg: dict) -> None:
 
 
 def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` over ``base``: mappings merge key by key, anything else replaces."""
+    """``override`` over ``base``: mappings merge key by key, anything else replaces. A search distribution (a
+    mapping with ``choices`` or ``low``) is one value: a range replaces a list of choices instead of mixing with it."""
     out = copy.deepcopy(base)
     for key, value in override.items():
+        leaf = isinstance(value, dict) and ("choices" in value or "low" in value)
         out[key] = (
             deep_merge(out[key], value)
-            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            if isinstance(value, dict) and isinstance(out.get(key), dict) and not leaf
             else copy.deepcopy(value)
         )
     return out

@@ -35,7 +35,14 @@ SPACE = {
 
 def tuned_config(trials: int = 3, **grid) -> dict:
     cfg = tiny_config(**grid)
-    cfg["tuning"] = {"enabled": True, "trials": trials, "seed": 0, "train_seed": 0, "space": copy.deepcopy(SPACE)}
+    cfg["tuning"] = {
+        "enabled": True,
+        "strategy": "random",
+        "trials": trials,
+        "seed": 0,
+        "train_seed": 0,
+        "space": copy.deepcopy(SPACE),
+    }
     return cfg
 
 
