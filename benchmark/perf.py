@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from benchmark.balancers.gblend import init_fingerprint
 from benchmark.config import component_class, dataset_settings, load_config, validate_config
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
 from benchmark.data.datasets import DATASETS
 from benchmark.grid import RunSpec
-from benchmark.models.model import fingerprint
 from benchmark.provenance import device_description
 from benchmark.resources import resource
 from benchmark.train import fit, make_optimizer, resolve_device
@@ -120,7 +120,9 @@ def _artifacts(cfg: dict, spec: RunSpec, model, workdir: Path) -> dict[str, Path
         return {}
     heads = list(model.modalities) + ["fused"]
     path = workdir / f"gblend-{spec.backbone}-{spec.fusion}.json"
-    path.write_text(json.dumps({"init_fingerprint": fingerprint(model), "weights": {h: 1 / len(heads) for h in heads}}))
+    path.write_text(
+        json.dumps({"init_fingerprint": init_fingerprint(model), "weights": {h: 1 / len(heads) for h in heads}})
+    )
     return {"gblend_weights": path}
 
 
