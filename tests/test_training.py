@@ -39,6 +39,21 @@ def test_same_seed_gives_identical_metrics_on_cpu(tiny_cfg, tmp_path):
     assert c["history"] != a["history"]
 
 
+def test_determinism_sets_the_deterministic_flag_without_importing_the_compiler():
+    # A fresh interpreter: the flag must be torch's own (what use_deterministic_algorithms sets, warn-only), and
+    # the start-up of each job must not pay for importing torch._inductor.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from benchmark.train import configure_determinism; configure_determinism(True); "
+        "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+        "'torch._inductor.config' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]
+
+
 def test_metrics_file_contents_and_validation_selection(tiny_cfg, tmp_path):
     spec = RunSpec("synthetic-av", "small_cnn", "concat", "mlb", 0)
     m = train_run(tiny_cfg, spec, tmp_path, log=quiet)
