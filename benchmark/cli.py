@@ -104,21 +104,26 @@ def cmd_balance(args: argparse.Namespace) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    from benchmark.data.preprocess import preprocess
+    from benchmark.data.preprocess import gather_shards, preprocess, preprocess_shard
 
     cfg = load_config(args)
     cls = component_class(cfg, "datasets", args.dataset)
     settings = dataset_settings(cfg, args.dataset)
     dirs = _dirs(cfg, args.dataset)
-    info = preprocess(
-        cls(settings),
-        Path(args.raw or dirs.raw),
-        Path(args.out or dirs.processed),
-        settings["preprocess"],
-        workers=args.workers,
+    where = dict(
+        dataset=cls(settings),
+        raw_dir=Path(args.raw or dirs.raw),
+        out_dir=Path(args.out or dirs.processed),
+        pre=settings["preprocess"],
+        shard_clips=cfg["resources"]["preprocess"]["shard_clips"],
         manifest=dirs.manifest,
     )
-    print(f"cached {info['clips']} clips ({info['rejected']} rejected)")
+    if args.shard is not None:
+        record = preprocess_shard(shard=args.shard, workers=args.workers, **where)
+        print(f"shard {args.shard}: cached {len(record['clip_ids'])} clips ({len(record['rejected'])} rejected)")
+        return
+    info = gather_shards(**where) if args.gather else preprocess(workers=args.workers, **where)
+    print(f"cached {info['clips']} clips in {len(info['shards'])} shards ({info['rejected']} rejected)")
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -260,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     add("check", cmd_check, "validate the config and count the grid's runs")
     for name, fn, help in (
         ("download", cmd_download, "obtain a dataset's raw clips and manifest"),
-        ("preprocess", cmd_preprocess, "decode clips into cached tensors"),
+        ("preprocess", cmd_preprocess, "decode clips into cached tensor shards (missing shards only), then index them"),
     ):
         sp = add(name, fn, help)
         sp.add_argument("--dataset", required=True)
@@ -270,6 +275,11 @@ def parser() -> argparse.ArgumentParser:
         )
         if name == "preprocess":
             sp.add_argument("--raw", help="raw folder (default: data/raw/<dataset>/<raw id>)")
+            only = sp.add_mutually_exclusive_group()
+            only.add_argument(
+                "--shard", type=int, help="decode only shard K (0-based; resources.preprocess.shard_clips rows each)"
+            )
+            only.add_argument("--gather", action="store_true", help="only index the shards already made")
     sp = add(
         "balance",
         cmd_balance,

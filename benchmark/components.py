@@ -6,6 +6,7 @@ datasets), so that ``benchmark.registry`` never has to import its clients.
 
 from __future__ import annotations
 
+import benchmark.data.avdigits  # noqa: F401  (registers avdigits)
 import benchmark.data.real  # noqa: F401  (its decorators register the real datasets)
 import benchmark.models.stream_fusions  # noqa: F401  (the fusions between encoder blocks)
 from benchmark.balancers import BALANCERS

@@ -17,7 +17,7 @@ BALANCED_MANIFEST = "manifest.balanced-{balance_id}.csv"
 BALANCE_REPORT = "balance-{balance_id}.json"
 #: the cached tensors (identity: every dataset setting but the split, and the numerics version)
 DATA_PROCESSED = "data/processed/{dataset}/{cache_id}"
-PROCESSED_FILES = ("clips.pt", "info.json")
+PROCESSED_FILES = ("index.csv", "info.json")  # written by the gather step once every shard is made
 #: one fold's train/val/test assignment (identity: the cache and the split settings)
 SPLIT_FILE = DATA_PROCESSED + "/splits/{split_id}/{fold}.csv"
 
@@ -38,8 +38,11 @@ LOGS = "results/logs"
 RAW_MANIFEST = DATA_RAW + "/manifest.csv"
 BALANCED_MANIFEST_FILE = DATA_RAW + "/" + BALANCED_MANIFEST
 BALANCE_REPORT_FILE = DATA_RAW + "/" + BALANCE_REPORT
-CLIPS_FILE = DATA_PROCESSED + "/clips.pt"
+INDEX_FILE = DATA_PROCESSED + "/index.csv"
 INFO_FILE = DATA_PROCESSED + "/info.json"
+#: one shard of the cache (benchmark.data.shards): its tensors and its record
+SHARD_TENSORS = DATA_PROCESSED + "/shards/{shard}.pt"
+SHARD_RECORD = DATA_PROCESSED + "/shards/{shard}.json"
 RUN_METRICS = RUN_DIR + "/metrics.json"
 RUN_LOG = RUN_DIR + "/train.log"
 TRIAL_FILE = TUNING_DIR + "/trial{trial}.json"
@@ -49,6 +52,7 @@ SELECT_LOG = TUNING_DIR + "/select.log"
 DOWNLOAD_LOG = LOGS + "/download/{dataset}-{raw_id}.log"
 BALANCE_LOG = LOGS + "/balance/{dataset}-{raw_id}-{balance_id}.log"
 PREPROCESS_LOG = LOGS + "/preprocess/{dataset}-{cache_id}.log"
+PREPROCESS_SHARD_LOG = LOGS + "/preprocess/{dataset}-{cache_id}/{shard}.log"
 SPLIT_LOG = LOGS + "/split/{dataset}-{cache_id}-{split_id}/{fold}.log"
 ESTIMATE_LOG = LOGS + "/estimate/{dataset}/{fold}/{backbone}/{fusion}/{method}/seed{seed}-{id}.log"
 AGGREGATE_LOG = LOGS + "/aggregate/{experiment}.log"

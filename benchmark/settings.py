@@ -45,6 +45,7 @@ class DatasetDirs:
     processed: Path
     splits: Path  # <fold>.csv files
     balance_report: str | None = None
+    balance_id: str | None = None  # the Algorithm 1 subset's identity (None: no balance step)
 
     def split_file(self, fold: str) -> Path:
         return self.splits / f"{fold}.csv"
@@ -59,12 +60,12 @@ def dataset_dirs(cfg: dict, dataset: str) -> DatasetDirs:
     split_id = identity_of({"cache": cache_id, "split": settings.get("split")})
     raw = paths.fill(paths.DATA_RAW, dataset=dataset, raw_id=raw_id)
     processed = paths.fill(paths.DATA_PROCESSED, dataset=dataset, cache_id=cache_id)
-    manifest, report = "manifest.csv", None
+    manifest, report, balance_id = "manifest.csv", None, None
     if settings.get("balance"):
         balance_id = identity_of({"raw": raw_id, "balance": settings["balance"]})
         manifest = paths.BALANCED_MANIFEST.format(balance_id=balance_id)
         report = paths.BALANCE_REPORT.format(balance_id=balance_id)
-    return DatasetDirs(raw, manifest, processed, processed / "splits" / split_id, report)
+    return DatasetDirs(raw, manifest, processed, processed / "splits" / split_id, report, balance_id)
 
 
 def canonical_json(obj) -> str:

@@ -29,8 +29,16 @@ from benchmark.models.model import MultimodalModel
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: a GPU when there is one (on a machine with several, one that no other job holds:
+    ``benchmark.devices``), else the CPU; an explicit name (``cuda:1``, ``cpu``) as given."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        from benchmark.devices import claim_gpu
+
+        index = claim_gpu(torch.cuda.device_count())
+        torch.cuda.set_device(index)  # so that anything asking for plain "cuda" gets this job's device too
+        return torch.device("cuda", index)
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device is '{name}' but CUDA is not available on this machine")

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import copy
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,3 +153,59 @@ def tiny_dirs(tiny_workspace):
 def in_tiny_workspace(tiny_workspace, monkeypatch) -> Path:
     monkeypatch.chdir(tiny_workspace)
     return tiny_workspace
+
+
+# --- a local HTTP server for the download tests (nothing in the tests reaches the network) ------------------
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """A static server that honours 'Range: bytes=N-' (what fetch() sends to resume)."""
+
+    ranges: list[str] = []
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def send_head(self):
+        header = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not header or not path.is_file():
+            return super().send_head()
+        RangeHandler.ranges.append(header)
+        start = int(header.split("=")[1].split("-")[0])
+        data = path.read_bytes()[start:]
+        self.send_response(206)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Range", f"bytes {start}-{start + len(data) - 1}/{path.stat().st_size}")
+        self.end_headers()
+        self.wfile.write(data)
+        return None
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    RangeHandler.ranges = []
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+# --- real recordings beside the repository -------------------------------------------------------------------
+
+#: the Free Spoken Digit Dataset's recordings, as laid out beside the repository (../shared/data/fsdd)
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+
+
+def fsdd_or_skip() -> Path:
+    """The shared FSDD copy; absent (a user's clone): the test skips saying so, or fails under CI."""
+    import os
+
+    if not (FSDD / "recordings").is_dir():
+        message = f"the FSDD recordings are not at {FSDD} (../shared/data/fsdd beside the repository)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return FSDD

@@ -35,7 +35,8 @@ def test_generated_layout_and_preprocessed_tensors(tiny_workspace, tiny_dirs):
     processed = tiny_workspace / tiny_dirs.processed
     info = json.loads((processed / "info.json").read_text())
     assert info["clips"] == 48 and info["rejected"] == 0
-    data = torch.load(processed / "clips.pt", weights_only=True)
+    cache = CachedSplit(processed)
+    data = {**cache.__getitems__(list(range(len(cache)))), "clip_id": cache.clip_ids}
     n = 48
     s = settings()["preprocess"]
     frames_expected = (n, s["visual"]["num_frames"], 3, s["visual"]["size"], s["visual"]["size"])
@@ -60,8 +61,9 @@ def test_generation_is_deterministic_for_a_seed(tmp_path, tiny_workspace, tiny_d
     ds = DATASETS.get("synthetic-av")(s)
     ds.download(tmp_path / "raw", workers=2)
     preprocess(ds, tmp_path / "raw", tmp_path / "proc", s["preprocess"], workers=2, log=lambda m: None)
-    a = torch.load(tmp_path / "proc/clips.pt", weights_only=True)
-    b = torch.load(tiny_workspace / tiny_dirs.processed / "clips.pt", weights_only=True)
+    a, b = (CachedSplit(p) for p in (tmp_path / "proc", tiny_workspace / tiny_dirs.processed))
+    assert a.clip_ids == b.clip_ids
+    a, b = (c.__getitems__(list(range(len(c)))) for c in (a, b))
     for key in ("audio", "visual", "label"):
         assert torch.equal(a[key], b[key]), key
     other = settings(seed=1)
@@ -126,7 +128,7 @@ def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace,
     s["max_rejected_fraction"] = 0.2  # tolerated: the good clips are cached, the bad ones stay listed
     info = preprocess(ds, raw, tmp_path / "proc", s, workers=2, log=lambda m: None)
     assert info["rejected"] == 7 and info["clips"] == 48
-    assert set(CachedSplit(tmp_path / "proc/clips.pt").clip_ids).isdisjoint(planted)
+    assert set(CachedSplit(tmp_path / "proc").clip_ids).isdisjoint(planted)
 
 
 def test_decoders_raise_media_errors(tmp_path):

@@ -244,7 +244,7 @@ def test_momentum_and_a_class_missing_from_the_share(tmp_path):
     pmr.on_epoch_start(0)
     first = {m: p.clone() for m, p in pmr.prototypes.items()}
     assert torch.equal(first["audio"][3], torch.zeros(2))  # no prototype yet: zero
-    split.inputs["audio"] = split.inputs["audio"] + 1.0  # move the data so the new class means differ
+    split.replace_modality("audio", lambda t: t + 1.0)  # move the data so the new class means differ
     pmr.on_epoch_start(1)
     new = class_means(split, range(50))["audio"]
     torch.testing.assert_close(pmr.prototypes["audio"][:3], 0.25 * first["audio"][:3] + 0.75 * new)

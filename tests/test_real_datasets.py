@@ -4,12 +4,9 @@ downloads (resume, checksums) against a local HTTP server — nothing here reach
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
-import http.server
 import json
 import shutil
-import threading
 import zipfile
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from benchmark.data.preprocess import preprocess
 from benchmark.data.sources import NotAvailable, SourceError, fetch
 from benchmark.data.splits import write_splits
 from tests import native_trees
-from tests.conftest import tiny_config
+from tests.conftest import RangeHandler, tiny_config
 
 SMALL = {
     "audio": {"sample_rate": 16000, "duration": 1.0, "transform": "mel", "n_fft": 256, "hop_length": 400, "n_mels": 16},
@@ -209,42 +206,50 @@ def test_video_folder(tmp_path, with_split):
         assert all(c.endswith(("__4", "__5")) for c in p["test"])
 
 
+def test_video_folder_rows_are_checked_by_line(tmp_path):
+    # a new user's labels.csv with planted faults: each bad row is refused with its line and reason, nothing
+    # becomes a class of its own, and the refusals reach the one rejected-clips report
+    root = tmp_path / "mine"
+    native_trees.video_folder_tree(root, with_split=True)
+    good = (root / "labels.csv").read_text()
+    planted = [
+        ("clips/a/0.mp4,kat,train", "label not in source.classes", "'kat' (did you mean 'cat'?)"),
+        ("clips/a/1.mp4,,train", "no label", ""),
+        (",a,train", "empty path", ""),
+        ("clips/a/2.mp4,a,train", "duplicate row", "same path as line 4"),
+        ("clips/b/0.mp4,b,", "no split", "other rows give one: give every row a split, or none"),
+        ("clips/b/1.mp4,b,holdout", "unknown split", "'holdout' (train | val | test)"),
+    ]
+    (root / "labels.csv").write_text(good + "".join(row + "\n" for row, _, _ in planted))
+    entry = {
+        "source": {"path": str(root), "classes": ["a", "b", "cat"], "max_missing_fraction": 0.5},
+        "split": {"test_fraction": 0.34},
+    }
+    ds, raw, processed, _ = run_pipeline(tmp_path, "video_folder", entry)
+    with (raw / "rejected_rows.csv").open() as f:
+        refused = [(int(r["line"]), r["reason"], r["detail"]) for r in csv.DictReader(f)]
+    assert refused == [(14 + k, reason, detail) for k, (_, reason, detail) in enumerate(planted)]
+    with (processed / "rejected.csv").open() as f:
+        report = [r for r in csv.DictReader(f)]
+    assert [(r["stage"], int(r["line"]), r["reason"]) for r in report] == [
+        ("listing", 14 + k, reason) for k, (_, reason, _) in enumerate(planted)
+    ]
+    info = json.loads((processed / "info.json").read_text())
+    assert info["classes"] == ["a", "b", "cat"] and info["clips"] == 12 and info["rejected_listing_rows"] == 6
+    assert sum(map(len, parts(processed, "main").values())) == 12
+
+
+def test_video_folder_stops_when_too_many_rows_are_refused(tmp_path):
+    root = tmp_path / "mine"
+    native_trees.video_folder_tree(root, with_split=False)
+    rows = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("\n".join([rows[0], *[r.replace(",a", ",kat") for r in rows[1:]]]) + "\n")
+    entry = {"source": {"path": str(root), "classes": ["a", "b"]}}
+    with pytest.raises(SourceError, match=r"6 of 12 listed rows rejected .* first: labels.csv:2: label not in source"):
+        run_pipeline(tmp_path, "video_folder", entry)
+
+
 # --- downloads ------------------------------------------------------------------------------------------------
-
-
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """A static server that honours 'Range: bytes=N-' (what fetch() sends to resume)."""
-
-    ranges: list[str] = []
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def send_head(self):
-        header = self.headers.get("Range")
-        path = Path(self.translate_path(self.path))
-        if not header or not path.is_file():
-            return super().send_head()
-        RangeHandler.ranges.append(header)
-        start = int(header.split("=")[1].split("-")[0])
-        data = path.read_bytes()[start:]
-        self.send_response(206)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Content-Range", f"bytes {start}-{start + len(data) - 1}/{path.stat().st_size}")
-        self.end_headers()
-        self.wfile.write(data)
-        return None
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(root)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    RangeHandler.ranges = []
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
 
 
 def test_fetch_resumes_verifies_and_records(server, tmp_path):

@@ -163,3 +163,39 @@ def test_bf16_and_channels_last_train_on_cpu_and_are_recorded_only_when_on(tiny_
     )
     assert m["config_hash"] != train_run(tiny_cfg, spec, tmp_path / "fp32", log=quiet)["config_hash"]
     assert all(h["train_loss"] == h["train_loss"] for h in m["history"])  # finite
+
+
+def test_jobs_on_one_machine_claim_different_gpus_and_a_slurm_job_its_own(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from benchmark import devices
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    devices.release_gpus()
+    # another job holds GPU 0 (a second process, as Snakemake starts them)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from benchmark import devices; print(devices.claim_gpu(3, {str(tmp_path)!r}), "
+            "flush=True); import time; time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "0"
+        assert devices.claim_gpu(3, tmp_path) == 1
+        assert devices.claim_gpu(3, tmp_path) == 1  # this process keeps its claim
+        devices.release_gpus()
+        monkeypatch.setenv("SLURM_JOB_ID", "42")
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")
+        assert devices.claim_gpu(2, tmp_path) == 0  # the allocation's first GPU, whatever its number on the node
+    finally:
+        holder.kill()
+        holder.wait()
+        devices.release_gpus()
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert devices.claim_gpu(3, tmp_path) == 0  # the holder is gone: the kernel dropped its lock
+    devices.release_gpus()

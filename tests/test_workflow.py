@@ -16,7 +16,7 @@ import yaml
 from benchmark.config import load_config
 from benchmark.grid import RunSpec
 from benchmark.settings import Resolver, Step
-from tests.conftest import REPO, data_dirs, tiny_config
+from tests.conftest import REPO, data_dirs, fsdd_or_skip, tiny_config
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
@@ -308,3 +308,32 @@ def test_a_preprocessing_stop_keeps_the_rejection_report_it_points_to(tmp_path):
     report = tmp_path / dirs[0].parent / "rejected.csv"
     assert str(report.relative_to(tmp_path)) in log and report.exists()  # the file the error points to survived
     assert sum(1 for _ in report.open()) - 1 == len(clips) // 2  # every rejected clip listed, with its reason
+
+
+@pytest.mark.slow
+def test_avdigits_real_recordings_through_the_dag_in_shards(tmp_path):
+    # real speech (FSDD) with real handwriting, a subset: 6 takes of every speaker and digit, the authors' split,
+    # cut into 4 shard jobs
+    fsdd = fsdd_or_skip()
+    cfg = tiny_config(datasets=["avdigits"], balancers=["joint", "ogm_ge"])
+    cfg["datasets"] = {"avdigits": {"source": {"path": str(fsdd), "takes": 6}, "split": {"scheme": "official"}}}
+    cfg["resources"] = {"preprocess": {"shard_clips": 100}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, configfile=tmp_path / "d.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    # shard jobs are known only once the download checkpoint has written the manifest: count the jobs run
+    assert len(re.findall(r"^(local)?rule preprocess_shard:", out, flags=re.M)) == 4
+    assert len(re.findall(r"^(local)?rule preprocess:", out, flags=re.M)) == 1
+    shard_logs = list((tmp_path / "results/logs/preprocess").glob("avdigits-*/*.log"))
+    assert sorted(p.stem for p in shard_logs) == ["00000", "00001", "00002", "00003"]
+    board = pd.read_csv(tmp_path / "results/default/leaderboard.csv")
+    assert {"joint", "ogm_ge"} <= set(board["method"]) and (board["status"] == "ok").all()
+    joint = json.loads(
+        (
+            run_path(tmp_path, tmp_path / "d.yaml", "joint", dataset="avdigits", fold="official") / "metrics.json"
+        ).read_text()
+    )
+    assert joint["status"] == "ok" and 0.0 <= joint["metrics"]["best"]["test"]["accuracy"] <= 1.0
+    again = snakemake(tmp_path, "-n", configfile=tmp_path / "d.yaml")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -1,8 +1,8 @@
 """Reading the preprocessed tensor cache for training.
 
-A split file is memory-mapped (several jobs on one node share its pages). Batches are gathered by index
-in one tensor operation per modality (``__getitems__``), so the DataLoader never collates sample by sample;
-uint8 frames travel to the device as bytes and are normalised there.
+The cache's shards are memory-mapped (several jobs on one node share their pages; a cache larger than memory
+still trains). Batches are gathered by index in one tensor operation per modality and shard (``__getitems__``), so
+the DataLoader never collates sample by sample; uint8 frames travel to the device as bytes and are normalised there.
 """
 
 from __future__ import annotations
@@ -14,21 +14,30 @@ from typing import Sequence
 
 import torch
 
+from benchmark.data.shards import cache_files
+
 
 class CachedSplit(torch.utils.data.Dataset):
+    """Clips of a tensor cache: a processed folder (its shards, ``benchmark.data.shards``) or one tensor file. Every
+    shard is memory-mapped; a batch is gathered with one indexing operation per modality and shard it touches."""
+
     def __init__(
         self, path: str | Path, indices: Sequence[int] | None = None, modalities: Sequence[str] | None = None
     ) -> None:
         self.path = Path(path)
-        data = torch.load(self.path, mmap=True, weights_only=True)
-        self.clip_ids: list[str] = data.pop("clip_id")
-        self.labels: torch.Tensor = data.pop("label")
+        parts = [torch.load(f, mmap=True, weights_only=True) for f in cache_files(self.path)]
+        self.clip_ids: list[str] = [c for p in parts for c in p.pop("clip_id")]
+        self.labels: torch.Tensor = torch.cat([p.pop("label") for p in parts])
+        have = set(parts[0])
         if modalities is not None:
-            missing = set(modalities) - set(data)
+            missing = set(modalities) - have
             if missing:
-                raise KeyError(f"{self.path} has no modality {sorted(missing)}; it has {sorted(data)}")
-            data = {m: data[m] for m in modalities}
-        self.inputs: dict[str, torch.Tensor] = data
+                raise KeyError(f"{self.path} has no modality {sorted(missing)}; it has {sorted(have)}")
+        names = list(modalities) if modalities is not None else list(parts[0])
+        self.shards: list[dict[str, torch.Tensor]] = [{m: p[m] for m in names} for p in parts]
+        sizes = torch.tensor([len(p[names[0]]) if names else 0 for p in parts])
+        self.shard_of = torch.repeat_interleave(torch.arange(len(parts)), sizes)
+        self.position = torch.cat([torch.arange(int(n)) for n in sizes])
         self.indices = (
             torch.arange(len(self.labels)) if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
         )
@@ -40,7 +49,7 @@ class CachedSplit(torch.utils.data.Dataset):
 
     @property
     def modalities(self) -> list[str]:
-        return list(self.inputs)
+        return list(self.shards[0])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -48,7 +57,7 @@ class CachedSplit(torch.utils.data.Dataset):
     def subset(self, positions: Sequence[int]) -> "CachedSplit":
         """A view on some of this split's samples (positions index this view, not the file)."""
         view = object.__new__(CachedSplit)
-        view.path, view.clip_ids, view.labels, view.inputs = self.path, self.clip_ids, self.labels, self.inputs
+        view.__dict__.update(self.__dict__)
         view.indices = self.indices[torch.as_tensor(list(positions), dtype=torch.long)]
         return view
 
@@ -58,9 +67,26 @@ class CachedSplit(torch.utils.data.Dataset):
     def targets(self) -> torch.Tensor:
         return self.labels[self.indices]
 
+    def gather(self, modality: str, idx: torch.Tensor) -> torch.Tensor:
+        """The rows ``idx`` (cache order) of one modality."""
+        if len(self.shards) == 1:
+            return self.shards[0][modality][idx]
+        shard, position = self.shard_of[idx], self.position[idx]
+        first = self.shards[0][modality]
+        out = torch.empty((len(idx), *first.shape[1:]), dtype=first.dtype)
+        for k in torch.unique(shard).tolist():
+            rows = shard == k
+            out[rows] = self.shards[k][modality][position[rows]]
+        return out
+
+    def replace_modality(self, modality: str, fn) -> None:
+        """Apply ``fn`` to every shard's tensor of one modality (in memory; tests move data with it)."""
+        for part in self.shards:
+            part[modality] = fn(part[modality])
+
     def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
         idx = self.indices[torch.as_tensor(positions, dtype=torch.long)]
-        batch = {m: t[idx] for m, t in self.inputs.items()}
+        batch = {m: self.gather(m, idx) for m in self.modalities}
         batch["label"] = self.labels[idx]
         return batch
 
@@ -84,13 +110,13 @@ def load_part(
     from benchmark.data.splits import read_split
 
     LOADED_PARTS.append((fold, part))
-    data = CachedSplit(Path(processed_dir) / "clips.pt", modalities=modalities)
+    data = CachedSplit(processed_dir, modalities=modalities)
     index = {clip: i for i, clip in enumerate(data.clip_ids)}
     ids = read_split(processed_dir, fold, part, splits_dir)
     missing = [c for c in ids if c not in index]
     if missing:
         raise KeyError(
-            f"splits/{fold}.csv lists clips that are not in clips.pt (e.g. {missing[:3]}); re-run the split step"
+            f"splits/{fold}.csv lists clips that are not in the cache (e.g. {missing[:3]}); re-run the split step"
         )
     return data.subset([index[c] for c in ids])
 

@@ -9,6 +9,7 @@ config (``datasets: {mine: {class: 'pkg.module:MyDataset', ...}}``).
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -98,6 +99,39 @@ def read_manifest(path: Path) -> list[dict]:
                 f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}; needs {', '.join(MANIFEST_COLUMNS)}"
             )
         return list(reader)
+
+
+#: the rows of a dataset's own listing (e.g. video_folder's labels.csv) refused before decoding, with their reasons
+REJECTED_ROWS = "rejected_rows.csv"
+REJECTED_ROW_COLUMNS = ("line", "path", "label", "reason", "detail")
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """One refused row of a listing: ``where`` names the file and line (``labels.csv:7``)."""
+
+    where: str
+    line: int
+    path: str
+    label: str
+    reason: str
+    detail: str = ""
+
+
+def write_rejected_rows(path: Path, refused: list[RejectedRow]) -> None:
+    with Path(path).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(REJECTED_ROW_COLUMNS)
+        writer.writerows([r.line, r.path, r.label, r.reason, r.detail] for r in refused)
+
+
+def read_rejected_rows(raw_dir: Path) -> list[dict]:
+    """The refused listing rows of a download (none when the dataset has no listing of its own)."""
+    path = Path(raw_dir) / REJECTED_ROWS
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @DATASETS.register("synthetic-av")

@@ -1,9 +1,10 @@
 """Raw clips -> cached tensors, once per dataset (training never decodes media).
 
 Per clip: ffmpeg-python decodes the audio (mono, fixed rate) and the frames (fixed fps and size) straight to
-arrays; torchaudio turns the waveform into a log spectrogram. Each split is saved as one file of compact
-tensors (uint8 frames, float16 spectrograms) that training memory-maps. A clip that cannot be used is
-listed with its reason in ``rejected.csv``; too many rejections stop the step with the first offender named.
+arrays; torchaudio turns the waveform into a log spectrogram. The manifest is cut into shards
+(``benchmark.data.shards``), each decoded by one job into a file of compact tensors (uint8 frames, float16
+spectrograms) that training memory-maps; a gather step indexes them. A clip that cannot be used is listed with its
+reason in ``rejected.csv``; too many rejections stop the gather step with the first offender named.
 """
 
 from __future__ import annotations
@@ -20,13 +21,27 @@ import numpy as np
 import torch
 
 from benchmark.data.cache import cache_settings_hash
-from benchmark.data.datasets import SPLITS, Dataset, read_manifest, split_labels
+from benchmark.data.datasets import SPLITS, Dataset, read_manifest, read_rejected_rows, split_labels
 from benchmark.data.media import MediaError, decode_audio, decode_frames
+from benchmark.data.shards import (
+    SHARDS,
+    save_atomic,
+    shard_bounds,
+    shard_count,
+    shard_name,
+    shard_record,
+    shard_tensors,
+    write_index,
+)
 from benchmark.metrics import CLIP_SEPARATOR
 
 
 class PreprocessError(RuntimeError):
     pass
+
+
+#: manifest rows per shard when the config does not say (resources.preprocess.shard_clips)
+DEFAULT_SHARD_CLIPS = 1000
 
 
 def fixed_length(wave: np.ndarray, n: int, mode: str) -> np.ndarray:
@@ -221,27 +236,36 @@ class ClipDecoder:
         return out
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+def stack_clips(clips: list[tuple[str, dict]], multi_label: bool, modalities: list[str]) -> dict:
+    """Decoded clips as one tensor per modality (and their ids and labels), as a shard file stores them."""
+    labels = [out["label"] for _, out in clips]
+    tensors = {
+        "clip_id": [clip_id for clip_id, _ in clips],
+        "label": torch.stack(labels) if multi_label else torch.tensor(labels, dtype=torch.long),
+    }
+    for modality in modalities:
+        tensors[modality] = torch.stack([out[modality] for _, out in clips])
+    return tensors
 
 
-def preprocess(
+def preprocess_shard(
     dataset: Dataset,
     raw_dir: Path,
     out_dir: Path,
     pre: dict,
+    shard: int,
+    shard_clips: int,
     workers: int = 1,
     log: Callable[[str], None] = print,
     manifest: str = "manifest.csv",
 ) -> dict:
-    """Decode every clip of ``raw_dir/manifest`` and write ``<out_dir>/clips.pt``, ``rejected.csv``, ``info.json``."""
+    """Decode the manifest rows of one shard into ``shards/<k>.pt`` and its record ``shards/<k>.json`` (rows
+    covered, clip ids, rejected rows with reasons, settings hash, shapes). Memory is bounded by the shard."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(raw_dir / manifest)
     if not rows:
         raise PreprocessError(f"{raw_dir / manifest} lists no clips")
+    lo, hi = shard_bounds(shard, len(rows), shard_clips)
     classes = dataset.classes(rows)
     decode = ClipDecoder(dataset, raw_dir, pre, classes)
     torch.set_num_threads(1)  # parallelism comes from the clip workers
@@ -252,56 +276,157 @@ def preprocess(
         except MediaError as err:
             return err
 
-    results: list[dict | MediaError] = []
-    step = max(1, len(rows) // 10)
+    part = rows[lo:hi]
+    results: list[list[tuple[str, dict]] | MediaError] = []
+    step = max(1, len(part) // 10)
+    n_shards = shard_count(len(rows), shard_clips)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, res in enumerate(pool.map(safe, rows), 1):
+        for i, res in enumerate(pool.map(safe, part), 1):
             results.append(res)
-            if i % step == 0 or i == len(rows):
-                log(f"[preprocess] {i}/{len(rows)} clips ({100 * i // len(rows)}%)")
-
-    rejected = [(row, res) for row, res in zip(rows, results) if isinstance(res, MediaError)]
-    with (out_dir / "rejected.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["clip_id", "path", "reason", "detail"])
-        for row, err in rejected:
-            writer.writerow([row["clip_id"], row["path"], err.reason, err.detail])
-    log(f"[preprocess] accepted {len(rows) - len(rejected)}, rejected {len(rejected)} (see {out_dir / 'rejected.csv'})")
-    limit = pre["max_rejected_fraction"]
-    if len(rejected) > limit * len(rows):
-        row, err = rejected[0]
-        raise PreprocessError(
-            f"{len(rejected)} of {len(rows)} clips rejected ({100 * len(rejected) / len(rows):.1f}%), more than "
-            f"max_rejected_fraction={limit}; first: {raw_dir / row['path']} ({err.reason}); all listed in "
-            f"{out_dir / 'rejected.csv'}"
-        )
-    keep = [(row, res) for row, res in zip(rows, results) if not isinstance(res, MediaError)]
-    if not keep:
-        raise PreprocessError(f"no usable clips in {raw_dir / manifest}")
-    clips = [clip for _, res in keep for clip in res]
-    labels = [out["label"] for _, out in clips]
-    tensors = {
-        "clip_id": [clip_id for clip_id, _ in clips],
-        "label": torch.stack(labels) if dataset.multi_label else torch.tensor(labels, dtype=torch.long),
+            if i % step == 0 or i == len(part):
+                log(f"[preprocess] shard {shard + 1}/{n_shards}: {i}/{len(part)} clips ({100 * i // len(part)}%)")
+    rejected = [
+        {"clip_id": row["clip_id"], "path": row["path"], "reason": err.reason, "detail": err.detail}
+        for row, err in zip(part, results)
+        if isinstance(err, MediaError)
+    ]
+    kept = [res for res in results if not isinstance(res, MediaError)]
+    clips = [clip for res in kept for clip in res]
+    del results
+    tensors = stack_clips(clips, dataset.multi_label, list(dataset.modalities)) if clips else {"clip_id": []}
+    shapes = {
+        m: {"shape": list(tensors[m].shape[1:]), "dtype": str(tensors[m].dtype).replace("torch.", "")}
+        for m in dataset.modalities
+        if clips
     }
-    shapes = {}
-    for modality in dataset.modalities:
-        tensors[modality] = torch.stack([out[modality] for _, out in clips])
-        shapes[modality] = {
-            "shape": list(tensors[modality].shape[1:]),
-            "dtype": str(tensors[modality].dtype).replace("torch.", ""),
-        }
-    _atomic_save(tensors, out_dir / "clips.pt")
-    info = {
-        "dataset": dataset.name,
+    record = {
+        "shard": shard,
+        "rows": [lo, hi],
+        "shard_clips": shard_clips,
+        "clip_ids": tensors["clip_id"],
+        "videos": len(kept),
+        "rejected": rejected,
+        "modalities": shapes,
         "classes": classes,
-        "multi_label": dataset.multi_label,
-        "clips": len(clips),
-        "videos": len(keep),
         "clips_per_video": decode.clips_per_video,
-        "rejected": len(rejected),
-        "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()},
         "settings_hash": cache_settings_hash(dataset.settings),
     }
-    (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    save_atomic(tensors, shard_tensors(out_dir, shard))
+    save_atomic(record, shard_record(out_dir, shard))  # last: a record means its tensors are complete
+    log(f"[preprocess] shard {shard + 1}/{n_shards}: rows {lo}-{hi - 1}, {len(clips)} clips, {len(rejected)} rejected")
+    return record
+
+
+def missing_shards(out_dir: Path, n_rows: int, shard_clips: int, settings_hash: str) -> list[int]:
+    """The shards without a complete record made with these settings and this shard size."""
+    out = []
+    for k in range(shard_count(n_rows, shard_clips)):
+        path = shard_record(out_dir, k)
+        if not path.exists():
+            out.append(k)
+            continue
+        record = json.loads(path.read_text())
+        if record["settings_hash"] != settings_hash or record["rows"] != list(shard_bounds(k, n_rows, shard_clips)):
+            out.append(k)
+    return out
+
+
+def gather_shards(
+    dataset: Dataset,
+    raw_dir: Path,
+    out_dir: Path,
+    pre: dict,
+    shard_clips: int,
+    log: Callable[[str], None] = print,
+    manifest: str = "manifest.csv",
+) -> dict:
+    """Check the shards and write ``index.csv`` (clip id -> shard, position), ``info.json`` and the one rejected-clips
+    report ``rejected.csv`` (the listing's refused rows and every shard's rejected clips)."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    rows = read_manifest(raw_dir / manifest)
+    if not rows:
+        raise PreprocessError(f"{raw_dir / manifest} lists no clips")
+    settings_hash = cache_settings_hash(dataset.settings)
+    missing = missing_shards(out_dir, len(rows), shard_clips, settings_hash)
+    if missing:
+        raise PreprocessError(
+            f"{len(missing)} of {shard_count(len(rows), shard_clips)} shards of {out_dir} are missing or were made "
+            f"with other settings (first: {shard_name(missing[0])}); run their preprocess step "
+            f"(python -m benchmark preprocess --dataset {dataset.name} --shard {missing[0]})"
+        )
+    records = [json.loads(shard_record(out_dir, k).read_text()) for k in range(shard_count(len(rows), shard_clips))]
+    shapes = {}
+    for record in records:
+        for m, shape in record["modalities"].items():
+            if shapes.setdefault(m, shape) != shape:
+                raise PreprocessError(
+                    f"shard {shard_name(record['shard'])} stores {m} as {shape}, another shard as {shapes[m]}"
+                )
+    rejected = [r for record in records for r in record["rejected"]]
+    listing = read_rejected_rows(raw_dir)  # refused by the download step (the dataset's own listing), by line
+    with (out_dir / "rejected.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["clip_id", "path", "reason", "detail", "stage", "line"])
+        for r in listing:
+            writer.writerow(["", r["path"], r["reason"], r["detail"], "listing", r["line"]])
+        for r in rejected:
+            writer.writerow([r["clip_id"], r["path"], r["reason"], r["detail"], "decode", ""])
+    log(
+        f"[preprocess] {len(records)} shards: accepted {len(rows) - len(rejected)}, rejected {len(rejected)}"
+        + (f" (and {len(listing)} rows of the listing before decoding)" if listing else "")
+        + f" (see {out_dir / 'rejected.csv'})"
+    )
+    limit = pre["max_rejected_fraction"]
+    if len(rejected) > limit * len(rows):
+        first = rejected[0]
+        raise PreprocessError(
+            f"{len(rejected)} of {len(rows)} clips rejected ({100 * len(rejected) / len(rows):.1f}%), more than "
+            f"max_rejected_fraction={limit}; first: {raw_dir / first['path']} ({first['reason']}); all listed in "
+            f"{out_dir / 'rejected.csv'}"
+        )
+    clips = sum(len(r["clip_ids"]) for r in records)
+    if not clips:
+        raise PreprocessError(f"no usable clips in {raw_dir / manifest}")
+    write_index(out_dir, [r["clip_ids"] for r in records])
+    info = {
+        "dataset": dataset.name,
+        "classes": records[0]["classes"],
+        "multi_label": dataset.multi_label,
+        "clips": clips,
+        "videos": sum(r["videos"] for r in records),
+        "clips_per_video": records[0]["clips_per_video"],
+        "rejected": len(rejected),
+        "rejected_listing_rows": len(listing),
+        "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()},
+        "settings_hash": settings_hash,
+        "shard_clips": shard_clips,
+        "shards": [
+            {"file": f"{SHARDS}/{shard_name(r['shard'])}.pt", "clips": len(r["clip_ids"])}
+            for r in records
+            if r["clip_ids"]
+        ],
+    }
+    save_atomic(info, out_dir / "info.json")
     return info
+
+
+def preprocess(
+    dataset: Dataset,
+    raw_dir: Path,
+    out_dir: Path,
+    pre: dict,
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+    manifest: str = "manifest.csv",
+    shard_clips: int = DEFAULT_SHARD_CLIPS,
+) -> dict:
+    """Decode every shard not yet made (resumable: a complete shard is kept), then gather them (see
+    ``gather_shards``) into ``<out_dir>/index.csv``, ``info.json`` and ``rejected.csv``."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    rows = read_manifest(raw_dir / manifest)
+    if not rows:
+        raise PreprocessError(f"{raw_dir / manifest} lists no clips")
+    todo = missing_shards(out_dir, len(rows), shard_clips, cache_settings_hash(dataset.settings))
+    for k in todo:
+        preprocess_shard(dataset, raw_dir, out_dir, pre, k, shard_clips, workers, log, manifest)
+    return gather_shards(dataset, raw_dir, out_dir, pre, shard_clips, log, manifest)

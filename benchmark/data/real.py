@@ -11,6 +11,7 @@ the step. Preprocessing presets reproduce the settings of the papers; each names
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,15 @@ from typing import ClassVar
 import numpy as np
 
 from benchmark.data.carving import carve_validation
-from benchmark.data.datasets import DATASETS, Dataset, write_manifest
+from benchmark.data.datasets import (
+    DATASETS,
+    REJECTED_ROWS,
+    SPLITS,
+    Dataset,
+    RejectedRow,
+    write_manifest,
+    write_rejected_rows,
+)
 from benchmark.data.media import MediaError, decode_audio
 from benchmark.data.sources import NotAvailable, SourceError, check_complete, extract, fetch
 
@@ -40,7 +49,19 @@ class RawDataset(Dataset):
     def download(self, raw_dir: Path, workers: int = 1) -> None:
         raw_dir = Path(raw_dir)
         root = self.local_tree(raw_dir) if self.settings["source"]["path"] else self.fetch_tree(raw_dir, workers)
-        rows, official = self.index(root, workers)
+        rows, official, *rest = self.index(root, workers)
+        refused = list(rest[0]) if rest else []
+        write_rejected_rows(raw_dir / REJECTED_ROWS, refused)
+        listed = len(official) + len(refused)
+        if refused:
+            first = refused[0]
+            log = f"{len(refused)} of {listed} listed rows rejected (listed in {raw_dir / REJECTED_ROWS})"
+            print(f"[source] {root}: {log}")
+            if len(refused) > self.settings["source"]["max_missing_fraction"] * listed:
+                raise SourceError(
+                    f"{log}, more than source.max_missing_fraction={self.settings['source']['max_missing_fraction']}"
+                    f"; first: {first.where}: {first.reason} ({first.detail})"
+                )
         present = set(
             check_complete(
                 [r["clip_id"] for r in rows],
@@ -84,9 +105,21 @@ class RawDataset(Dataset):
             f"Then set datasets.{self.name}.source.path to that folder."
         )
 
-    def index(self, root: Path, workers: int) -> tuple[list[dict], list[str]]:
-        """(manifest rows with paths relative to ``root``, the official list of clip ids)."""
+    def index(self, root: Path, workers: int) -> tuple[list[dict], list[str]] | tuple[list[dict], list[str], list]:
+        """(manifest rows with paths relative to ``root``, the official list of clip ids[, the listed rows refused,
+        as ``RejectedRow``s: written to ``rejected_rows.csv`` and counted against ``source.max_missing_fraction``])."""
         raise NotImplementedError
+
+
+def read_class_list(given: str | list[str] | None) -> list[str] | None:
+    """A class list from config: a list, or a file with one class per line (None when not given)."""
+    if not given:
+        return None
+    return (
+        list(given)
+        if isinstance(given, list)
+        else [c.strip() for c in Path(given).read_text().splitlines() if c.strip()]
+    )
 
 
 def stft_preset(source: str, sample_rate: int, duration: float, n_fft: int, hop_length: int, num_frames: int) -> dict:
@@ -368,9 +401,7 @@ class KineticsSounds(YouTubeClips):
                 f"datasets.{self.name}.source.classes is not set: name the 31 Kinetics-Sounds classes "
                 f"(a file with one per line, e.g. the class list of the OGM-GE repository, or a list)"
             )
-        return (
-            list(given) if isinstance(given, list) else [c for c in Path(given).read_text().splitlines() if c.strip()]
-        )
+        return read_class_list(given)
 
     def classes(self, rows: list[dict]) -> list[str]:
         return sorted(self.class_list())
@@ -572,33 +603,35 @@ class VideoFolder(RawDataset):
     """Any collection: a folder of videos and a CSV (``source.csv``, relative to the folder or absolute) with the
     columns path, label and optionally split (train/val/test). Without a split column, test and validation parts
     are carved from all clips (stratified, seeded: split.test_fraction, split.val_fraction); without val, val is
-    carved from train. This is how Kinetics-400, EPIC-Kitchens or AudioSet subsets come in."""
+    carved from train. This is how Kinetics-400, EPIC-Kitchens or AudioSet subsets come in.
 
-    source_defaults = {"path": None, "csv": "labels.csv", "max_missing_fraction": 0.05}
+    The CSV is checked row by row, each refusal naming its line (``rejected_rows.csv``): an empty path or label, a
+    label outside ``source.classes`` (a list or a file with one class per line; without it the classes are the
+    labels found), an unknown split, a row without a split where others have one, and a repeated path or clip id
+    (the first one is kept)."""
+
+    source_defaults = {"path": None, "csv": "labels.csv", "classes": None, "max_missing_fraction": 0.05}
     split_defaults = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
     obtain = "video_folder reads a folder you provide."
 
-    def index(self, root: Path, workers: int) -> tuple[list[dict], list[str]]:
+    def classes(self, rows: list[dict]) -> list[str]:
+        return read_class_list(self.settings["source"]["classes"]) or super().classes(rows)
+
+    def index(self, root: Path, workers: int) -> tuple[list[dict], list[str], list[RejectedRow]]:
         listing = Path(self.settings["source"]["csv"])
         listing = listing if listing.is_absolute() else root / listing
         if not listing.exists():
             raise SourceError(
                 f"datasets.{self.name}.source.csv: {listing} does not exist (columns: path,label[,split])"
             )
-        with listing.open(newline="") as f:
-            entries = list(csv.DictReader(f))
-        missing_cols = {"path", "label"} - set(entries[0] if entries else {})
-        if missing_cols:
-            raise SourceError(
-                f"{listing} lacks column(s) {', '.join(sorted(missing_cols))} (columns: path,label[,split])"
-            )
+        classes = read_class_list(self.settings["source"]["classes"])
+        entries, refused = checked_label_rows(listing, classes)
         rows, official = [], []
         for e in entries:
-            clip_id = Path(e["path"]).with_suffix("").as_posix().replace("/", "__")
-            official.append(clip_id)
+            official.append(e["clip_id"])
             if (root / e["path"]).is_file():
-                rows.append({"clip_id": clip_id, "path": e["path"], "label": e["label"], "split": e.get("split", "")})
-        return rows, official
+                rows.append({k: e[k] for k in ("clip_id", "path", "label", "split")})
+        return rows, official, refused
 
     def split(self, rows: list[dict], fold: str) -> dict[str, str]:
         s = self.settings["split"]
@@ -607,3 +640,47 @@ class VideoFolder(RawDataset):
             return super().split(rows, fold)
         assignment = carve_validation({c: "train" for c in labels}, labels, s["test_fraction"], s["seed"], into="test")
         return carve_validation(assignment, labels, s["val_fraction"] / (1 - s["test_fraction"]), s["seed"] + 1)
+
+
+def checked_label_rows(listing: Path, classes: list[str] | None) -> tuple[list[dict], list[RejectedRow]]:
+    """The rows of a path,label[,split] CSV that can be used (with their clip id and line), and the refused ones."""
+    with listing.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing_cols = {"path", "label"} - set(reader.fieldnames or ())
+        if missing_cols:
+            raise SourceError(
+                f"{listing} lacks column(s) {', '.join(sorted(missing_cols))} (columns: path,label[,split])"
+            )
+        entries = [(reader.line_num, r) for r in reader]
+    has_split = any((r.get("split") or "").strip() for _, r in entries)
+    known = set(classes or ())
+    seen_path: dict[str, int] = {}
+    seen_id: dict[str, int] = {}
+    kept, refused = [], []
+    for line, r in entries:
+        path, label = (r.get("path") or "").strip(), (r.get("label") or "").strip()
+        split = (r.get("split") or "").strip()
+
+        def refuse(reason: str, detail: str = "") -> None:
+            refused.append(RejectedRow(f"{listing.name}:{line}", line, path, label, reason, detail))
+
+        clip_id = Path(path).with_suffix("").as_posix().replace("/", "__") if path else ""
+        if not path:
+            refuse("empty path")
+        elif not label:
+            refuse("no label")
+        elif classes is not None and label not in known:
+            close = difflib.get_close_matches(label, classes, n=1)
+            refuse("label not in source.classes", repr(label) + (f" (did you mean {close[0]!r}?)" if close else ""))
+        elif split and split not in SPLITS:
+            refuse("unknown split", f"{split!r} (train | val | test)")
+        elif has_split and not split:
+            refuse("no split", "other rows give one: give every row a split, or none")
+        elif path in seen_path:
+            refuse("duplicate row", f"same path as line {seen_path[path]}")
+        elif clip_id in seen_id:
+            refuse("duplicate clip id", f"{clip_id!r} as line {seen_id[clip_id]} (paths differ only by extension)")
+        else:
+            seen_path[path], seen_id[clip_id] = line, line
+            kept.append({"clip_id": clip_id, "path": path, "label": label, "split": split, "line": line})
+    return kept, refused

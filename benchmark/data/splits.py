@@ -12,9 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from benchmark.data.datasets import SPLITS, Dataset, read_manifest
+from benchmark.data.shards import INDEX
 from benchmark.metrics import video_of
 
 
@@ -23,7 +22,9 @@ class SplitError(RuntimeError):
 
 
 def accepted_clips(processed_dir: Path) -> list[str]:
-    return list(torch.load(Path(processed_dir) / "clips.pt", mmap=True, weights_only=True)["clip_id"])
+    """The cached clips, in cache order (from the gather step's index)."""
+    with (Path(processed_dir) / INDEX).open(newline="") as f:
+        return [r["clip_id"] for r in csv.DictReader(f)]
 
 
 def write_splits(

@@ -15,6 +15,7 @@ sys.path.insert(0, os.getcwd())
 
 from benchmark import paths
 from benchmark.config import ConfigError, SCHEMA_PATH, grid_names, layered, typed, validate_config
+from benchmark.data.shards import count_rows, shard_count, shard_name
 from benchmark.grid import NO_FUSION, RunSpec, dataset_folds, grid_runs
 from benchmark.settings import Resolver, Step, experiment_record
 
@@ -70,6 +71,7 @@ wildcard_constraints:
     cache_id=r"[0-9a-f]{12}",
     split_id=r"[0-9a-f]{12}",
     balance_id=r"[0-9a-f]{12}",
+    shard=r"\d{5}",
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     fold=_alternatives({f for d in grid_names(config, "datasets") for f in dataset_folds(config, d)}),
 
@@ -103,7 +105,22 @@ def data_inputs(w, step: str) -> list[str]:
     if done.exists():
         return []
     manifest = [str(dirs.raw / dirs.manifest)] if step != "balance" else [str(dirs.raw / "manifest.csv")]
-    return manifest + ([str(dirs.processed / "clips.pt")] if step == "split" else [])
+    return manifest + ([str(dirs.processed / "index.csv")] if step == "split" else [])
+
+
+def shard_records(w) -> list[str]:
+    """The gather step's inputs: every shard's record, as many as the manifest has shards (read once the manifest's
+    checkpoint has run; none once the gather's output exists)."""
+    dirs = DIRS[w.dataset]
+    if (dirs.processed / "info.json").exists():
+        return []
+    if dirs.balance_id is None:
+        manifest = checkpoints.download.get(dataset=w.dataset, raw_id=dirs.raw.name).output.manifest
+    else:
+        manifest = checkpoints.balance.get(dataset=w.dataset, raw_id=dirs.raw.name, balance_id=dirs.balance_id).output.manifest
+    n = shard_count(count_rows(manifest), RES["preprocess"]["shard_clips"])
+    return [str(paths.fill(paths.SHARD_RECORD, dataset=w.dataset, cache_id=dirs.processed.name, shard=shard_name(k)))
+            for k in range(n)]
 
 
 def estimate_modalities(w) -> str:

@@ -1,9 +1,9 @@
 # Stage 1: raw clips + manifest (for synthetic-av: generated deterministically from its seed), in a folder named by
-# the dataset's source (or generation) settings.
+# the dataset's source (or generation) settings. A checkpoint: the manifest's length sets the number of shards.
 localrules: download
 
 
-rule download:
+checkpoint download:
     output:
         manifest=paths.RAW_MANIFEST,
     log:
