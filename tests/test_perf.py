@@ -37,7 +37,25 @@ def test_perf_tiny_prints_the_table_and_writes_json(tmp_path):
     assert set(report["training"]) == {"joint", "ogm_ge", "mlb", "gblend"} and all(
         v > 0 for v in report["training"].values()
     )
-    assert 0 <= report["data_wait_builtin"]["fraction"] <= 1 and report["data_wait_real_size"]["steps"] >= 1
+    assert -1 <= report["data_wait_builtin"]["fraction"] <= 1 and report["data_wait_real_size"]["steps"] >= 1
     assert report["dry_run"]["train_jobs"] == 2 and report["dry_run"]["seconds"] > 0
     assert report["preprocess_clips_per_s"]["1"] > 0 and report["device"].startswith("cpu")
     assert not (REPO / "data/raw/synthetic-av-w1").exists()  # the scratch workspace, not the repository, holds its data
+
+
+@pytest.mark.slow
+def test_perf_data_tiny_measures_shards_decoding_dry_run_and_a_sharded_cache(tmp_path):
+    out = tmp_path / "perf-data.json"
+    cmd = [sys.executable, "-m", "benchmark", "perf", "--data", "--tiny", "--out", str(out), "--workdir", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    sizes = [(r["clips"], r["shards"]) for r in report["preprocess"]]
+    assert sizes == [(8, 2), (16, 4)] and report["one_shard"]["shards"] == 1 and report["one_shard"]["clips"] == 16
+    assert all(r["peak_rss_mb_shard_job"] > 0 and r["clips_per_s"] > 0 for r in report["preprocess"])
+    assert len(report["decoding"]) == 3 and all(v > 0 for v in report["decoding"].values())
+    assert report["dry_run"]["shard_jobs"] == 200 and report["dry_run"]["clips"] == 2000
+    assert report["data_wait_large_cache"]["shards"] >= 1 and -1 <= report["data_wait_large_cache"]["fraction"] <= 1
+    for row in ("shard-job memory", "snakemake -n, 2,000-clip manifest, 200 shard jobs", "data wait, 0.0 GB sharded"):
+        assert row in res.stdout, row
+    assert not list(tmp_path.glob("tree-*")) and not (tmp_path / "large-cache").exists()  # scratch cleaned up
