@@ -226,6 +226,18 @@ def real_size_data_wait(cfg: dict, workdir: Path, clips: int, steps: int, device
     return data_wait_fraction(model, data, prep, cfg["train"]["batch_size"], device, steps)
 
 
+def timed_dry_run(dag_dir: Path, configfile: Path) -> tuple[float, str]:
+    """``snakemake -n`` of the DAG for ``configfile`` in ``dag_dir``: its seconds and its job table."""
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "-s", str(resource("Snakefile"))]
+    cmd += ["-d", str(dag_dir), "--configfile", str(configfile)]
+    start = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if res.returncode != 0:
+        raise RuntimeError(f"dry run failed: {res.stderr[-2000:]}")
+    return seconds, res.stdout.split("Job stats:")[1].split("total")[0]  # Snakemake prints the table twice
+
+
 def large_grid_dry_run(cfg: dict, workdir: Path, grid: dict) -> dict:
     big = copy.deepcopy(cfg)
     big["grid"] = grid
@@ -236,26 +248,7 @@ def large_grid_dry_run(cfg: dict, workdir: Path, grid: dict) -> dict:
     validate_config(copy.deepcopy(big))
     path = workdir / "large-grid.yaml"
     path.write_text(yaml.safe_dump(big))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-n",
-        "--quiet",
-        "rules",
-        "-s",
-        str(resource("Snakefile")),
-        "-d",
-        str(workdir / "dry"),
-        "--configfile",
-        str(path),
-    ]
-    start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if res.returncode != 0:
-        raise RuntimeError(f"dry run failed: {res.stderr[-2000:]}")
-    stats = res.stdout.split("Job stats:")[1].split("total")[0]  # Snakemake prints the table twice
+    seconds, stats = timed_dry_run(workdir / "dry", path)
     jobs = sum(int(line.split()[-1]) for line in stats.splitlines() if line.startswith("train "))
     return {"seconds": seconds, "train_jobs": jobs}
 

@@ -32,7 +32,6 @@ import yaml
 
 from benchmark.config import component_class, validate_config
 from benchmark.data.shards import INDEX, SHARDS, save_atomic, shard_name, write_index
-from benchmark.resources import resource
 from benchmark.settings import dataset_dirs
 
 #: CREMA-D under the OGM-GE preset's audio, and MLB's 3 frames (the issue's real-size clip)
@@ -214,27 +213,12 @@ def dry_run_large_manifest(base: dict, work: Path, clips: int, shard_clips: int)
         writer.writerows(
             (f"c{i:06d}", f"clips/{i:06d}.mp4", f"c{i % 6}", SPLIT_CYCLE[i % len(SPLIT_CYCLE)]) for i in range(clips)
         )
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-n",
-        "--quiet",
-        "rules",
-        "-s",
-        str(resource("Snakefile")),
-        "-d",
-        str(work / "dry"),
-        "--configfile",
-        str(config),
-    ]
-    start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    subprocess.run(["rm", "-rf", str(work / "dry"), str(root)], check=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"dry run failed: {res.stderr[-2000:]}")
-    stats = res.stdout.split("Job stats:")[1].split("total")[0]
+    from benchmark.perf import timed_dry_run
+
+    try:
+        seconds, stats = timed_dry_run(work / "dry", config)
+    finally:
+        subprocess.run(["rm", "-rf", str(work / "dry"), str(root)], check=True)
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, flags=re.M)}
     return {
         "clips": clips,
