@@ -248,6 +248,14 @@ def stack_clips(clips: list[tuple[str, dict]], multi_label: bool, modalities: li
     return tensors
 
 
+def manifest_rows(raw_dir: Path, manifest: str) -> list[dict]:
+    """The manifest's rows; an empty manifest stops the step."""
+    rows = read_manifest(Path(raw_dir) / manifest)
+    if not rows:
+        raise PreprocessError(f"{Path(raw_dir) / manifest} lists no clips")
+    return rows
+
+
 def preprocess_shard(
     dataset: Dataset,
     raw_dir: Path,
@@ -258,13 +266,12 @@ def preprocess_shard(
     workers: int = 1,
     log: Callable[[str], None] = print,
     manifest: str = "manifest.csv",
+    rows: list[dict] | None = None,
 ) -> dict:
     """Decode the manifest rows of one shard into ``shards/<k>.pt`` and its record ``shards/<k>.json`` (rows
     covered, clip ids, rejected rows with reasons, settings hash, shapes). Memory is bounded by the shard."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    rows = read_manifest(raw_dir / manifest)
-    if not rows:
-        raise PreprocessError(f"{raw_dir / manifest} lists no clips")
+    rows = rows if rows is not None else manifest_rows(raw_dir, manifest)
     lo, hi = shard_bounds(shard, len(rows), shard_clips)
     classes = dataset.classes(rows)
     decode = ClipDecoder(dataset, raw_dir, pre, classes)
@@ -343,9 +350,7 @@ def gather_shards(
     """Check the shards and write ``index.csv`` (clip id -> shard, position), ``info.json`` and the one rejected-clips
     report ``rejected.csv`` (the listing's refused rows and every shard's rejected clips)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    rows = read_manifest(raw_dir / manifest)
-    if not rows:
-        raise PreprocessError(f"{raw_dir / manifest} lists no clips")
+    rows = manifest_rows(raw_dir, manifest)
     settings_hash = cache_settings_hash(dataset.settings)
     missing = missing_shards(out_dir, len(rows), shard_clips, settings_hash)
     if missing:
@@ -423,10 +428,8 @@ def preprocess(
     """Decode every shard not yet made (resumable: a complete shard is kept), then gather them (see
     ``gather_shards``) into ``<out_dir>/index.csv``, ``info.json`` and ``rejected.csv``."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    rows = read_manifest(raw_dir / manifest)
-    if not rows:
-        raise PreprocessError(f"{raw_dir / manifest} lists no clips")
+    rows = manifest_rows(raw_dir, manifest)
     todo = missing_shards(out_dir, len(rows), shard_clips, cache_settings_hash(dataset.settings))
     for k in todo:
-        preprocess_shard(dataset, raw_dir, out_dir, pre, k, shard_clips, workers, log, manifest)
+        preprocess_shard(dataset, raw_dir, out_dir, pre, k, shard_clips, workers, log, manifest, rows=rows)
     return gather_shards(dataset, raw_dir, out_dir, pre, shard_clips, log, manifest)

@@ -55,12 +55,13 @@ class RawDataset(Dataset):
         listed = len(official) + len(refused)
         if refused:
             first = refused[0]
-            log = f"{len(refused)} of {listed} listed rows rejected (listed in {raw_dir / REJECTED_ROWS})"
-            print(f"[source] {root}: {log}")
-            if len(refused) > self.settings["source"]["max_missing_fraction"] * listed:
+            summary = f"{len(refused)} of {listed} listed rows rejected (listed in {raw_dir / REJECTED_ROWS})"
+            print(f"[source] {root}: {summary}")
+            limit = self.settings["source"]["max_missing_fraction"]
+            if len(refused) > limit * listed:
                 raise SourceError(
-                    f"{log}, more than source.max_missing_fraction={self.settings['source']['max_missing_fraction']}"
-                    f"; first: {first.where}: {first.reason} ({first.detail})"
+                    f"{summary}, more than source.max_missing_fraction={limit}; first: {first.where}: {first.reason} "
+                    f"({first.detail})"
                 )
         present = set(
             check_complete(
