@@ -394,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1000,4000,16000", help="with --data: dataset sizes in clips")
     p.add_argument("--shard-clips", type=int, default=1000, help="with --data: clips per shard")
     p.add_argument("--cache-gb", type=float, default=10.0, help="with --data: size of the large cache read in training")
+    p.add_argument(
+        "--kill-resume",
+        action="store_true",
+        help="with --data: only the kill-and-resume measurement at the largest of --sizes, added to the --out file",
+    )
     args = p.parse_args(argv)
     cfg = load_config(args.config or [], args.set or [])
     if args.data:
@@ -428,6 +433,7 @@ def data_main(cfg: dict, args: argparse.Namespace) -> int:
             args.tiny,
             work,
             log=lambda s: print(s, file=sys.stderr),
+            kill_resume=args.kill_resume,
         )
 
     if args.workdir:
@@ -436,6 +442,8 @@ def data_main(cfg: dict, args: argparse.Namespace) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="bench-perf-data-") as tmp:
             report = run(Path(tmp))
+    if args.kill_resume:  # one measurement, added to the full report
+        report = {**json.loads(out.read_text()), "kill_resume": report["kill_resume"]}
     write_report(report, out)
     print(data_table(report))
     print(f"\nwrote {out}")

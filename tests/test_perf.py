@@ -55,6 +55,9 @@ def test_perf_data_tiny_measures_shards_decoding_dry_run_and_a_sharded_cache(tmp
     assert all(r["peak_rss_mb_shard_job"] > 0 and r["clips_per_s"] > 0 for r in report["preprocess"])
     assert len(report["decoding"]) == 3 and all(v > 0 for v in report["decoding"].values())
     assert report["dry_run"]["shard_jobs"] == 200 and report["dry_run"]["clips"] == 2000
+    k = report["kill_resume"]  # the rerun after a SIGKILL writes exactly the shards the killed job had not finished
+    assert k["shards"] == 4 and k["rewritten_by_rerun"] == k["shards"] - k["complete_at_kill"]
+    assert k["indexed_clips"] == 16 and k["batch_shapes"]["audio"][0] == 16
     assert report["data_wait_large_cache"]["shards"] >= 1 and -1 <= report["data_wait_large_cache"]["fraction"] <= 1
     for row in ("shard-job memory", "snakemake -n, 2,000-clip manifest, 200 shard jobs", "data wait, 0.0 GB sharded"):
         assert row in res.stdout, row
