@@ -90,10 +90,23 @@ def test_frame_indices_uniform_and_seeded_random():
 
 
 def _clip_without(stream: str, src, dst) -> None:
-    flag = "-an" if stream == "audio" else "-vn"
+    _ffmpeg("-i", str(src), "-an" if stream == "audio" else "-vn", "-c", "copy", str(dst))
+
+
+def _ffmpeg(*args: str) -> None:
     import subprocess
 
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(src), flag, "-c", "copy", str(dst)], check=True)
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", *args], check=True)
+
+
+def _half_cut(src, dst) -> None:
+    """The clip with its header first (faststart), cut after 45% of its bytes: the header still declares the whole
+    length, the file holds less than half of it."""
+    whole = dst.with_suffix(".whole.mp4")
+    _ffmpeg("-i", str(src), "-c", "copy", "-movflags", "+faststart", str(whole))
+    data = whole.read_bytes()
+    dst.write_bytes(data[: int(len(data) * 0.45)])
+    whole.unlink()
 
 
 def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace, tiny_dirs):
@@ -102,6 +115,8 @@ def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace,
     rows = read_manifest(raw / "manifest.csv")
     good = raw / rows[0]["path"]
     (raw / "clips/truncated.mp4").write_bytes(good.read_bytes()[:2000])
+    _half_cut(good, raw / "clips/halfcut.mp4")
+    _ffmpeg("-i", str(good), "-t", "0.1", str(raw / "clips/short.mp4"))  # a 0.1 s clip, complete
     (raw / "clips/empty.mp4").write_bytes(b"")
     _clip_without("audio", good, raw / "clips/silent.mp4")
     _clip_without("video", good, raw / "clips/blind.mp4")
@@ -113,6 +128,8 @@ def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace,
         "blind": "no video stream",
         "missing": "file not found",
         "folder": "unreadable file",
+        "halfcut": "truncated audio",
+        "short": "clip too short",
     }
     extra = [{"clip_id": k, "path": f"clips/{k}.mp4", "label": "class0", "split": "train"} for k in planted]
     extra.append({"clip_id": "badlabel", "path": rows[0]["path"], "label": "class99", "split": "train"})
@@ -120,15 +137,20 @@ def test_bad_clips_are_listed_with_reasons_not_dropped(tmp_path, tiny_workspace,
     write_manifest(raw / "manifest.csv", rows + extra)
     s = settings()["preprocess"]
     ds = DATASETS.get("synthetic-av")(settings())
-    with pytest.raises(PreprocessError, match=r"7 of 55 clips rejected .* first: .*truncated.mp4"):
+    with pytest.raises(PreprocessError, match=r"9 of 57 clips rejected .* first: .*truncated.mp4"):
         preprocess(ds, raw, tmp_path / "proc", s, workers=2, log=lambda m: None)
     with (tmp_path / "proc/rejected.csv").open() as f:
-        reasons = {r["clip_id"]: r["reason"] for r in csv.DictReader(f)}
-    assert reasons == planted
+        rejected = {r["clip_id"]: r for r in csv.DictReader(f)}
+    assert {k: r["reason"] for k, r in rejected.items()} == planted
+    assert "decoded 0." in rejected["halfcut"]["detail"] and "partial file" in rejected["halfcut"]["detail"]
+    assert "0.10 s of audio" in rejected["short"]["detail"]
     s["max_rejected_fraction"] = 0.2  # tolerated: the good clips are cached, the bad ones stay listed
     info = preprocess(ds, raw, tmp_path / "proc", s, workers=2, log=lambda m: None)
-    assert info["rejected"] == 7 and info["clips"] == 48
+    assert info["rejected"] == 9 and info["clips"] == 48
     assert set(CachedSplit(tmp_path / "proc").clip_ids).isdisjoint(planted)
+    s.update(min_decoded_fraction=0.0, min_duration_fraction=0.0)  # both checks off: the two clips are kept
+    info = preprocess(ds, raw, tmp_path / "proc2", s, workers=2, log=lambda m: None)
+    assert info["rejected"] == 7 and info["clips"] == 50
 
 
 def test_decoders_raise_media_errors(tmp_path):
@@ -138,6 +160,20 @@ def test_decoders_raise_media_errors(tmp_path):
     with pytest.raises(MediaError) as info:
         decode_frames(tmp_path / "junk.mp4", 1, 16)
     assert info.value.reason in ("corrupt or truncated file", "video decoding failed")
+
+
+def test_a_short_stream_of_an_intact_file_is_not_truncation(tmp_path):
+    # a container declares its longest stream: 1 s of audio under 4 s of video is genuine, not a cut file
+    clip = tmp_path / "short-audio.mp4"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", "testsrc=size=64x64:rate=8:duration=4", "-f", "lavfi", "-i", "sine=duration=1"),
+        *("-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(clip)),
+    )
+    assert 0.95 < len(decode_audio(clip, 16000, min_fraction=0.75)) / 16000 < 1.1
+    assert len(decode_frames(clip, 4, 16, min_fraction=0.75)) == 16
+    _half_cut(clip, tmp_path / "cut.mp4")
+    with pytest.raises(MediaError, match=r"truncated video: decoded \d+ of the 16 frames at 4 fps"):
+        decode_frames(tmp_path / "cut.mp4", 4, 16, min_fraction=0.75)
 
 
 def test_train_time_augmentation_is_per_clip_seeded_and_training_only():

@@ -198,11 +198,14 @@ class ClipDecoder:
         a, v = self.pre["audio"], self.pre["visual"]
         n_samples = int(round(a["sample_rate"] * a["duration"]))
         wave = frames = None  # decoded once per video, shared by its clips and modalities
+        decoded = float(self.pre.get("min_decoded_fraction", 0.0))
         if "audio" in self.modalities.values():
             audio_path = self.raw_dir / row["audio_path"] if row.get("audio_path") else path
-            wave = decode_audio(audio_path, a["sample_rate"], **segment)
+            wave = decode_audio(audio_path, a["sample_rate"], **segment, min_fraction=decoded)
+            self.check_length("audio", wave.size / a["sample_rate"])
         if set(self.modalities.values()) - {"audio"}:
-            frames = decode_frames(path, v["fps"], v["size"], **segment)
+            frames = decode_frames(path, v["fps"], v["size"], **segment, min_fraction=decoded)
+            self.check_length("video", len(frames) / v["fps"])
         if self.clips_per_video == 1:
             return [(row["clip_id"], self.clip(row["clip_id"], label, wave, frames, n_samples))]
         # K windows of the audio duration over the video (its length from the decoded stream)
@@ -217,6 +220,17 @@ class ClipDecoder:
                 f = frames[lo : max(lo + 1, int(round((start + a["duration"]) * v["fps"])))]
             out.append((clip_id, self.clip(clip_id, label, w, f, n_samples)))
         return out
+
+    def check_length(self, stream: str, seconds: float) -> None:
+        """Refuse a stream shorter than ``min_duration_fraction`` of the clip length asked (``audio.duration``);
+        video is measured in whole frames at ``visual.fps``."""
+        fraction, asked = float(self.pre.get("min_duration_fraction", 0.0)), float(self.pre["audio"]["duration"])
+        if seconds < fraction * asked:
+            raise MediaError(
+                "clip too short",
+                f"{seconds:.2f} s of {stream}, under preprocess.min_duration_fraction {fraction:g} of the "
+                f"{asked:g} s asked (audio.duration)",
+            )
 
     def clip(self, clip_id: str, label, wave: np.ndarray | None, frames: np.ndarray | None, n_samples: int) -> dict:
         a, v = self.pre["audio"], self.pre["visual"]
