@@ -244,6 +244,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 def train_settings(cfg: dict, backbone: str) -> dict:
     """The training settings of one backbone: ``train`` with its ``per_backbone`` override applied."""
     base = {k: v for k, v in cfg["train"].items() if k != "per_backbone"}
+    _check_speed_options(base, "train")
     override = cfg["train"].get("per_backbone", {}).get(backbone)
     if not override:
         return _without_default_speed_options(base)
@@ -259,12 +260,20 @@ def train_settings(cfg: dict, backbone: str) -> dict:
         )
     except ConfigError as err:
         raise ConfigError(err.key.replace("train.", f"train.per_backbone.{backbone}.", 1), err.message) from None
+    _check_speed_options(merged, f"train.per_backbone.{backbone}")
     return _without_default_speed_options(merged)
 
 
 #: speed options and their 'off' values; off, they are left out of a run's settings, so that runs made before the
 #: options existed keep their settings hash (switched on, they are recorded and hashed like any setting)
-SPEED_OPTIONS_OFF = {"precision": "fp32", "channels_last": False}
+SPEED_OPTIONS_OFF = {"precision": "fp32", "channels_last": False, "compile": False, "cudnn_benchmark": False}
+
+
+def _check_speed_options(train: dict, key: str) -> None:
+    if train.get("cudnn_benchmark") and train.get("deterministic", True):
+        raise ConfigError(
+            f"{key}.cudnn_benchmark", "needs train.deterministic: false (deterministic mode fixes cuDNN's algorithms)"
+        )
 
 
 def _without_default_speed_options(train: dict) -> dict:

@@ -68,7 +68,7 @@ def estimate_gblend(
     out_path = Path(out_path or resolved.path)
     params = settings["balancer"]["params"]
     epochs = params["estimate_epochs"] or settings["train"]["epochs"]
-    configure_determinism(settings["train"]["deterministic"])
+    configure_determinism(settings["train"]["deterministic"], settings["train"].get("cudnn_benchmark", False))
     device = resolve_device(settings["train"]["device"])
 
     data = RunData.load(spec, settings, device, resolver.dataset_dirs(dataset))

@@ -187,21 +187,26 @@ def data_wait_fraction(
     return {"steps": len(batches), "pure_s": pure, "with_loader_s": full, "fraction": (full - pure) / full}
 
 
+def shaped_fixture(workdir: Path, clips: int, info: dict) -> CachedSplit:
+    """A tensor cache of random clips with the shapes of ``info`` (float16 spectrograms, uint8 frames)."""
+    g = torch.Generator().manual_seed(0)
+    tensors: dict = {"clip_id": [f"c{i}" for i in range(clips)], "label": torch.arange(clips) % len(info["classes"])}
+    for m, spec in info["modalities"].items():
+        shape = (clips, *spec["shape"])
+        tensors[m] = (
+            torch.randn(shape, generator=g).half()
+            if spec["source"] == "audio"
+            else torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        )
+    path = workdir / f"fixture-{clips}-{'x'.join(map(str, info['modalities']['audio']['shape']))}.pt"
+    torch.save(tensors, path)
+    return CachedSplit(path)
+
+
 def real_size_fixture(workdir: Path, clips: int) -> CachedSplit:
     """A tensor cache shaped like CREMA-D under the OGM-GE preset: 257×188 float16 spectrograms, 3 uint8 frames of
     224²."""
-    g = torch.Generator().manual_seed(0)
-    path = workdir / "real-size.pt"
-    torch.save(
-        {
-            "clip_id": [f"c{i}" for i in range(clips)],
-            "label": torch.arange(clips) % 6,
-            "audio": torch.randn(clips, 1, 257, 188, generator=g).half(),
-            "visual": torch.randint(0, 256, (clips, 3, 3, 224, 224), dtype=torch.uint8, generator=g),
-        },
-        path,
-    )
-    return CachedSplit(path)
+    return shaped_fixture(workdir, clips, REAL_SIZE_INFO)
 
 
 def real_size_data_wait(cfg: dict, workdir: Path, clips: int, steps: int, device: torch.device) -> dict:
@@ -224,6 +229,104 @@ def real_size_data_wait(cfg: dict, workdir: Path, clips: int, steps: int, device
         seed=0,
     )
     return data_wait_fraction(model, data, prep, cfg["train"]["batch_size"], device, steps)
+
+
+REAL_SIZE_INFO = {
+    "classes": [f"c{k}" for k in range(6)],
+    "modalities": {
+        "audio": {"source": "audio", "shape": [1, 257, 188]},
+        "visual": {"source": "video", "shape": [3, 3, 224, 224]},
+    },
+}
+TINY_SIZE_INFO = {
+    "classes": REAL_SIZE_INFO["classes"],
+    "modalities": {
+        "audio": {"source": "audio", "shape": [1, 32, 24]},
+        "visual": {"source": "video", "shape": [3, 3, 32, 32]},
+    },
+}
+STEP_OVERHEAD_TARGET = 1.03  # the harness's joint step against the bare step, default settings, on CPU
+
+
+def _spread(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"median": ordered[len(ordered) // 2], "min": ordered[0], "max": ordered[-1], "n": len(ordered)}
+
+
+def step_overhead(cfg: dict, workdir: Path, device: torch.device, tiny: bool, log=print) -> dict:
+    """Seconds per training step of ResNet-18 (audio + visual, concat) on real-size clips, batch 16, one thread:
+    the bare step (forward, cross-entropy, backward, SGD step on batches already on the device, timed one by one)
+    against the harness's whole step (``fit``: the cache gather, batch preparation, the method's loss and hooks),
+    timed per epoch of ``steps`` steps; with ``deterministic`` on (the default) and off, channels-last, and for
+    OGM-GE and OGM. Medians with their min–max over the timed steps or epochs."""
+    from benchmark.balancers.base import RunContext
+    from benchmark.run import build_run_model
+    from benchmark.settings import Resolver
+    from benchmark.train import configure_determinism
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    info = TINY_SIZE_INFO if tiny else REAL_SIZE_INFO
+    batch, steps, epochs = (4, 2, 2) if tiny else (16, 4, 3)
+    data = shaped_fixture(workdir, batch * steps, info)
+    visual = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    resolver = Resolver(cfg)
+
+    def setup(balancer: str, train: dict):
+        settings = resolver.base_settings(RunSpec("synthetic-av", "resnet18", "concat", balancer, 0))
+        settings["backbone"]["params"]["weights"] = None
+        settings["train"].update(train, epochs=1 + epochs, batch_size=batch)
+        balancer_cls = component_class(cfg, "balancers", balancer)
+        configure_determinism(settings["train"]["deterministic"])
+        model = build_run_model(cfg, settings, info, balancer_cls)
+        method = balancer_cls(**settings["balancer"]["params"])
+        return settings, method.configure_model(model), method
+
+    def bare(train: dict) -> dict:
+        settings, model, _ = setup("joint", train)
+        prep = BatchPreparer(info["modalities"], visual, device)
+        batches = [prep(b) for b in make_loader(data, batch, shuffle=True)]
+        model.to(device).train()
+        opt = make_optimizer(model, settings["train"]["optimizer"])
+        times = []
+        for i in range(steps * (1 + epochs)):
+            inputs, y = batches[i % len(batches)]
+            _sync(device)
+            start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(inputs).logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        return _spread(times[steps:])  # the first epoch's worth warms up
+
+    def harness(balancer: str, train: dict) -> dict:
+        settings, model, method = setup(balancer, train)
+        prep = BatchPreparer(info["modalities"], visual, device, channels_last=bool(train.get("channels_last")))
+        ctx = RunContext(modalities=list(info["modalities"]), num_epochs=1 + epochs, device=device, seed=0)
+        result = fit(model, method, ctx, data, prep, settings["train"], log=lambda s: None)
+        return _spread([t / steps for t in result.seconds_per_epoch[1:]])
+
+    shapes = " + ".join("×".join(map(str, spec["shape"])) for spec in info["modalities"].values())
+    out: dict = {"shapes": shapes, "batch_size": batch, "steps_per_epoch": steps, "timed_epochs": epochs, "threads": 1}
+    try:
+        out["bare"] = bare({"deterministic": True})
+        out["bare, deterministic off"] = bare({"deterministic": False})
+        for label, balancer, train in (
+            ("joint", "joint", {"deterministic": True}),
+            ("joint, deterministic off", "joint", {"deterministic": False}),
+            ("joint, channels-last", "joint", {"deterministic": True, "channels_last": True}),
+            ("ogm_ge", "ogm_ge", {"deterministic": True}),
+            ("ogm", "ogm", {"deterministic": True}),
+        ):
+            out[label] = harness(balancer, train)
+            ratio = out[label]["median"] / out["bare"]["median"]
+            log(f"step, {label}: {out[label]['median']:.3f} s ({ratio:.3f}× bare)")
+    finally:
+        torch.set_num_threads(threads)
+        configure_determinism(cfg["train"]["deterministic"])
+    return out
 
 
 def timed_dry_run(dag_dir: Path, configfile: Path) -> tuple[float, str]:
@@ -309,6 +412,7 @@ def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:
             cfg, workdir, clips=8 if tiny else 96, steps=1 if tiny else 5, device=device
         )
         log(f"data wait, real-size: {report['data_wait_real_size']['fraction']:.1%}")
+        report["step_overhead"] = step_overhead(cfg, workdir, device, tiny, log)
     finally:
         os.chdir(cwd)
     grid = (
@@ -325,6 +429,27 @@ def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:
     report["dry_run"] = {**large_grid_dry_run(cfg, workdir, grid), "grid": grid}
     log(f"dry run: {report['dry_run']['seconds']:.1f} s for {report['dry_run']['train_jobs']} training jobs")
     return report
+
+
+def step_rows(steps: dict | None) -> list[tuple[str, str, str, str]]:
+    """Table rows of ``step_overhead``: seconds per step (min–max) and the ratio to the bare step."""
+    if not steps:
+        return []
+    rows, bare = [], steps["bare"]["median"]
+    for label, t in steps.items():
+        if not isinstance(t, dict):
+            continue
+        ratio = t["median"] / bare
+        target = STEP_OVERHEAD_TARGET if label == "joint" else None
+        rows.append(
+            (
+                f"step, ResNet-18 {steps['shapes']}, batch {steps['batch_size']}: {label} (s; ×bare)",
+                f"{t['median']:.3f} ({t['min']:.3f}–{t['max']:.3f}, n={t['n']}; {ratio:.3f}×)",
+                f"≤ {target}×" if target else "–",
+                ("yes" if ratio <= target else "no") if target else "–",
+            )
+        )
+    return rows
 
 
 def table(report: dict) -> str:
@@ -354,6 +479,7 @@ def table(report: dict) -> str:
                 "yes" if w["fraction"] < DATA_WAIT_TARGET else "no",
             )
         )
+    rows += step_rows(report.get("step_overhead"))
     for workers, rate in report["preprocess_clips_per_s"].items():
         rows.append((f"preprocess, {workers} worker(s) (clips/s)", f"{rate:.1f}", "–", "–"))
     d = report["dry_run"]
@@ -386,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/perf.json", help="where to write the numbers (JSON)")
     p.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, removed afterwards)")
     p.add_argument(
+        "--step",
+        action="store_true",
+        help="only the step-overhead measurement (ResNet-18, real-size clips: bare vs harness), added to --out",
+    )
+    p.add_argument(
         "--data",
         action="store_true",
         help="the data-at-scale benchmark instead (benchmark/perf_data.py): sharded preprocessing at --sizes, "
@@ -403,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config or [], args.set or [])
     if args.data:
         return data_main(cfg, args)
+    if args.step:
+        return step_main(cfg, args)
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
         report = run_benchmark(cfg, args.tiny, Path(args.workdir).resolve(), log=lambda s: print(s, file=sys.stderr))
@@ -413,6 +546,23 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(table(report))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def step_main(cfg: dict, args: argparse.Namespace) -> int:
+    """``--step``: the step-overhead measurement alone, merged into the ``--out`` report (kept as it is otherwise)."""
+    cfg = validate_config(cfg)
+    device = resolve_device(cfg["train"]["device"])
+    with tempfile.TemporaryDirectory(prefix="bench-perf-step-") as tmp:
+        steps = step_overhead(cfg, Path(tmp), device, args.tiny, log=lambda s: print(s, file=sys.stderr))
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report["step_overhead"] = {**steps, "device": device_description(device), "torch": torch.__version__}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print("| measure | value | target | met |\n|---|---|---|---|")
+    print("\n".join(f"| {a} | {b} | {c} | {e} |" for a, b, c, e in step_rows(report["step_overhead"])))
     print(f"\nwrote {out}")
     return 0
 

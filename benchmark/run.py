@@ -107,7 +107,12 @@ class RunData:
     def load(cls, spec: RunSpec, settings: dict, device: torch.device, dirs: DatasetDirs) -> "RunData":
         info = load_info(dirs.processed, settings["dataset"])
         modality_info = {m: info["modalities"][m] for m in settings["modalities"]}
-        prep = BatchPreparer(modality_info, settings["dataset"]["preprocess"]["visual"], device)
+        prep = BatchPreparer(
+            modality_info,
+            settings["dataset"]["preprocess"]["visual"],
+            device,
+            channels_last=bool(settings["train"].get("channels_last")),
+        )
         part = lambda name: load_part(dirs.processed, spec.fold, name, settings["modalities"], dirs.splits)  # noqa: E731
         return cls(info, part("train"), part("val"), prep, dirs.processed, spec.fold, dirs.splits)
 
@@ -159,7 +164,7 @@ def prepare_run(
     resolved = resolved or resolver.run(spec)
     if settings is None:
         settings = resolver.training_settings(resolved)
-    configure_determinism(settings["train"]["deterministic"])
+    configure_determinism(settings["train"]["deterministic"], settings["train"].get("cudnn_benchmark", False))
     device = resolve_device(settings["train"]["device"])
     balancer_cls = component_class(cfg, "balancers", spec.balancer)
     data = RunData.load(spec, settings, device, resolver.dataset_dirs(spec.dataset))
@@ -173,6 +178,7 @@ def prepare_run(
         device=device,
         seed=spec.seed,
         artifacts=artifacts,
+        loader_workers=cfg["resources"]["train"]["loader_workers"],
     )
     return PreparedRun(
         settings,

@@ -45,17 +45,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def configure_determinism(deterministic: bool) -> None:
-    """Same config + seed -> same numbers (exactly on CPU; on CUDA as far as the kernels allow)."""
+def _deterministic_algorithms(on: bool) -> None:
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(on, warn_only=True)
+    else:
+        # The public call imports torch._inductor (2.6 s per job on this project's 2-core machine)
+        # only to set its compile flag; nothing here compiles, so set the eager flag the public call sets.
+        torch._C._set_deterministic_algorithms(on, warn_only=True)
+
+
+def configure_determinism(deterministic: bool, cudnn_benchmark: bool = False) -> None:
+    """Same config + seed -> same numbers (exactly on CPU; on CUDA as far as the kernels allow). Off, with
+    ``cudnn_benchmark``, cuDNN times its convolution algorithms and keeps the fastest (the throughput profile)."""
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark and not deterministic)
+    _deterministic_algorithms(deterministic)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            # The public call imports torch._inductor (2.6 s per job on this project's 2-core machine)
-            # only to set its compile flag; nothing here compiles, so set the eager flag the public call sets.
-            torch._C._set_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new tensor with NaN, a debugging aid for code that reads memory it
+        # never wrote; nothing here does (the numbers are the same either way), and it costs time in every step.
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def make_optimizer(model: torch.nn.Module, opt: dict) -> torch.optim.Optimizer:
@@ -161,6 +169,9 @@ def fit(
     model.to(ctx.device)
     if settings.get("channels_last"):
         model.to(memory_format=torch.channels_last)
+    if settings.get("compile"):
+        for encoder in model.encoders.values():  # in place: the model keeps its modules, which methods hook into
+            encoder.compile()
     bf16 = settings.get("precision") == "bf16"
     ctx.train, ctx.prep, ctx.settings, ctx.log = train, prep, settings, log
     if settings.get("absent_input", "mean") == "mean":
@@ -171,7 +182,12 @@ def fit(
         optimizer, settings["lr_step"]["step_size"], settings["lr_step"]["gamma"]
     )
     loader = make_loader(
-        train, settings["batch_size"], shuffle=True, seed=ctx.seed, pin_memory=ctx.device.type == "cuda"
+        train,
+        settings["batch_size"],
+        shuffle=True,
+        seed=ctx.seed,
+        pin_memory=ctx.device.type == "cuda",
+        workers=ctx.loader_workers,
     )
     result = FitResult(history=[], seconds_per_epoch=[])
     best_acc = -1.0  # the best validation score by ``criterion`` so far

@@ -176,6 +176,47 @@ def test_a_short_stream_of_an_intact_file_is_not_truncation(tmp_path):
         decode_frames(tmp_path / "cut.mp4", 4, 16, min_fraction=0.75)
 
 
+def test_random_resized_crop_is_one_batched_resize_of_a_box_inside_the_frame():
+    from benchmark.data.cache import channels_last_frames, random_resized_crop, resize_boxes
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 3, 12, 16, generator=g)
+    # the batched resize equals interpolating each cropped box, box by box (the previous per-clip loop)
+    top, left, ch, cw = (torch.tensor(v, dtype=torch.float32) for v in ([0, 3, 5], [0, 4, 9], [12, 5, 7], [16, 8, 7]))
+    out = resize_boxes(x, top, left, ch, cw)
+    for i in range(3):
+        t, lf, hh, ww = int(top[i]), int(left[i]), int(ch[i]), int(cw[i])
+        box = x[i, :, :, t : t + hh, lf : lf + ww]
+        ref = torch.nn.functional.interpolate(box, size=(12, 16), mode="bilinear", align_corners=False)
+        assert torch.allclose(out[i], ref, atol=1e-5), i
+    assert torch.allclose(out[0], x[0], atol=1e-6)  # the whole frame as the box: unchanged
+    x[:, 1] = x[:, 0]  # two identical frames per clip: they get the same crop
+    torch.manual_seed(0)
+    crop = random_resized_crop(x, (0.25, 0.5))
+    assert crop.shape == x.shape and torch.equal(crop[:, 0], crop[:, 1]) and not torch.allclose(crop, x)
+    torch.manual_seed(0)
+    assert torch.equal(random_resized_crop(x, (0.25, 0.5)), crop)  # seeded
+    v = channels_last_frames(x)
+    assert torch.equal(v, x) and v.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_inputs_hold_the_same_values():
+    from benchmark.data.cache import BatchPreparer
+
+    info = {"audio": {"source": "audio"}, "visual": {"source": "video"}}
+    visual = {"mean": [0.4] * 3, "std": [0.2] * 3}
+    batch = {
+        "audio": torch.randn(4, 2, 20, 30).half(),
+        "visual": torch.randint(0, 255, (4, 2, 3, 8, 8), dtype=torch.uint8),
+        "label": torch.zeros(4, dtype=torch.long),
+    }
+    plain, _ = BatchPreparer(info, visual, torch.device("cpu"))(batch)
+    last, _ = BatchPreparer(info, visual, torch.device("cpu"), channels_last=True)(batch)
+    assert last["audio"].is_contiguous(memory_format=torch.channels_last)
+    assert last["visual"].flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(plain[m], last[m]) for m in plain)
+
+
 def test_train_time_augmentation_is_per_clip_seeded_and_training_only():
     from benchmark.data.cache import BatchPreparer, augment_frames
 

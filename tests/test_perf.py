@@ -38,6 +38,9 @@ def test_perf_tiny_prints_the_table_and_writes_json(tmp_path):
         v > 0 for v in report["training"].values()
     )
     assert -1 <= report["data_wait_builtin"]["fraction"] <= 1 and report["data_wait_real_size"]["steps"] >= 1
+    steps = report["step_overhead"]  # bare vs the harness's whole step, each with its spread
+    assert {"bare", "bare, deterministic off", "joint", "joint, channels-last", "ogm_ge", "ogm"} <= set(steps)
+    assert all(0 < steps[k]["min"] <= steps[k]["median"] <= steps[k]["max"] for k in ("bare", "joint", "ogm_ge"))
     assert report["dry_run"]["train_jobs"] == 2 and report["dry_run"]["seconds"] > 0
     assert report["preprocess_clips_per_s"]["1"] > 0 and report["device"].startswith("cpu")
     assert not (REPO / "data/raw/synthetic-av-w1").exists()  # the scratch workspace, not the repository, holds its data

@@ -54,6 +54,36 @@ def test_determinism_sets_the_deterministic_flag_without_importing_the_compiler(
     assert out == ["True", "True", "False"]
 
 
+def test_determinism_skips_the_nan_fill_and_the_throughput_profile_turns_autotuning_on():
+    from benchmark.config import ConfigError, load_config
+    from benchmark.train import configure_determinism
+
+    try:
+        configure_determinism(True)  # deterministic kernels, without filling every new tensor with NaN
+        assert torch.are_deterministic_algorithms_enabled() and not torch.utils.deterministic.fill_uninitialized_memory
+        assert not torch.backends.cudnn.benchmark
+        configure_determinism(False, cudnn_benchmark=True)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        configure_determinism(True, cudnn_benchmark=True)  # determinism wins
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        configure_determinism(True)
+    with pytest.raises(ConfigError, match="'train.cudnn_benchmark': needs train.deterministic: false"):
+        load_config([], ["train.cudnn_benchmark=true"])
+    cfg = load_config(["configs/throughput.yaml"], [])
+    assert cfg["train"]["cudnn_benchmark"] and not cfg["train"]["deterministic"]
+
+
+def test_loader_workers_change_no_number_and_no_identity(tiny_cfg, tmp_path):
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm_ge", 0)
+    a = train_run(tiny_cfg, spec, tmp_path / "a", log=quiet)
+    cfg = json.loads(json.dumps(tiny_cfg))
+    cfg["resources"]["train"]["loader_workers"] = 2
+    b = train_run(validate_config(cfg), spec, tmp_path / "b", log=quiet)
+    assert b["identity"] == a["identity"] and b["config_hash"] == a["config_hash"]
+    assert json.dumps(b["history"]) == json.dumps(a["history"]) and b["metrics"] == a["metrics"]
+
+
 def test_metrics_file_contents_and_validation_selection(tiny_cfg, tmp_path):
     spec = RunSpec("synthetic-av", "small_cnn", "concat", "mlb", 0)
     m = train_run(tiny_cfg, spec, tmp_path, log=quiet)
@@ -163,6 +193,21 @@ def test_bf16_and_channels_last_train_on_cpu_and_are_recorded_only_when_on(tiny_
     )
     assert m["config_hash"] != train_run(tiny_cfg, spec, tmp_path / "fp32", log=quiet)["config_hash"]
     assert all(h["train_loss"] == h["train_loss"] for h in m["history"])  # finite
+
+
+@pytest.mark.slow
+def test_compiled_encoders_train_and_are_recorded(tiny_cfg, tmp_path):
+    spec = RunSpec("synthetic-av", "small_cnn", "concat", "ogm_ge", 0)
+    cfg = json.loads(json.dumps(tiny_cfg))
+    cfg["train"].update(compile=True, epochs=1)
+    m = train_run(validate_config(cfg), spec, tmp_path / "compiled", log=quiet)
+    cfg["train"]["compile"] = False
+    eager = train_run(validate_config(cfg), spec, tmp_path / "eager", log=quiet)
+    assert m["status"] == "ok" and m["settings"]["train"]["compile"] is True
+    assert "compile" not in eager["settings"]["train"]
+    assert m["config_hash"] != eager["config_hash"]
+    # the same computation, compiled: the same numbers up to float reordering
+    assert m["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-4)
 
 
 def test_jobs_on_one_machine_claim_different_gpus_and_a_slurm_job_its_own(tmp_path, monkeypatch):

@@ -45,6 +45,7 @@ class RunContext:
     prep: "BatchPreparer | None" = None  # moves a cached batch to the device
     settings: dict = field(default_factory=dict)  # the run's training settings
     log: Callable[[str], None] = print
+    loader_workers: int = 0  # processes gathering training batches ahead of the loop (resources.train; same numbers)
 
     def batches(
         self, data: "CachedSplit | None" = None, batch_size: int | None = None

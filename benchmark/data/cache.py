@@ -152,8 +152,16 @@ def _identity(batch: dict) -> dict:
 
 
 def make_loader(
-    data: CachedSplit, batch_size: int, shuffle: bool, seed: int = 0, pin_memory: bool = False
+    data: CachedSplit,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    pin_memory: bool = False,
+    workers: int = 0,
 ) -> torch.utils.data.DataLoader:
+    """Batches of ``data`` (one batched gather per modality). ``workers`` > 0 gathers them in that many processes,
+    ahead of the loop (2 batches each); the order and content are the same: the sampler runs here, and a batch holds
+    no random draw."""
     # a loader's own generator even without shuffling: starting an iterator then draws from it, not from the global
     # RNG, so evaluating during training never changes the training run's random stream
     generator = torch.Generator().manual_seed(seed)
@@ -163,42 +171,77 @@ def make_loader(
         shuffle=shuffle,
         generator=generator,
         collate_fn=_identity,
-        num_workers=0,
+        num_workers=workers,
         pin_memory=pin_memory,
+        # not persistent: a persistent iterator skips the per-epoch seed draw from ``generator``, so the shuffles
+        # from the second epoch on would differ from those without workers
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
     )
 
 
-def augment_frames(x: torch.Tensor, hflip: bool, crop_scale: Sequence[float] | None) -> torch.Tensor:
-    """Train-time augmentation of frames [B, T, C, H, W], the same for all frames of a clip: a horizontal flip with
-    probability 1/2, and a random resized crop (area fraction in ``crop_scale``, aspect ratio in [3/4, 4/3]) resized
-    back to H×W. Draws come from torch's generator, so they follow the run's seed."""
+def resize_boxes(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, ch: torch.Tensor, cw: torch.Tensor):
+    """Box i (rows top..top+ch-1, columns left..left+cw-1) of clip i of frames [B, T, C, H, W], resized to H×W as
+    bilinear ``interpolate`` of the cropped box does (align_corners=False, edges clamped to the box), for the whole
+    batch at once: one affine sampling grid per clip, one ``grid_sample``."""
+    b, t, c, h, w = x.shape
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * left + cw) / w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+    grid = torch.nn.functional.affine_grid(theta, [b, t * c, h, w], align_corners=False)
+    # sample only inside the box: between the normalised centres of its first and last pixels
+    for axis, start, size, extent in ((0, left, cw, w), (1, top, ch, h)):
+        lo = ((2 * start + 1) / extent - 1).view(b, 1, 1)
+        hi = ((2 * (start + size - 1) + 1) / extent - 1).view(b, 1, 1)
+        grid[..., axis] = torch.maximum(torch.minimum(grid[..., axis], hi), lo)
+    out = torch.nn.functional.grid_sample(
+        x.reshape(b, t * c, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.view(b, t, c, h, w)
+
+
+def random_resized_crop(x: torch.Tensor, scale: Sequence[float]) -> torch.Tensor:
+    """Per clip of frames [B, T, C, H, W], a random box of area fraction in ``scale`` and aspect ratio in [3/4, 4/3]
+    resized back to H×W (``resize_boxes``). Draws are made on the batch's device (no host synchronisation)."""
     b, _, _, h, w = x.shape
+    lo, hi = scale
+    area = h * w * torch.empty(b, device=x.device).uniform_(lo, hi)
+    ratio = torch.exp(torch.empty(b, device=x.device).uniform_(-0.2877, 0.2877))  # log(3/4) .. log(4/3)
+    ch = (area / ratio).sqrt().round().clamp(1, h)
+    cw = (area * ratio).sqrt().round().clamp(1, w)
+    top = (torch.rand(b, device=x.device) * (h - ch + 1)).floor()
+    left = (torch.rand(b, device=x.device) * (w - cw + 1)).floor()
+    return resize_boxes(x, top, left, ch, cw)
+
+
+def augment_frames(x: torch.Tensor, hflip: bool, crop_scale: Sequence[float] | None) -> torch.Tensor:
+    """Train-time augmentation of frames [B, T, C, H, W], the same for all frames of a clip: a random resized crop
+    (``random_resized_crop``) and a horizontal flip with probability 1/2. Draws come from torch's generator on the
+    batch's device, so they follow the run's seed and never wait on the host."""
     if crop_scale:
-        out = torch.empty_like(x)
-        lo, hi = crop_scale
-        for i in range(b):
-            area = h * w * float(torch.empty(()).uniform_(lo, hi))
-            ratio = float(torch.exp(torch.empty(()).uniform_(-0.2877, 0.2877)))  # log(3/4) .. log(4/3)
-            ch = max(1, min(h, round((area / ratio) ** 0.5)))
-            cw = max(1, min(w, round((area * ratio) ** 0.5)))
-            top = int(torch.randint(0, h - ch + 1, ()))
-            left = int(torch.randint(0, w - cw + 1, ()))
-            crop = x[i, :, :, top : top + ch, left : left + cw]
-            out[i] = torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
-        x = out
+        x = random_resized_crop(x, crop_scale)
     if hflip:
-        flip = (torch.rand(b) < 0.5).to(x.device).view(b, 1, 1, 1, 1)
+        flip = (torch.rand(x.shape[0], device=x.device) < 0.5).view(-1, 1, 1, 1, 1)
         x = torch.where(flip, x.flip(-1), x)
     return x
+
+
+def channels_last_frames(x: torch.Tensor) -> torch.Tensor:
+    """Frames [B, T, C, H, W] laid out so that every [B·T, C, H, W] view of them is channels-last."""
+    return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 class BatchPreparer:
     """Moves a batch to the device: spectrograms to float32, frames (and frame differences) to float32 normalised
     with the dataset's visual mean and std, optical flow from its uint8 code to [-1, 1] (±bound pixels); training
-    batches of frames are augmented as configured (flow is not: a flip would have to negate its x component)."""
+    batches of frames are augmented as configured (flow is not: a flip would have to negate its x component).
+    ``channels_last``: 4-D inputs and frames are handed over in channels-last layout, as the model's weights are."""
 
-    def __init__(self, modality_info: dict[str, dict], visual: dict, device: torch.device) -> None:
+    def __init__(
+        self, modality_info: dict[str, dict], visual: dict, device: torch.device, channels_last: bool = False
+    ) -> None:
         self.device = device
+        self.channels_last = channels_last
         self.frames = {m for m, info in modality_info.items() if info["source"] in ("video", "video_diff")}
         self.flow = {m for m, info in modality_info.items() if info["source"] == "video_flow"}
         self.mean = torch.tensor(visual["mean"], device=device).view(1, 1, 3, 1, 1) * 255.0
@@ -224,5 +267,9 @@ class BatchPreparer:
                 inputs[m] = x.float() / 127.5 - 1.0
             else:
                 inputs[m] = x.float()
+            if self.channels_last and inputs[m].dim() == 5:
+                inputs[m] = channels_last_frames(inputs[m])
+            elif self.channels_last and inputs[m].dim() == 4:
+                inputs[m] = inputs[m].contiguous(memory_format=torch.channels_last)
         y = batch["label"].to(self.device, non_blocking=nb)
         return inputs, (y.float() if y.dim() == 2 else y)  # multi-hot uint8 rows become BCE targets
