@@ -126,18 +126,23 @@ def _cli(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "benchmark", *args, "--config", str(config), "--dataset", "video_folder"]
 
 
+def _downloaded(base: dict, work: Path, name: str, n: int, distinct: list[Path], pre: dict, shard_clips: int):
+    """A ``video_folder`` tree of ``n`` clips with its config, after the download step: (tree, config file, the
+    dataset's folders, number of shards)."""
+    root = work / f"tree-{name}"
+    dataset_tree(root, n, distinct)
+    cfg = validate_config(_config(base, root, pre, shard_clips))
+    config = work / f"config-{name}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    _step(_cli(config, "download"), work)
+    return root, config, dataset_dirs(cfg, "video_folder"), -(-n // shard_clips)
+
+
 def preprocess_at(
     base: dict, work: Path, n: int, distinct: list[Path], pre: dict, shard_clips: int, workers: int, log
 ) -> dict:
     """Download, every shard job one after another, and the gather job, for ``n`` clips; then remove the cache."""
-    root = work / f"tree-{n}"
-    dataset_tree(root, n, distinct)
-    cfg = validate_config(_config(base, root, pre, shard_clips))
-    config = work / f"config-{n}-{shard_clips}.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    dirs = dataset_dirs(cfg, "video_folder")
-    _step(_cli(config, "download"), work)
-    shards = -(-n // shard_clips)
+    root, config, dirs, shards = _downloaded(base, work, f"{n}-{shard_clips}", n, distinct, pre, shard_clips)
     jobs = [
         _step(_cli(config, "preprocess", "--shard", str(k), "--workers", str(workers)), work) for k in range(shards)
     ]
@@ -251,22 +256,24 @@ def large_cache(folder: Path, gigabytes: float, shard_clips: int, shapes: dict, 
     return n
 
 
+def _large_cache_shapes(tiny: bool) -> dict:
+    if tiny:
+        return {
+            "audio": {"shape": (1, 16, 32), "dtype": torch.float16},
+            "visual": {"shape": (1, 3, 16, 16), "dtype": torch.uint8},
+        }
+    return {
+        "audio": {"shape": (1, 257, 188), "dtype": torch.float16},
+        "visual": {"shape": (3, 3, 224, 224), "dtype": torch.uint8},
+    }
+
+
 def data_wait_large(base: dict, work: Path, gigabytes: float, steps: int, device: torch.device, tiny: bool) -> dict:
     from benchmark.data.cache import BatchPreparer, CachedSplit
     from benchmark.models.model import build_model
     from benchmark.perf import data_wait_fraction
 
-    shapes = (
-        {
-            "audio": {"shape": (1, 16, 32), "dtype": torch.float16},
-            "visual": {"shape": (1, 3, 16, 16), "dtype": torch.uint8},
-        }
-        if tiny
-        else {
-            "audio": {"shape": (1, 257, 188), "dtype": torch.float16},
-            "visual": {"shape": (3, 3, 224, 224), "dtype": torch.uint8},
-        }
-    )
+    shapes = _large_cache_shapes(tiny)
     folder = work / "large-cache"
     n = large_cache(folder, gigabytes, 1000, shapes)
     size = sum(p.stat().st_size for p in (folder / SHARDS).glob("*.pt"))
@@ -288,18 +295,60 @@ def data_wait_large(base: dict, work: Path, gigabytes: float, steps: int, device
     return {**wait, "cache_gb": size / 2**30, "clips": n, "shards": len(data.shards), "index": INDEX}
 
 
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")  # cgroup v1's memory controller (writable as root)
+_READ_ALL = """
+import sys
+from benchmark.data.cache import CachedSplit, make_loader
+data, n = CachedSplit(sys.argv[1]), 0
+for batch in make_loader(data, 32, shuffle=True):
+    n += len(batch["label"])
+print(n)
+"""
+
+
+def read_under_memory_limit(work: Path, gigabytes: float, limit_gb: float, tiny: bool) -> dict:
+    """One shuffled pass over every batch of a sharded cache of ``gigabytes`` by a process whose memory (resident
+    set and the page cache it faults in) is capped at ``limit_gb`` in a memory cgroup, after the page cache is
+    dropped: the cache is read whole while only part of it fits. Needs a writable cgroup v1 memory controller and
+    /proc/sys/vm/drop_caches (root); otherwise the reason is recorded."""
+    group = MEMORY_CGROUP / f"bench-read-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError as err:
+        return {"skipped": f"no writable memory cgroup at {MEMORY_CGROUP} ({err.strerror})"}
+    folder = work / "limited-cache"
+    try:
+        shapes = _large_cache_shapes(tiny)
+        n = large_cache(folder, gigabytes, 1000, shapes)
+        size = sum(p.stat().st_size for p in (folder / SHARDS).glob("*.pt"))
+        (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1")
+        start = time.perf_counter()
+        enter = f'echo $$ > {group}/cgroup.procs && exec "$0" -c "$1" "$2"'  # the reader starts inside the group
+        res = subprocess.run(["sh", "-c", enter, sys.executable, _READ_ALL, folder], capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        peak = int((group / "memory.max_usage_in_bytes").read_text())
+        return {
+            "cache_gb": size / 2**30,
+            "limit_gb": limit_gb,
+            "clips": n,
+            "clips_read": int(res.stdout.strip() or 0),
+            "returncode": res.returncode,
+            "seconds": seconds,
+            "peak_cgroup_gb": peak / 2**30,
+            "error": res.stderr[-1000:] if res.returncode else "",
+        }
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+        group.rmdir()
+
+
 def kill_and_resume(base: dict, work: Path, n: int, distinct: list[Path], pre: dict, shard_clips: int, log) -> dict:
     """The whole preprocess step (every missing shard, then the gather) for ``n`` clips, SIGKILLed once half its shard
     records are on disk, then run again: which shards the rerun wrote, its time, and that the index lists every
     clip. Then one training batch is read from the finished cache."""
-    root = work / f"tree-kill-{n}"
-    dataset_tree(root, n, distinct)
-    cfg = validate_config(_config(base, root, pre, shard_clips))
-    config = work / f"config-kill-{n}.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    dirs = dataset_dirs(cfg, "video_folder")
-    _step(_cli(config, "download"), work)
-    shards = -(-n // shard_clips)
+    root, config, dirs, shards = _downloaded(base, work, f"kill-{n}", n, distinct, pre, shard_clips)
     records = work / dirs.processed / SHARDS
     cmd = _cli(config, "preprocess", "--workers", str(os.cpu_count() or 1))
     start = time.perf_counter()
@@ -348,6 +397,7 @@ def run_data_benchmark(
     workdir: Path,
     log=print,
     kill_resume: bool = False,
+    memory_limit_gb: float | None = None,
 ) -> dict:
     """Every measurement of the module docstring (and, tiny, the kill-and-resume one); ``kill_resume``: only that one,
     at the largest size."""
@@ -359,6 +409,13 @@ def run_data_benchmark(
         workdir / "distinct", 4 if tiny else DISTINCT_CLIPS, seconds, side, pre["audio"]["sample_rate"]
     )
     report: dict = {"tiny": tiny, "preprocess": [], "recipe": pre}
+    if tiny or memory_limit_gb is not None:
+        report["read_under_memory_limit"] = read_under_memory_limit(
+            workdir, 0.01 if tiny else cache_gb, 1.5 if tiny else memory_limit_gb, tiny
+        )
+        log(f"reading a sharded cache under a memory limit: {report['read_under_memory_limit']}")
+        if memory_limit_gb is not None:  # only this measurement
+            return report
     if tiny or kill_resume:
         report["kill_resume"] = kill_and_resume(cfg, workdir, max(sizes), distinct, pre, shard_clips, log)
         if kill_resume:
@@ -433,6 +490,13 @@ def data_table(report: dict) -> str:
             f"shards the rerun wrote | {k['rewritten_by_rerun']} in {k['rerun_s']:.0f} s | "
             f"{k['shards'] - k['complete_at_kill']} | "
             f"{'yes' if met else 'no'} |"
+        )
+    r = report.get("read_under_memory_limit")
+    if r and "skipped" not in r:
+        lines.append(
+            f"| one shuffled pass over a {r['cache_gb']:.1f} GB sharded cache, capped at {r['limit_gb']:g} GB | "
+            f"{r['clips_read']:,} of {r['clips']:,} clips in {r['seconds']:.0f} s, peak {r['peak_cgroup_gb']:.2f} GB | "
+            f"every clip | {'yes' if r['returncode'] == 0 and r['clips_read'] == r['clips'] else 'no'} |"
         )
     w = report["data_wait_large_cache"]
     lines.append(
