@@ -19,7 +19,7 @@ from benchmark.data.shards import cache_files
 
 class CachedSplit(torch.utils.data.Dataset):
     """Clips of a tensor cache: a processed folder (its shards, ``benchmark.data.shards``) or one tensor file. Every
-    shard is memory-mapped; a batch is gathered with one indexing operation per modality and shard it touches."""
+    shard is memory-mapped; a batch is gathered into one tensor per modality, a row copy per clip."""
 
     def __init__(
         self, path: str | Path, indices: Sequence[int] | None = None, modalities: Sequence[str] | None = None
@@ -68,15 +68,17 @@ class CachedSplit(torch.utils.data.Dataset):
         return self.labels[self.indices]
 
     def gather(self, modality: str, idx: torch.Tensor) -> torch.Tensor:
-        """The rows ``idx`` (cache order) of one modality."""
-        if len(self.shards) == 1:
-            return self.shards[0][modality][idx]
-        shard, position = self.shard_of[idx], self.position[idx]
+        """The rows ``idx`` (cache order) of one modality, one row copy each: a row is contiguous, so its copy is a
+        memcpy, while advanced indexing copies element by element (10x slower for a real-size frame row on a CPU:
+        scripts/bench_choices.py)."""
         first = self.shards[0][modality]
         out = torch.empty((len(idx), *first.shape[1:]), dtype=first.dtype)
-        for k in torch.unique(shard).tolist():
-            rows = shard == k
-            out[rows] = self.shards[k][modality][position[rows]]
+        if len(self.shards) == 1:
+            for j, p in enumerate(idx.tolist()):
+                out[j] = first[p]
+            return out
+        for j, (k, p) in enumerate(zip(self.shard_of[idx].tolist(), self.position[idx].tolist())):
+            out[j] = self.shards[k][modality][p]
         return out
 
     def replace_modality(self, modality: str, fn) -> None:
