@@ -171,7 +171,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     if settings.get("compile"):
         for encoder in model.encoders.values():  # in place: the model keeps its modules, which methods hook into
-            encoder.compile()
+            encoder.compile(dynamic=False)  # one graph per input shape: dynamic shapes trip inductor here
     bf16 = settings.get("precision") == "bf16"
     ctx.train, ctx.prep, ctx.settings, ctx.log = train, prep, settings, log
     if settings.get("absent_input", "mean") == "mean":
