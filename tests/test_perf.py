@@ -37,7 +37,9 @@ def test_perf_tiny_prints_the_table_and_writes_json(tmp_path):
     assert set(report["training"]) == {"joint", "ogm_ge", "mlb", "gblend"} and all(
         v > 0 for v in report["training"].values()
     )
-    assert -1 <= report["data_wait_builtin"]["fraction"] <= 1 and report["data_wait_real_size"]["steps"] >= 1
+    for w in (report["data_wait_builtin"], report["data_wait_real_size"]):  # timings: arithmetic, not noise
+        assert w["steps"] >= 1 and w["pure_s"] > 0 and w["with_loader_s"] > 0
+        assert w["fraction"] == pytest.approx((w["with_loader_s"] - w["pure_s"]) / w["with_loader_s"])
     steps = report["step_overhead"]  # bare vs the harness's whole step, each with its spread
     assert {"bare", "bare, deterministic off", "joint", "joint, channels-last", "ogm_ge", "ogm"} <= set(steps)
     assert all(0 < steps[k]["min"] <= steps[k]["median"] <= steps[k]["max"] for k in ("bare", "joint", "ogm_ge"))
@@ -65,7 +67,9 @@ def test_perf_data_tiny_measures_shards_decoding_dry_run_and_a_sharded_cache(tmp
     assert r.get("skipped", "").startswith("no writable memory cgroup") or (
         r["returncode"] == 0 and r["clips_read"] == r["clips"] and r["peak_cgroup_gb"] <= r["limit_gb"]
     ), r
-    assert report["data_wait_large_cache"]["shards"] >= 1 and -1 <= report["data_wait_large_cache"]["fraction"] <= 1
+    w = report["data_wait_large_cache"]  # a timing on a loaded CI machine: its value is noise, its arithmetic is not
+    assert w["shards"] >= 1 and w["pure_s"] > 0 and w["with_loader_s"] > 0
+    assert w["fraction"] == pytest.approx((w["with_loader_s"] - w["pure_s"]) / w["with_loader_s"])
     for row in ("shard-job memory", "snakemake -n, 2,000-clip manifest, 200 shard jobs", "data wait, 0.0 GB sharded"):
         assert row in res.stdout, row
     assert not list(tmp_path.glob("tree-*")) and not (tmp_path / "large-cache").exists()  # scratch cleaned up
