@@ -131,6 +131,7 @@ def validate_config(cfg: Any) -> dict:
                 dataset_settings(cfg, name)
             else:
                 component_params(cfg, axis, name)
+    _check_input_kinds(cfg)
     check_overrides(cfg)
     check_space(cfg)
     if cfg["experiment"] in RESERVED:
@@ -140,6 +141,24 @@ def validate_config(cfg: Any) -> dict:
             f"({', '.join(RESERVED)}); choose another name",
         )
     return cfg
+
+
+def _check_input_kinds(cfg: dict) -> None:
+    """Every input_kinds entry names a loadable kind (its class, or a built-in name) and a known encoder."""
+    from benchmark.data.kinds import INPUT_KINDS
+
+    for kind, entry in (cfg.get("input_kinds") or {}).items():
+        try:
+            INPUT_KINDS.get(kind, class_path=entry.get("class"))
+        except (UnknownNameError, ImportError, TypeError, ValueError) as err:
+            raise ConfigError(f"input_kinds.{kind}" + (".class" if entry.get("class") else ""), str(err)) from None
+        if entry.get("encoder"):
+            try:
+                component_class(cfg, "backbones", entry["encoder"])
+            except ConfigError as err:
+                raise ConfigError(f"input_kinds.{kind}.encoder", err.message) from None
+            except UnknownNameError as err:
+                raise ConfigError(f"input_kinds.{kind}.encoder", str(err)) from None
 
 
 def grid_names(cfg: dict, axis: str) -> list:
@@ -348,7 +367,34 @@ def component_class(cfg: dict, axis: str, name: str) -> type:
 
 
 #: keys of a component entry that are not constructor parameters
-ENTRY_KEYS = ("class", "preset", "per_dataset", "per_backbone")
+ENTRY_KEYS = ("class", "preset", "per_dataset", "per_backbone", "track_code")
+
+
+def code_record(cfg: dict, axis: str, name: str) -> dict:
+    """``{"code_sha256": ...}`` of a user class whose entry sets ``track_code`` (its module's source file hashed, so
+    editing it changes every identity the component is part of); ``{}`` otherwise, so other identities are kept."""
+    entry = (cfg.get(axis) or {}).get(name) or {}
+    if not (isinstance(entry, dict) and entry.get("track_code")):
+        return {}
+    if "class" not in entry:
+        raise ConfigError(
+            f"{axis}.{name}.track_code",
+            "hashes a user class's source (an entry with class: module:Class); built-in code is covered by the "
+            "harness's NUMERICS_VERSION",
+        )
+    return {"code_sha256": source_digest(component_class(cfg, axis, name), f"{axis}.{name}.track_code")}
+
+
+def source_digest(cls: type, where: str) -> str:
+    """SHA-256 (16 hex digits) of the source file that defines ``cls``."""
+    import inspect
+
+    try:
+        path = Path(inspect.getsourcefile(cls) or "")
+        data = path.read_bytes()
+    except (TypeError, OSError) as err:
+        raise ConfigError(where, f"cannot read the source of {cls.__module__}:{cls.__qualname__} ({err})") from None
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def component_params(
@@ -527,7 +573,7 @@ def dataset_settings(cfg: dict, dataset: str) -> dict:
     """Everything that determines a dataset's cached tensors."""
     cls = component_class(cfg, "datasets", dataset)
     entry = cfg.get("datasets", {}).get(dataset) or {}
-    sections = set(getattr(cls, "config_sections", ())) | {"preprocess", "class", *OPTIONAL_DATASET_KEYS}
+    sections = set(getattr(cls, "config_sections", ())) | {"preprocess", "class", "track_code", *OPTIONAL_DATASET_KEYS}
     for key in entry:
         if key not in sections:
             raise ConfigError(
@@ -541,6 +587,12 @@ def dataset_settings(cfg: dict, dataset: str) -> dict:
     for key in OPTIONAL_DATASET_KEYS:  # only when set, so that datasets without them keep their settings hash
         if entry.get(key):
             out[key] = copy.deepcopy(entry[key])
+    kinds = _dataset_kinds(cfg, dataset, entry.get("modalities") or getattr(cls, "modalities", {}))
+    if kinds:  # only user kinds, so that other datasets keep their settings hash
+        out["kinds"] = kinds
+        if _kind_codes(cfg, kinds):
+            out["kind_code_sha256"] = _kind_codes(cfg, kinds)
+    out.update(code_record(cfg, "datasets", dataset))
     if out.get("balance") and not getattr(cls, "multi_label", False):
         raise ConfigError(
             f"datasets.{dataset}.balance",
@@ -551,6 +603,42 @@ def dataset_settings(cfg: dict, dataset: str) -> dict:
 
 #: keys every dataset entry may have: its modality sources and the multi-label balancing step (Algorithm 1)
 OPTIONAL_DATASET_KEYS = ("modalities", "balance")
+
+
+def _dataset_kinds(cfg: dict, dataset: str, declared: dict) -> dict:
+    """The user input kinds a dataset's modalities use, kind -> {class, code_sha256 with track_code}; every
+    declaration must be a media source, a built-in kind or an ``input_kinds`` entry."""
+    from benchmark.data.kinds import INPUT_KINDS, SOURCE_KIND
+
+    user = cfg.get("input_kinds") or {}
+    out = {}
+    for modality, value in declared.items():
+        if value in SOURCE_KIND or (value in INPUT_KINDS and "class" not in user.get(value, {})):
+            continue
+        if value not in user or "class" not in user[value]:
+            raise ConfigError(
+                f"datasets.{dataset}.modalities.{modality}",
+                f"'{value}' is neither a media source ({', '.join(SOURCE_KIND)}) nor an input kind "
+                f"({', '.join(INPUT_KINDS.names())}, or an input_kinds entry with class)",
+            )
+        out[value] = user[value]["class"]
+    return out
+
+
+def _kind_codes(cfg: dict, kinds: dict) -> dict:
+    """kind -> source digest of the user kinds whose input_kinds entry sets track_code."""
+    from benchmark.data.kinds import INPUT_KINDS
+
+    out = {}
+    for kind, class_path in kinds.items():
+        if (cfg.get("input_kinds") or {}).get(kind, {}).get("track_code"):
+            where = f"input_kinds.{kind}"
+            try:
+                cls = INPUT_KINDS.get(kind, class_path=class_path)
+            except (ImportError, TypeError, ValueError) as err:
+                raise ConfigError(f"{where}.class", str(err)) from None
+            out[kind] = source_digest(cls, f"{where}.track_code")
+    return out
 
 
 @functools.lru_cache(maxsize=1)

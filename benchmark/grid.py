@@ -49,6 +49,25 @@ def dataset_instance(cfg: dict, dataset: str):
     return component_class(cfg, "datasets", dataset)(dataset_settings(cfg, dataset))
 
 
+def modality_kinds(cfg: dict, dataset: str) -> dict:
+    """modality -> InputKind of a dataset's modalities (media sources become their kinds)."""
+    from benchmark.data.kinds import get_kind, kind_name
+
+    ds = dataset_instance(cfg, dataset)
+    return {m: get_kind(kind_name(v), ds.kind_class(v)) for m, v in ds.modalities.items()}
+
+
+def modality_encoders(cfg: dict, dataset: str, backbone: str, modalities: list[str] | None = None) -> dict[str, str]:
+    """The encoder (a backbone name) of each modality whose layout the run's backbone does not take: its kind's
+    ``input_kinds.<kind>.encoder``, else the kind's ``default_encoder``. Modalities the backbone takes are absent."""
+    backbone_cls = component_class(cfg, "backbones", backbone)
+    out = {}
+    for m, kind in modality_kinds(cfg, dataset).items():
+        if (modalities is None or m in modalities) and not backbone_cls.accepts(kind.layout):
+            out[m] = ((cfg.get("input_kinds") or {}).get(kind.name) or {}).get("encoder") or kind.default_encoder
+    return out
+
+
 def dataset_folds(cfg: dict, dataset: str) -> list[str]:
     return dataset_instance(cfg, dataset).folds()
 
@@ -82,6 +101,17 @@ def fusion_backbone_reason(fusion_cls: type, backbone_cls: type) -> str | None:
     return None
 
 
+def encoder_reason(encoders: dict[str, type], fusion_cls: type, balancer_cls: type, params: dict) -> str | None:
+    """Why a fusion or a method cannot run on the modalities' encoders (the first modality that stops it named when
+    the encoders differ)."""
+    named = len(set(encoders.values())) > 1
+    for m, enc in encoders.items():
+        reason = fusion_backbone_reason(fusion_cls, enc) or balancer_cls.backbone_unsupported(enc, params)
+        if reason:
+            return f"{reason} (the encoder of modality '{m}')" if named else reason
+    return None
+
+
 def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
     """All runs of the grid (the union over its blocks), and the combinations that are not scheduled with the
     reason why."""
@@ -96,6 +126,27 @@ def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
             for fold in dataset_folds(cfg, dataset):
                 for backbone in g["backbones"]:
                     backbone_cls = component_class(cfg, "backbones", backbone)
+                    fallback = modality_encoders(cfg, dataset, backbone)
+                    if len(fallback) == len(modalities):  # the run would not use the backbone at all
+                        reason = (
+                            f"backbone '{backbone}' takes none of dataset '{dataset}''s modalities "
+                            f"({', '.join(f'{m}: {k.layout}' for m, k in modality_kinds(cfg, dataset).items())})"
+                        )
+                        for balancer in g["balancers"]:
+                            alone = component_class(cfg, "balancers", balancer).per_modality
+                            combos = (
+                                [(NO_FUSION, m) for m in modalities]
+                                if alone
+                                else [(f, s) for f in g["fusions"] for s in subsets]
+                            )
+                            for seed in g["seeds"]:
+                                for fusion, subset in combos:
+                                    skipped[RunSpec(dataset, backbone, fusion, balancer, seed, subset, fold)] = reason
+                        continue
+                    encoder_classes = {
+                        m: component_class(cfg, "backbones", fallback[m]) if m in fallback else backbone_cls
+                        for m in modalities
+                    }
                     for balancer in g["balancers"]:
                         cls = component_class(cfg, "balancers", balancer)
                         for seed in g["seeds"]:
@@ -108,16 +159,12 @@ def grid_runs(cfg: dict) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
                             for fusion, subset in ((f, s) for f in g["fusions"] for s in subsets):
                                 spec = RunSpec(dataset, backbone, fusion, balancer, seed, subset, fold)
                                 fusion_cls = component_class(cfg, "fusions", fusion)
-                                n = len(subset.split("+")) if subset else len(modalities)
-                                reason = (
-                                    fusion_backbone_reason(fusion_cls, backbone_cls)
-                                    or cls.not_applicable(fusion_cls, n, multi_label)
-                                    or cls.backbone_unsupported(
-                                        backbone_cls,
-                                        component_params(
-                                            cfg, "balancers", balancer, dataset=dataset, backbone=backbone
-                                        ),
-                                    )
+                                used = subset.split("+") if subset else modalities
+                                params = component_params(
+                                    cfg, "balancers", balancer, dataset=dataset, backbone=backbone
+                                )
+                                reason = cls.not_applicable(fusion_cls, len(used), multi_label) or encoder_reason(
+                                    {m: encoder_classes[m] for m in used}, fusion_cls, cls, params
                                 )
                                 if reason:
                                     skipped[spec] = reason

@@ -132,6 +132,10 @@ def build_run_model(cfg: dict, settings: dict, info: dict, balancer_cls: type[Ba
         fusion_params=settings["fusion"]["params"],
         unimodal_heads=balancer_cls.unimodal_heads,
         seed=settings["seed"],
+        encoders={
+            m: (component_class(cfg, "backbones", e["name"]), e["params"])
+            for m, e in settings["backbone"].get("encoders", {}).items()
+        },
     )
 
 
@@ -225,6 +229,11 @@ def execute_run(
         f"parameters from preset '{p['preset']}' of {spec.balancer} ({p['source']}; {p['at']})"
         for p in settings["balancer"].get("presets", [])
     ]
+    notes += [
+        f"modality '{m}' is encoded by '{e['name']}' (backbone '{spec.backbone}' does not take its "
+        f"{prepared.data.info['modalities'][m].get('kind', 'input')} input)"
+        for m, e in settings["backbone"].get("encoders", {}).items()
+    ]
     log(
         f"run {spec.method} on {spec.dataset}/{spec.backbone}/{spec.fusion} seed {spec.seed}, device {device}, "
         f"identity {prepared.resolved.identity}"
@@ -249,6 +258,7 @@ def execute_run(
         audit=audit,
     )
     notes += getattr(balancer, "run_notes", [])
+    notes += model.fusion.choices() if hasattr(model.fusion, "choices") else []
     record = {
         "version": METRICS_VERSION,
         "status": "ok",

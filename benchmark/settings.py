@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmark import paths
-from benchmark.config import component_class, component_params, dataset_settings, train_settings
-from benchmark.grid import NO_FUSION, RunSpec, dataset_modalities
+from benchmark.config import code_record, component_class, component_params, dataset_settings, train_settings
+from benchmark.grid import NO_FUSION, RunSpec, dataset_modalities, modality_encoders
 from benchmark.prerequisites import needs_of
 from benchmark.search import apply_params, trial_params, tuning_identity
 
@@ -347,20 +347,16 @@ def _run_settings(cfg: dict, spec: RunSpec) -> dict:
         raise ValueError(f"dataset '{spec.dataset}' has no modality '{unknown[0]}'; it has {', '.join(all_modalities)}")
     fusion = "concat" if spec.fusion == NO_FUSION else spec.fusion  # one modality: a linear classifier
     presets: list[dict] = []  # filled by component_params: the presets the method's parameters came from
+    backbone = _component(cfg, "backbones", spec.backbone)
+    encoders = modality_encoders(cfg, spec.dataset, spec.backbone, modalities)
+    if encoders:  # modalities whose layout the backbone does not take get their kind's encoder (only then recorded)
+        backbone["encoders"] = {m: {"name": e, **_component(cfg, "backbones", e)} for m, e in encoders.items()}
     return copy.deepcopy(
         {
             "dataset": dataset_settings(cfg, spec.dataset),
             "modalities": modalities,
-            "backbone": {
-                "name": spec.backbone,
-                "params": component_params(cfg, "backbones", spec.backbone),
-                "class": _qualname(component_class(cfg, "backbones", spec.backbone)),
-            },
-            "fusion": {
-                "name": spec.fusion,
-                "params": component_params(cfg, "fusions", fusion),
-                "class": _qualname(component_class(cfg, "fusions", fusion)),
-            },
+            "backbone": {"name": spec.backbone, **backbone},
+            "fusion": {"name": spec.fusion, **_component(cfg, "fusions", fusion)},
             "balancer": {
                 "name": spec.balancer,
                 "params": component_params(
@@ -368,6 +364,7 @@ def _run_settings(cfg: dict, spec: RunSpec) -> dict:
                 ),
                 "class": _qualname(balancer_cls),
                 "presets": presets,
+                **code_record(cfg, "balancers", spec.balancer),
             },
             "train": train_settings(cfg, spec.backbone),
             "evaluation": cfg["evaluation"],
@@ -375,6 +372,15 @@ def _run_settings(cfg: dict, spec: RunSpec) -> dict:
             "fold": spec.fold,
         }
     )
+
+
+def _component(cfg: dict, axis: str, name: str) -> dict:
+    """A fusion's or backbone's params and class (and its source digest when its entry sets track_code)."""
+    return {
+        "params": component_params(cfg, axis, name),
+        "class": _qualname(component_class(cfg, axis, name)),
+        **code_record(cfg, axis, name),
+    }
 
 
 def _qualname(cls: type) -> str:

@@ -55,7 +55,7 @@ def test_out_of_range_value(cfg):
         ("balancers", "ogm_ge", "alpha", "0.8", "valid number"),  # a string is not converted
         ("balancers", "ogm_ge", "alpha", True, "valid number"),  # nor a bool
         ("balancers", "ogm_ge", "alpha", -0.1, "greater than 0"),
-        ("balancers", "ogm_ge", "modulate", "linear", "'conv' or 'all'"),
+        ("balancers", "ogm_ge", "modulate", "linear", "'conv', 'declared' or 'all'"),
         ("balancers", "ogm_ge", "end_epoch", 2.5, "valid integer"),
         ("balancers", "gblend", "holdout_fraction", 0.5, "less than 0.5"),
         ("balancers", "gblend", "estimate_epochs", 0, "greater than or equal to 1"),

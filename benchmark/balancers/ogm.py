@@ -18,9 +18,11 @@ OGM_PRESETS = {
 }
 NO_CONVOLUTIONS = (
     "backbone '{name}' has no convolution weights, the only parameters OGM's released rule (modulate: conv) "
-    "scales, so the method would modulate nothing; set modulate: all to scale every encoder parameter (an "
-    "extension, recorded in the run's notes)"
+    "scales, so the method would modulate nothing; set modulate: declared to scale the parameters each encoder "
+    "declares as their analogue, or modulate: all for every encoder parameter (extensions, recorded in the run's "
+    "notes)"
 )
+MODULATE = ("conv", "declared", "all")
 
 
 def ogm_scores(modality_logits: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -46,12 +48,20 @@ def ogm_coefficients(scores: torch.Tensor, alpha: float) -> tuple[torch.Tensor, 
     return rho, k
 
 
+def convolution_weights(encoder: nn.Module) -> list[nn.Parameter]:
+    return [mod.weight for mod in encoder.modules() if isinstance(mod, nn.modules.conv._ConvNd)]
+
+
 def modulated_parameters(encoder: nn.Module, which: str) -> list[nn.Parameter]:
     """'conv': convolution weights only (the official code's 4-D-tensor rule, here any Conv layer's weight);
-    'all': every parameter of the encoder (biases and normalisation layers included)."""
+    'declared': the parameters the encoder declares (``Backbone.modulated_parameters``: its convolution weights,
+    or for an encoder without convolutions its weight matrices); 'all': every parameter of the encoder (biases and
+    normalisation layers included)."""
     if which == "all":
         return list(encoder.parameters())
-    return [mod.weight for mod in encoder.modules() if isinstance(mod, nn.modules.conv._ConvNd)]
+    if which == "declared" and hasattr(encoder, "modulated_parameters"):
+        return list(encoder.modulated_parameters())
+    return convolution_weights(encoder)
 
 
 @BALANCERS.register("ogm")
@@ -60,8 +70,9 @@ class OGM(Balancer):
     window [start_epoch, end_epoch] (inclusive; a bound is an epoch or a share of the schedule such as "50%": the
     released code modulates epochs 0–50 of 100, the default ["0%", "50%"]), each modulated encoder gradient
     becomes k_m·g (eq. 11). ``modulate: conv`` scales convolution weights only, as the released code; on a backbone
-    without convolutions that is nothing, so such a run is n/a; ``modulate: all`` (every encoder parameter) is an
-    extension named in the run's notes. Presets ``cremad`` (α 0.8) and ``vggsound`` (α 0.1) are the released
+    without convolutions that is nothing, so such a run is n/a; ``modulate: declared`` (the weight matrices an
+    encoder without convolutions declares, e.g. an MLP's) and ``modulate: all`` (every encoder parameter) are
+    extensions named in the run's notes. Presets ``cremad`` (α 0.8) and ``vggsound`` (α 0.1) are the released
     per-dataset values (config: ``per_dataset: {vggsound: {preset: vggsound}}``).
 
     Per-modality logits come from the fused head as the fusion defines them (concat: W_m·φ_m + b/M; fusions
@@ -80,11 +91,11 @@ class OGM(Balancer):
         alpha: Positive = 0.8,
         start_epoch: EpochBound = "0%",
         end_epoch: EpochBound = "50%",
-        modulate: Literal["conv", "all"] = "conv",
+        modulate: Literal["conv", "declared", "all"] = "conv",
     ) -> None:
         super().__init__()
-        if modulate not in ("conv", "all"):
-            raise ValueError(f"modulate must be 'conv' or 'all', not {modulate!r}")
+        if modulate not in MODULATE:
+            raise ValueError(f"modulate must be one of {', '.join(MODULATE)}, not {modulate!r}")
         self.alpha, self.start_epoch, self.end_epoch, self.modulate = alpha, start_epoch, end_epoch, modulate
 
     @classmethod
@@ -109,6 +120,20 @@ class OGM(Balancer):
         if empty:  # a backbone that did not declare has_convolutions
             name = type(model.encoders[empty[0]]).__name__
             raise ValueError(NO_CONVOLUTIONS.format(name=name) + f" (encoder of modality '{empty[0]}')")
+        self.run_notes.append(
+            f"on a tie (every score equal) modality '{model.modalities[0]}' is slowed with ρ = 1, the dataset's first "
+            "(the released code slows its first, audio)"
+        )
+        differs = [
+            m
+            for m, params in self.params.items()
+            if {id(p) for p in params} != {id(p) for p in convolution_weights(model.encoders[m])}
+        ]
+        if self.modulate == "declared" and differs:
+            self.run_notes.append(
+                f"extension: modulate: declared scales the parameters the encoders of {', '.join(differs)} declare "
+                "(their weight matrices); the released code scales convolution weights only"
+            )
         if self.modulate == "all":
             self.run_notes.append(
                 "extension: modulate: all scales every encoder parameter (biases, normalisation and linear "

@@ -234,22 +234,32 @@ def channels_last_frames(x: torch.Tensor) -> torch.Tensor:
 
 
 class BatchPreparer:
-    """Moves a batch to the device: spectrograms to float32, frames (and frame differences) to float32 normalised
-    with the dataset's visual mean and std, optical flow from its uint8 code to [-1, 1] (±bound pixels); training
-    batches of frames are augmented as configured (flow is not: a flip would have to negate its x component).
-    ``channels_last``: 4-D inputs and frames are handed over in channels-last layout, as the model's weights are."""
+    """Moves a batch to the device, each modality as its input kind prepares it (``benchmark.data.kinds``):
+    spectrograms and feature tensors to float32, token ids to int64, frames (and frame differences) and images to
+    float32 normalised with the dataset's visual mean and std, optical flow from its uint8 code to [-1, 1] (±bound
+    pixels); training batches of frames and images are augmented as configured (flow is not: a flip would have to
+    negate its x component). ``channels_last``: 4-D inputs and frames are handed over in channels-last layout, as
+    the model's weights are."""
 
     def __init__(
         self, modality_info: dict[str, dict], visual: dict, device: torch.device, channels_last: bool = False
     ) -> None:
+        from benchmark.data.kinds import modality_kind
+
         self.device = device
         self.channels_last = channels_last
-        self.frames = {m for m, info in modality_info.items() if info["source"] in ("video", "video_diff")}
-        self.flow = {m for m, info in modality_info.items() if info["source"] == "video_flow"}
+        self.kinds = {m: modality_kind(info) for m, info in modality_info.items()}
         self.mean = torch.tensor(visual["mean"], device=device).view(1, 1, 3, 1, 1) * 255.0
         self.std = torch.tensor(visual["std"], device=device).view(1, 1, 3, 1, 1) * 255.0
         augment = visual.get("augment") or {}
         self.hflip, self.crop_scale = bool(augment.get("hflip")), augment.get("crop_scale")
+
+    def normalise_frames(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 frames [B, T, C, H, W] -> float32 normalised with the visual mean and std (augmented in training)."""
+        x = (x.float() - self.mean) / self.std
+        if train and (self.hflip or self.crop_scale):
+            x = augment_frames(x, self.hflip, self.crop_scale)
+        return x
 
     def __call__(
         self, batch: dict[str, torch.Tensor], train: bool = False
@@ -259,19 +269,11 @@ class BatchPreparer:
         for m, x in batch.items():
             if m == "label":
                 continue
-            x = x.to(self.device, non_blocking=nb)
-            if m in self.frames:
-                x = (x.float() - self.mean) / self.std
-                if train and (self.hflip or self.crop_scale):
-                    x = augment_frames(x, self.hflip, self.crop_scale)
-                inputs[m] = x
-            elif m in self.flow:
-                inputs[m] = x.float() / 127.5 - 1.0
-            else:
-                inputs[m] = x.float()
-            if self.channels_last and inputs[m].dim() == 5:
-                inputs[m] = channels_last_frames(inputs[m])
-            elif self.channels_last and inputs[m].dim() == 4:
-                inputs[m] = inputs[m].contiguous(memory_format=torch.channels_last)
+            x = self.kinds[m].prepare(x.to(self.device, non_blocking=nb), train, self)
+            if self.channels_last and x.dim() == 5:
+                x = channels_last_frames(x)
+            elif self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            inputs[m] = x
         y = batch["label"].to(self.device, non_blocking=nb)
         return inputs, (y.float() if y.dim() == 2 else y)  # multi-hot uint8 rows become BCE targets

@@ -2,8 +2,10 @@
 
 A dataset writes ``<raw_dir>/manifest.csv`` (clip_id, path relative to raw_dir, label, split) from its
 ``download`` method; everything after that (decoding, spectrograms, caching) is generic and lives in
-``benchmark.data.preprocess``. Users add a dataset by subclassing ``Dataset`` and naming the class in
-config (``datasets: {mine: {class: 'pkg.module:MyDataset', ...}}``).
+``benchmark.data.preprocess``. A dataset may instead hand over tensors: a modality declared as an input kind
+(``benchmark.data.kinds``: vector, sequence, image, tokens, or a user's) is read by the dataset's ``tensors`` per
+manifest row, checked against ``tensor_specs`` and cached in the same shards. Users add a dataset by subclassing
+``Dataset`` and naming the class in config (``datasets: {mine: {class: 'pkg.module:MyDataset', ...}}``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ def split_labels(label: str) -> list[str]:
 
 class Dataset:
     """Base class. ``modalities`` maps each modality name to its source in the clip files (audio, video,
-    video_diff, video_flow); a config entry's ``modalities`` mapping replaces it (e.g. to add optical flow).
-    ``download`` writes the manifest; ``folds`` and ``split`` define the train/val/test parts. ``multi_label``
-    datasets list several labels per clip, separated by ';'."""
+    video_diff, video_flow) or to the input kind of tensors the dataset hands over itself (vector, sequence, image,
+    tokens, a kind of the config's ``input_kinds``); a config entry's ``modalities`` mapping replaces it (e.g. to
+    add optical flow). ``download`` writes the manifest; ``folds`` and ``split`` define the train/val/test parts.
+    ``multi_label`` datasets list several labels per clip, separated by ';'.
+
+    A dataset with tensor modalities implements ``tensor_specs`` (each one's shape and dtype, and what its kind needs,
+    e.g. ``vocab_size``) and ``tensors`` (one manifest row's arrays). A sample that cannot be used raises
+    ``benchmark.data.media.MediaError(reason, detail)`` and is listed in ``rejected.csv``; one that does not match
+    its spec is rejected by the kind's check."""
 
     name: ClassVar[str]
     modalities: dict[str, str] = {"audio": "audio", "visual": "video"}
@@ -51,6 +59,19 @@ class Dataset:
 
     def download(self, raw_dir: Path, workers: int = 1) -> None:
         raise NotImplementedError
+
+    def tensor_specs(self, raw_dir: Path, rows: list[dict]) -> dict[str, dict]:
+        """Tensor modalities only: {modality: {"shape": [...], "dtype": "float32", ...}} for the manifest ``rows``
+        (the dtype is optional: the kind's storage dtype)."""
+        raise NotImplementedError(f"dataset '{self.name}' declares tensor modalities but no tensor_specs")
+
+    def tensors(self, raw_dir: Path, row: dict) -> dict:
+        """Tensor modalities only: one manifest row's arrays (NumPy or torch), {modality: array}."""
+        raise NotImplementedError(f"dataset '{self.name}' declares tensor modalities but no tensors")
+
+    def kind_class(self, kind: str) -> str | None:
+        """The ``module:Class`` of a user's input kind named in the config's ``input_kinds`` (None: built in)."""
+        return (self.settings.get("kinds") or {}).get(kind)
 
     def classes(self, rows: list[dict]) -> list[str]:
         """Class names in label-index order (default: sorted names found in the manifest)."""

@@ -22,6 +22,7 @@ import torch
 
 from benchmark.data.cache import cache_settings_hash
 from benchmark.data.datasets import SPLITS, Dataset, read_manifest, read_rejected_rows, split_labels
+from benchmark.data.kinds import INPUT_KINDS, SOURCE_KIND, InputKind, get_kind, is_media, kind_name
 from benchmark.data.media import MediaError, decode_audio, decode_frames
 from benchmark.data.shards import (
     SHARDS,
@@ -114,9 +115,9 @@ def frame_indices(n_available: int, k: int, sampling: str, seed: int, clip_id: s
     return np.clip(idx, 0, n_available - 1)
 
 
-#: where a modality comes from: the audio track, the frames, the difference of consecutive frames, or dense
-#: optical flow between consecutive frames
-SOURCES = ("audio", "video", "video_diff", "video_flow")
+#: where a media modality comes from: the audio track, the frames, the difference of consecutive frames, or dense
+#: optical flow between consecutive frames (a dataset's other modalities are tensors it hands over itself)
+SOURCES = tuple(SOURCE_KIND)
 #: optical flow is clipped to ±bound pixels (at the decoded frame size) before it is stored as uint8
 DEFAULT_FLOW_BOUND = 20.0
 
@@ -157,20 +158,39 @@ def window_starts(duration: float, window: float, k: int) -> list[float]:
 class ClipDecoder:
     """Decodes one manifest row into the cached tensors of its clip(s): one clip per video (the whole video, or
     its start/end segment), or ``clips_per_video`` = K uniformly spaced windows of the audio duration, stored as
-    clips ``<video>#<k>`` (the G-Blend paper's K-clip video-level evaluation)."""
+    clips ``<video>#<k>`` (the G-Blend paper's K-clip video-level evaluation). Modalities declared as input kinds
+    come from the dataset's ``tensors`` and are checked by their kind against the dataset's ``tensor_specs``."""
 
-    def __init__(self, dataset: Dataset, raw_dir: Path, pre: dict, classes: list[str]) -> None:
+    def __init__(
+        self, dataset: Dataset, raw_dir: Path, pre: dict, classes: list[str], rows: list[dict] | None = None
+    ) -> None:
         self.raw_dir = Path(raw_dir)
-        self.modalities = dataset.modalities
+        self.dataset = dataset
+        self.modalities = {m: s for m, s in dataset.modalities.items() if is_media(s)}
         self.multi_label = dataset.multi_label
         self.pre = pre
         self.classes = classes
         self.class_index = {c: i for i, c in enumerate(classes)}
-        self.spectrogram = spectrogram_fn(pre["audio"])
         self.clips_per_video = int(pre.get("clips_per_video", 1))
-        for modality, source in self.modalities.items():
-            if source not in SOURCES:
-                raise ValueError(f"modality '{modality}': unknown source '{source}' ({' | '.join(SOURCES)})")
+        self.kinds: dict[str, InputKind] = {}
+        for modality, declared in dataset.modalities.items():
+            if is_media(declared):
+                continue
+            try:
+                self.kinds[modality] = get_kind(declared, dataset.kind_class(declared))
+            except KeyError:
+                raise ValueError(
+                    f"modality '{modality}': '{declared}' is neither a media source ({' | '.join(SOURCES)}) nor an "
+                    f"input kind ({' | '.join(INPUT_KINDS.names())}, or one of the config's input_kinds)"
+                ) from None
+        self.specs = dataset.tensor_specs(self.raw_dir, rows or []) if self.kinds else {}
+        for modality in self.kinds:
+            if modality not in self.specs:
+                raise ValueError(f"dataset '{dataset.name}': tensor_specs gives no spec for modality '{modality}'")
+        if self.kinds and self.clips_per_video != 1:
+            raise ValueError("preprocess.clips_per_video cuts media into windows; tensor modalities have none")
+        self.nonfinite = pre.get("nonfinite", "reject")
+        self.spectrogram = spectrogram_fn(pre["audio"]) if "audio" in self.modalities.values() else None
 
     def label(self, row: dict) -> int | torch.Tensor:
         """The class index, or for multi-label data the multi-hot row (uint8 [C])."""
@@ -193,6 +213,30 @@ class ClipDecoder:
         label = self.label(row)
         if row.get("split") and row["split"] not in SPLITS:
             raise MediaError("unknown split", repr(row["split"]))
+        if not self.modalities:
+            return [(row["clip_id"], {"label": label, **self.handed(row)})]
+        clips = self.media(row, label)
+        if self.kinds:
+            clips[0][1].update(self.handed(row))
+        return clips
+
+    def handed(self, row: dict) -> dict:
+        """The tensor modalities of one row, each checked by its kind (shape, dtype, finite values); values set to
+        zero under ``preprocess.nonfinite: zero`` are counted in ``_repaired``."""
+        given = self.dataset.tensors(self.raw_dir, row)
+        out, repaired = {}, {}
+        for m, kind in self.kinds.items():
+            if given.get(m) is None:
+                raise MediaError("missing modality", f"the dataset handed over no '{m}' tensor")
+            try:
+                out[m], repaired[m] = kind.check(given[m], self.specs[m], self.nonfinite)
+            except MediaError as err:
+                raise MediaError(err.reason, f"{m}: {err.detail}") from None
+        out["_repaired"] = {m: n for m, n in repaired.items() if n}
+        return out
+
+    def media(self, row: dict, label) -> list[tuple[str, dict]]:
+        """The decoded media modalities of one row's clip(s)."""
         path = self.raw_dir / row["path"]
         segment = {k: float(row[k]) for k in ("start", "end") if row.get(k) not in (None, "")}
         a, v = self.pre["audio"], self.pre["visual"]
@@ -262,6 +306,16 @@ def stack_clips(clips: list[tuple[str, dict]], multi_label: bool, modalities: li
     return tensors
 
 
+def modality_record(dataset: Dataset, modality: str, declared: str, shape: dict, specs: dict) -> dict:
+    """What info.json says of one modality: its media source or input kind (a user kind with its class), the cached
+    shape and dtype, and what the dataset's spec adds for its encoder (e.g. ``vocab_size``)."""
+    if is_media(declared):
+        return {"source": declared, "kind": kind_name(declared), **shape}
+    extra = {k: v for k, v in specs.get(modality, {}).items() if k not in ("shape", "dtype")}
+    user = dataset.kind_class(declared)
+    return {"kind": declared, **({"kind_class": user} if user else {}), **extra, **shape}
+
+
 def manifest_rows(raw_dir: Path, manifest: str) -> list[dict]:
     """The manifest's rows; an empty manifest stops the step."""
     rows = read_manifest(Path(raw_dir) / manifest)
@@ -288,7 +342,7 @@ def preprocess_shard(
     rows = rows if rows is not None else manifest_rows(raw_dir, manifest)
     lo, hi = shard_bounds(shard, len(rows), shard_clips)
     classes = dataset.classes(rows)
-    decode = ClipDecoder(dataset, raw_dir, pre, classes)
+    decode = ClipDecoder(dataset, raw_dir, pre, classes, rows)
     torch.set_num_threads(1)  # parallelism comes from the clip workers
 
     def safe(row: dict) -> list[tuple[str, dict]] | MediaError:
@@ -314,6 +368,11 @@ def preprocess_shard(
     kept = [res for res in results if not isinstance(res, MediaError)]
     clips = [clip for res in kept for clip in res]
     del results
+    repaired = [
+        {"clip_id": clip_id, "modality": m, "values": n}
+        for clip_id, out in clips
+        for m, n in out.get("_repaired", {}).items()
+    ]
     tensors = stack_clips(clips, dataset.multi_label, list(dataset.modalities)) if clips else {"clip_id": []}
     shapes = {
         m: {"shape": list(tensors[m].shape[1:]), "dtype": str(tensors[m].dtype).replace("torch.", "")}
@@ -327,7 +386,9 @@ def preprocess_shard(
         "clip_ids": tensors["clip_id"],
         "videos": len(kept),
         "rejected": rejected,
+        "repaired": repaired,
         "modalities": shapes,
+        "specs": decode.specs,
         "classes": classes,
         "clips_per_video": decode.clips_per_video,
         "settings_hash": cache_settings_hash(dataset.settings),
@@ -395,6 +456,16 @@ def gather_shards(
         + (f" (and {len(listing)} rows of the listing before decoding)" if listing else "")
         + f" (see {out_dir / 'rejected.csv'})"
     )
+    repaired = [r for record in records for r in record.get("repaired", [])]
+    if repaired:
+        with (out_dir / "repaired.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["clip_id", "modality", "values_set_to_zero"])
+            writer.writerows([r["clip_id"], r["modality"], r["values"]] for r in repaired)
+        log(
+            f"[preprocess] {len({r['clip_id'] for r in repaired})} clips had NaN/inf values set to 0 "
+            f"(preprocess.nonfinite: zero; see {out_dir / 'repaired.csv'})"
+        )
     limit = pre["max_rejected_fraction"]
     if len(rejected) > limit * len(rows):
         first = rejected[0]
@@ -416,7 +487,11 @@ def gather_shards(
         "clips_per_video": records[0]["clips_per_video"],
         "rejected": len(rejected),
         "rejected_listing_rows": len(listing),
-        "modalities": {m: {"source": s, **shapes[m]} for m, s in dataset.modalities.items()},
+        "repaired": len(repaired),
+        "modalities": {
+            m: modality_record(dataset, m, s, shapes[m], records[0].get("specs", {}))
+            for m, s in dataset.modalities.items()
+        },
         "settings_hash": settings_hash,
         "shard_clips": shard_clips,
         "shards": [

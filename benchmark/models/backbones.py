@@ -1,8 +1,10 @@
 """Per-modality encoders. Each turns one modality's batch into a feature vector [B, out_dim].
 
-Two input kinds: a spectrogram [B, 1, F, T] (an image with one channel) and frames [B, T, C, H, W]. A backbone is
-built from the kind and the per-sample input shape. The 2-D networks take frames one by one and average their
-feature maps over time and space, as OGM-GE's visual encoder does; a backbone with its own notion of time
+A backbone is built from the input's layout (``benchmark.data.kinds``: a spectrogram [B, 1, F, T], frames
+[B, T, C, H, W], an image [B, C, H, W], a vector [B, D], a sequence [B, T, D], token ids [B, L]) and the per-sample
+shape; ``kinds`` lists the layouts it accepts (a modality of another layout gets its kind's encoder instead). The
+2-D networks take frames one by one and average their feature maps over time and space, as OGM-GE's visual encoder
+does; a backbone with its own notion of time
 (Conformer, R(2+1)D) overrides ``forward``. Every backbone takes ``weights``: a local state_dict file, never a
 download (a mapping modality -> file gives each modality its own).
 """
@@ -18,6 +20,7 @@ from torch import nn
 from benchmark.params import DropProbability, PositiveInt, WeightsFile
 from benchmark.registry import Registry
 
+#: the layouts of the convolutional backbones: 2-D maps (spectrograms, images) and clips of frames
 KINDS = ("spectrogram", "frames")
 
 
@@ -36,14 +39,28 @@ class Backbone(nn.Module):
     #: whether the encoder has convolution weights, the parameters OGM/OGM-GE's released rule modulates (None:
     #: not declared; such a method then checks the built encoder before training)
     has_convolutions: ClassVar[bool | None] = None
+    #: the input layouts this backbone takes (``benchmark.data.kinds``)
+    kinds: ClassVar[tuple[str, ...]] = KINDS
 
     def __init__(self, kind: str, shape: tuple[int, ...]) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"unknown input kind '{kind}' ({' | '.join(KINDS)})")
+        if kind not in self.kinds:
+            raise ValueError(
+                f"backbone '{getattr(self, 'name', type(self).__name__)}' takes {' | '.join(self.kinds)} inputs, "
+                f"not '{kind}'"
+            )
         self.kind = kind
         self.shape = tuple(shape)
-        self.in_channels = shape[0] if kind == "spectrogram" else shape[1]
+        self.in_channels = shape[1] if kind == "frames" else shape[0]
+
+    @classmethod
+    def accepts(cls, layout: str) -> bool:
+        return layout in cls.kinds
+
+    def modulated_parameters(self) -> list[nn.Parameter]:
+        """The parameters OGM-style methods scale (``modulate: declared``): by default the convolution weights, the
+        released OGM rule; encoders without convolutions declare their own analogue (named in the run's notes)."""
+        return [mod.weight for mod in self.modules() if isinstance(mod, nn.modules.conv._ConvNd)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "frames":
@@ -65,7 +82,8 @@ class Backbone(nn.Module):
         return [self.trunk[a:b] for a, b in zip(starts, self.block_ends)]
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
-        """The trunk's input: frames [B, T, C, H, W] become images [B·T, C, H, W]; a spectrogram stays [B, 1, F, T]."""
+        """The trunk's input: frames [B, T, C, H, W] become images [B·T, C, H, W]; a spectrogram [B, 1, F, T] or an
+        image [B, C, H, W] stays as it is."""
         return x.flatten(0, 1) if self.kind == "frames" else x
 
     def pool(self, h: torch.Tensor, batch: int) -> torch.Tensor:
@@ -131,7 +149,7 @@ class ResNet18(Backbone):
     mid-level fusion: the stem (conv, BN, ReLU, max-pool), then layer1..layer4 (the G-Blend supplement's five)."""
 
     has_convolutions = True
-
+    kinds = (*KINDS, "image")
     block_ends = (4, 5, 6, 7, 8)
 
     def __init__(self, kind: str, shape: tuple[int, ...], *, weights: WeightsFile = None) -> None:
@@ -157,7 +175,7 @@ class SmallCNN(Backbone):
     """Four conv-BN-ReLU blocks (widths w, 2w, 4w, 4w): a ResNet-shaped encoder small enough for CPU runs."""
 
     has_convolutions = True
-
+    kinds = (*KINDS, "image")
     block_ends = (3, 6, 9, 12)
 
     def __init__(

@@ -44,6 +44,10 @@ class Fusion(nn.Module):
         self.feature_dims = dict(feature_dims)
         self.num_classes = num_classes
 
+    def choices(self) -> list[str]:
+        """The modalities this fusion picked by a default rule (e.g. the first one), said in the run's notes."""
+        return []
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -148,12 +152,18 @@ class FiLMFusion(Fusion):
     ) -> None:
         super().__init__(feature_dims, num_classes)
         self.conditioning = conditioning or self.modalities[0]
+        self.conditioning_given = conditioning
         if self.conditioning not in feature_dims:
             raise ValueError(f"film: conditioning modality '{self.conditioning}' is not one of {self.modalities}")
         self.others = [m for m in self.modalities if m != self.conditioning]
         self.project = nn.Linear(sum(feature_dims[m] for m in self.others), hidden)
         self.film = nn.Linear(feature_dims[self.conditioning], 2 * hidden)
         self.head = nn.Linear(hidden, num_classes)
+
+    def choices(self) -> list[str]:
+        if self.conditioning_given:
+            return []
+        return [f"film: modality '{self.conditioning}' conditions the others (conditioning: null picks the first)"]
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         gamma, beta = self.film(features[self.conditioning]).chunk(2, dim=1)

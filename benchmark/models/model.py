@@ -14,10 +14,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from benchmark.data.kinds import modality_kind
 from benchmark.models.backbones import Backbone
 from benchmark.models.fusions import Fusion
-
-SOURCE_KIND = {"audio": "spectrogram", "video": "frames", "video_diff": "frames", "video_flow": "frames"}
 
 
 @dataclass
@@ -36,11 +35,13 @@ class AbsentInputs(nn.Module):
     ``zero`` keeps literal zeros (the released AGM and Shapley code). Shapley values, the missing-modality table,
     AGM's masked passes and input-level modality dropout all read it from here."""
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, shapes: dict[str, tuple[int, ...]], fixed: Iterable[str] = ()) -> None:
         super().__init__()
         for m, shape in shapes.items():
             self.register_buffer(m, torch.zeros(shape))
         self.modalities = list(shapes)
+        #: modalities whose absent input stays zero whatever the data (their kind says so: padding tokens)
+        self.fixed = set(fixed)
 
     def like(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """The absent input of ``modality`` for a batch shaped like ``x``."""
@@ -50,15 +51,17 @@ class AbsentInputs(nn.Module):
 
     @torch.no_grad()
     def fit(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
-        """Set every modality's absent input to the mean of ``batches`` (prepared inputs, no augmentation)."""
+        """Set every modality's absent input to the mean of ``batches`` (prepared inputs, no augmentation); a kind
+        whose absence is fixed (token ids: all padding) keeps zeros."""
+        fitted = [m for m in self.modalities if m not in self.fixed]
         sums: dict[str, torch.Tensor] = {}
         count = 0
         for inputs in batches:
-            for m in self.modalities:
+            for m in fitted:
                 x = inputs[m].double().sum(0)
                 sums[m] = x if m not in sums else sums[m] + x
             count += len(next(iter(inputs.values())))
-        for m in self.modalities:
+        for m in fitted:
             getattr(self, m).copy_((sums[m] / max(1, count)).float())
 
 
@@ -70,10 +73,11 @@ class MultimodalModel(nn.Module):
         num_classes: int,
         unimodal_heads: bool = False,
         input_shapes: dict[str, tuple[int, ...]] | None = None,
+        fixed_absent: Iterable[str] = (),
     ) -> None:
         super().__init__()
         self.modalities = list(encoders)
-        self.absent = AbsentInputs(input_shapes or {})
+        self.absent = AbsentInputs(input_shapes or {}, fixed_absent)
         self.num_classes = num_classes
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
@@ -110,8 +114,8 @@ class MultimodalModel(nn.Module):
 
 
 def input_kind(info: dict) -> tuple[str, tuple[int, ...]]:
-    """(backbone input kind, per-sample shape) of a cached modality described in a dataset's info.json."""
-    return SOURCE_KIND[info["source"]], tuple(info["shape"])
+    """(encoder input layout, per-sample shape) of a cached modality described in a dataset's info.json."""
+    return modality_kind(info).layout, tuple(info["shape"])
 
 
 def build_model(
@@ -124,21 +128,37 @@ def build_model(
     fusion_params: dict,
     unimodal_heads: bool,
     seed: int,
+    encoders: dict[str, tuple[type[Backbone], dict]] | None = None,
 ) -> MultimodalModel:
-    """Construct the model with a seeded initialisation: the same arguments always give the same weights."""
+    """Construct the model with a seeded initialisation: the same arguments always give the same weights.
+
+    Every modality gets ``backbone_cls``, except those in ``encoders`` (modality -> (class, parameters)): a
+    modality whose layout the backbone does not take gets its kind's encoder (``benchmark.settings`` resolves
+    which, and records it in the run's settings)."""
     torch.manual_seed(seed)
-    encoders, shapes = {}, {}
+    built, shapes, fixed = {}, {}, []
     for m, info in modality_info.items():
-        kind, shape = input_kind(info)
+        kind = modality_kind(info)
+        shape = tuple(info["shape"])
         shapes[m] = shape
-        params = dict(backbone_params)
+        if not kind.fit_absent:
+            fixed.append(m)
+        cls, params = (encoders or {}).get(m, (backbone_cls, backbone_params))
+        if not cls.accepts(kind.layout):
+            raise ValueError(
+                f"modality '{m}' is {kind.layout} input, which backbone '{getattr(cls, 'name', cls.__name__)}' does "
+                f"not take ({' | '.join(cls.kinds)}), and no encoder was chosen for it"
+            )
+        params = dict(params)
         if isinstance(params.get("weights"), dict):  # one weights file per modality
             params["weights"] = params["weights"].get(m)
-        encoders[m] = backbone_cls(kind, shape, **params)
-    fusion = fusion_cls({m: e.out_dim for m, e in encoders.items()}, num_classes, **fusion_params)
+        built[m] = cls(kind.layout, shape, **{**params, **kind.encoder_arguments(info)})  # the data say e.g. vocab_size
+    fusion = fusion_cls({m: e.out_dim for m, e in built.items()}, num_classes, **fusion_params)
     if getattr(fusion, "needs_blocks", False):
-        fusion.bind(encoders)
-    return MultimodalModel(encoders, fusion, num_classes, unimodal_heads=unimodal_heads, input_shapes=shapes)
+        fusion.bind(built)
+    return MultimodalModel(
+        built, fusion, num_classes, unimodal_heads=unimodal_heads, input_shapes=shapes, fixed_absent=fixed
+    )
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -217,6 +217,10 @@ class MidConcatFusion(Fusion):
     ) -> None:
         super().__init__(feature_dims, num_classes)
         self.block, self.into_given = block, into
+        self.picked: list[str] = []
+
+    def choices(self) -> list[str]:
+        return list(self.picked)
 
     def bind(self, encoders: dict[str, Backbone]) -> None:
         _check_block(self.name, self.block, encoders)
@@ -226,6 +230,13 @@ class MidConcatFusion(Fusion):
         )
         if self.into not in self.modalities:
             raise ValueError(f"mid_concat: 'into' modality {self.into!r} is not one of {self.modalities}")
+        self.picked = (
+            []
+            if self.into_given
+            else [
+                f"mid_concat: the streams merge into modality '{self.into}' (into: null: the first frames modality)"
+            ]
+        )
         channels = {m: e.block_channels(self.block) for m, e in encoders.items()}
         width = channels[self.into]
         self.merge = nn.Sequential(
