@@ -531,13 +531,21 @@ def _check_grid_search(cfg: dict, space: dict) -> None:
             for key, dist in (params or {}).items():
                 if "choices" not in dist:
                     raise ConfigError(f"tuning.space.{axis}.{name}.{key}", "tuning.strategy: grid needs choices here")
+    from benchmark.grid import modality_encoders  # the grid module imports this one
+
+    def combinations(axis: str, name: str) -> int:
+        return math.prod(len(d["choices"]) for d in ((space.get(axis) or {}).get(name) or {}).values())
+
     for balancer in grid_names(cfg, "balancers"):
         for fusion in grid_names(cfg, "fusions"):
             for backbone in grid_names(cfg, "backbones"):
-                n = train
-                for axis, name in (("balancers", balancer), ("fusions", fusion), ("backbones", backbone)):
-                    n *= math.prod(len(d["choices"]) for d in ((space.get(axis) or {}).get(name) or {}).values())
-                sizes[f"{balancer} on {backbone}/{fusion}"] = n
+                for dataset in grid_names(cfg, "datasets"):
+                    n = train
+                    for axis, name in (("balancers", balancer), ("fusions", fusion), ("backbones", backbone)):
+                        n *= combinations(axis, name)
+                    for encoder in modality_encoders(cfg, dataset, backbone).values():  # searched per modality
+                        n *= combinations("backbones", encoder)
+                    sizes[f"{balancer} on {dataset}/{backbone}/{fusion}"] = n
     wrong = {group: n for group, n in sizes.items() if n != cfg["tuning"]["trials"]}
     if wrong:
         group, n = next(iter(wrong.items()))

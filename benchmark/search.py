@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from benchmark.grid import NO_FUSION, RunSpec
+from benchmark.grid import NO_FUSION, RunSpec, modality_encoders
 
 #: the sections of a run's settings a hyperparameter can live in, and the config axis of each
 SECTIONS = {"train": None, "balancer": "balancers", "fusion": "fusions", "backbone": "backbones"}
@@ -37,6 +37,10 @@ def group_space(cfg: dict, spec: RunSpec) -> dict[str, dict]:
     for section, axis in SECTIONS.items():
         if axis and names[section]:
             out.update({f"{section}.{k}": v for k, v in ((space.get(axis) or {}).get(names[section]) or {}).items()})
+    # the encoders a modality gets instead of the backbone (benchmark.grid.modality_encoders) are searched too
+    subset = spec.modality.split("+") if spec.modality else None
+    for m, encoder in modality_encoders(cfg, spec.dataset, spec.backbone, subset).items():
+        out.update({f"encoder.{m}.{k}": v for k, v in ((space.get("backbones") or {}).get(encoder) or {}).items()})
     return dict(sorted(out.items()))
 
 
@@ -70,7 +74,8 @@ def grid_size(space: dict[str, dict]) -> int | None:
 
 def apply_params(settings: dict, params: dict) -> dict:
     """Settings with hyperparameters replaced: 'train.optimizer.lr' is a path in the training settings,
-    'balancer.alpha' a parameter of the method (likewise fusion, backbone)."""
+    'balancer.alpha' a parameter of the method (likewise fusion, backbone), 'encoder.text.dim' one of the encoder a
+    modality gets instead of the backbone."""
     for name, value in params.items():
         section, _, key = name.partition(".")
         if section == "train":
@@ -79,6 +84,9 @@ def apply_params(settings: dict, params: dict) -> dict:
             for p in parents:
                 node = node[p]
             node[leaf] = value
+        elif section == "encoder":  # encoder.<modality>.<parameter>
+            modality, _, key = key.partition(".")
+            settings["backbone"]["encoders"][modality]["params"][key] = value
         else:
             settings[section]["params"][key] = value
     return settings

@@ -277,6 +277,31 @@ def test_ogm_declared_scales_the_declared_weight_matrices_only():
     assert any("modulate: declared" in note for note in ogm.run_notes)
 
 
+def test_tuning_searches_the_encoder_a_modality_gets_instead_of_the_backbone(tmp_path):
+    from benchmark.search import apply_params, group_space, trial_params
+
+    write_feature_tree(tmp_path / "feat", bad=False)
+    cfg = features_config(tmp_path / "feat")
+    cfg["tuning"].update(enabled=True, strategy="grid", trials=4)
+    cfg["tuning"]["space"] = {
+        "train": {"optimizer.lr": {"choices": [0.01, 0.1]}},
+        "backbones": {"text": {"dim": {"choices": [8, 16]}}},
+    }
+    cfg = load_config_from(cfg)
+    spec = RunSpec("features", "mlp", "concat", "joint", 0)
+    assert set(group_space(cfg, spec)) == {"train.optimizer.lr", "encoder.text.dim"}
+    dims = {trial_params(cfg, spec, k)["encoder.text.dim"] for k in range(4)}
+    assert dims == {8, 16}
+    settings = Resolver(cfg).run(spec).settings
+    tuned = apply_params(settings, {"encoder.text.dim": 8})
+    assert tuned["backbone"]["encoders"]["text"]["params"]["dim"] == 8
+    bad = features_config(tmp_path / "feat")
+    bad["tuning"].update(enabled=True, strategy="grid", trials=2)
+    bad["tuning"]["space"] = cfg["tuning"]["space"]
+    with pytest.raises(ConfigError, match="joint on features/mlp/concat has 4, not 2"):
+        load_config_from(bad)
+
+
 def test_a_user_dataset_entry_is_validated_and_unknown_kinds_name_the_key(tmp_path):
     cfg = tiny_config(datasets=["sensors"], backbones=["signal_cnn"])
     cfg["datasets"]["sensors"] = {"class": "examples.my_dataset:SensorViews", "modalities": {"accel": "wiggle"}}
