@@ -43,7 +43,9 @@ def _threads(n: int) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    for name in registry(args.axis).names():
+    from benchmark.data.kinds import INPUT_KINDS
+
+    for name in (INPUT_KINDS if args.axis == "input_kinds" else registry(args.axis)).names():
         print(name)
 
 
@@ -261,7 +263,7 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     sp = add("list", cmd_list, "print the registered names of one axis, one per line")
-    sp.add_argument("axis", choices=AXES)
+    sp.add_argument("axis", choices=(*AXES, "input_kinds"))
     add("check", cmd_check, "validate the config and count the grid's runs")
     for name, fn, help in (
         ("download", cmd_download, "obtain a dataset's raw clips and manifest"),

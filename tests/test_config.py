@@ -206,8 +206,9 @@ def test_cli_list_and_check():
     )
     expected = {
         "fusions": ["concat", "sum", "mid_mlp", "film", "gated", "transformer", "lmf"],
-        "backbones": ["resnet18", "small_cnn", "conformer", "r2plus1d_18"],
-        "datasets": ["synthetic-av"],
+        "backbones": ["resnet18", "small_cnn", "conformer", "r2plus1d_18", "mlp", "sequence", "text"],
+        "datasets": ["synthetic-av", "features", "cmu_mosi", "cmu_mosei", "food101"],
+        "input_kinds": ["vector", "sequence", "tokens", "image", "spectrogram", "frames", "flow"],
     }
     for axis, names in expected.items():
         listed = subprocess.run(
