@@ -32,11 +32,12 @@ import torch
 import yaml
 
 from benchmark.balancers.gblend import init_fingerprint
-from benchmark.config import component_class, dataset_settings, load_config, validate_config
+from benchmark.config import ConfigError, component_class, dataset_settings, load_config, validate_config
 from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
 from benchmark.data.datasets import DATASETS
 from benchmark.grid import RunSpec
 from benchmark.provenance import device_description
+from benchmark.registry import UnknownNameError
 from benchmark.resources import resource
 from benchmark.train import fit, make_optimizer, resolve_device
 
@@ -358,14 +359,7 @@ def large_grid_dry_run(cfg: dict, workdir: Path, grid: dict) -> dict:
 
 def run_benchmark(cfg: dict, tiny: bool, workdir: Path, log=print) -> dict:
     device = resolve_device(cfg["train"]["device"])
-    cfg = copy.deepcopy(cfg)
-    cfg["tuning"]["enabled"] = False  # it times the training step, not the tuned values (which need the tune stage)
-    if tiny:  # seconds, for the test suite: few small clips, small model, one timed epoch, a small grid
-        cfg["datasets"]["synthetic-av"]["generate"].update(num_clips=48, size=32, fps=4)
-        cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=16, fps=2)
-        cfg["backbones"]["small_cnn"]["width"] = 4
-        cfg["balancers"]["gblend"]["min_holdout"] = 4  # the tiny split holds 24 training clips
-    cfg = validate_config(cfg)
+    cfg = benchmark_config(cfg, tiny)
     report: dict = {
         "device": device_description(device),
         "host": platform.node(),
@@ -537,8 +531,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --data: only the kill-and-resume measurement at the largest of --sizes, added to the --out file",
     )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="only the training throughput of these balancers (comma-separated) and joint on the built-in data, "
+        "merged into the --out file's training table",
+    )
     args = p.parse_args(argv)
     cfg = load_config(args.config or [], args.set or [])
+    if args.methods:
+        return methods_main(cfg, args)
     if args.data:
         return data_main(cfg, args)
     if args.step:
@@ -553,6 +555,55 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(table(report))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def benchmark_config(cfg: dict, tiny: bool) -> dict:
+    """The config the throughput is measured with: tuning off (it times the training step, not the tuned values,
+    which need the tune stage); ``tiny``: seconds, for the test suite (few small clips, a small model)."""
+    cfg = copy.deepcopy(cfg)
+    cfg["tuning"]["enabled"] = False
+    if tiny:
+        cfg["datasets"]["synthetic-av"]["generate"].update(num_clips=48, size=32, fps=4)
+        cfg["datasets"]["synthetic-av"]["preprocess"]["visual"].update(size=16, fps=2)
+        cfg["backbones"]["small_cnn"]["width"] = 4
+        cfg["balancers"]["gblend"]["min_holdout"] = 4  # the tiny split holds 24 training clips
+    return validate_config(cfg)
+
+
+def methods_main(cfg: dict, args: argparse.Namespace) -> int:
+    """``--methods``: samples/s of joint and the named balancers (the built-in data, small CNN, concat), each with
+    its time relative to joint, merged into the ``--out`` report's training table."""
+    cfg = benchmark_config(cfg, args.tiny)
+    names = ["joint", *[n for n in args.methods.split(",") if n and n != "joint"]]
+    for name in names:  # an unknown name fails before any work, listing the known ones
+        try:
+            component_class(cfg, "balancers", name)
+        except (ConfigError, UnknownNameError) as err:
+            print(f"error: --methods: {getattr(err, 'message', err)}", file=sys.stderr)
+            return 2
+    rates = {}
+    with tempfile.TemporaryDirectory(prefix="bench-perf-methods-") as tmp:
+        workdir = Path(tmp)
+        prepare_workspace(cfg, workdir, lambda s: print(s, file=sys.stderr))
+        cwd = os.getcwd()
+        os.chdir(workdir)
+        try:
+            for name in names:
+                spec = RunSpec("synthetic-av", "small_cnn", "concat", name, 0)
+                rates[name] = training_throughput(cfg, spec, workdir, epochs=2 if args.tiny else 6)
+                print(f"train {name}: {rates[name]:.1f} samples/s", file=sys.stderr)
+        finally:
+            os.chdir(cwd)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.setdefault("training", {}).update(rates)
+    report["training_methods_device"] = device_description(resolve_device(cfg["train"]["device"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print("| method | samples/s | time × joint |\n|---|---|---|")
+    print("\n".join(f"| {n} | {r:.1f} | {rates['joint'] / r:.2f} |" for n, r in rates.items()))
     print(f"\nwrote {out}")
     return 0
 

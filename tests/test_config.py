@@ -202,6 +202,12 @@ def test_cli_list_and_check():
             "dropout",
             "pretrain",
             "early_stop",
+            "mmpareto",
+            "opm",
+            "opg",
+            "cggm",
+            "mbsd",
+            "amco",
         ]
     )
     expected = {

@@ -58,7 +58,12 @@ def test_same_job_twice_gives_byte_identical_metrics_apart_from_timing(tiny_cfg,
 @pytest.mark.parametrize("method", ["ogm_ge", "mlb", "gblend_online", "agm", "pmr", "mslr", "modality_dropout"])
 def test_resuming_from_any_epoch_checkpoint_reproduces_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, method):
     """Keep the checkpoint written after epoch 2 of 4, then start the job again from it as a retried job would."""
-    spec = RunSpec("synthetic-av", "small_cnn", "concat", method, 0)
+    resume_reproduces(tiny_cfg, RunSpec("synthetic-av", "small_cnn", "concat", method, 0), tmp_path, monkeypatch)
+
+
+def resume_reproduces(cfg: dict, spec: RunSpec, tmp_path, monkeypatch) -> tuple[dict, dict]:
+    """Train ``spec`` for its 4 epochs keeping the checkpoint written after epoch 2, then run the job again from that
+    checkpoint; assert that it resumed and wrote the same metrics (timing aside). Returns both runs' records."""
     original = train_module.save_checkpoint
 
     def keep_epoch_two(path, state):
@@ -67,15 +72,16 @@ def test_resuming_from_any_epoch_checkpoint_reproduces_the_uninterrupted_run(tin
             shutil.copy(path, tmp_path / "after-epoch-2.pt")
 
     monkeypatch.setattr(train_module, "save_checkpoint", keep_epoch_two)
-    full = train_run(tiny_cfg, spec, tmp_path / "full", log=quiet)
+    full = train_run(cfg, spec, tmp_path / "full", log=quiet)
     monkeypatch.setattr(train_module, "save_checkpoint", original)
     (tmp_path / "resumed").mkdir()
     shutil.copy(tmp_path / "after-epoch-2.pt", tmp_path / "resumed/checkpoint.pt")
     lines: list[str] = []
-    resumed = train_run(tiny_cfg, spec, tmp_path / "resumed", log=lines.append)
+    resumed = train_run(cfg, spec, tmp_path / "resumed", log=lines.append)
     assert any("resumed from" in line and "after epoch 2/4" in line for line in lines)
     assert resumed["timing"]["resumed_after_epoch"] == 1 and full["timing"]["resumed_after_epoch"] is None
     assert without_timing(tmp_path / "full/metrics.json") == without_timing(tmp_path / "resumed/metrics.json")
+    return full, resumed
 
 
 def test_a_checkpoint_of_other_settings_is_ignored(tiny_cfg, tmp_path):
