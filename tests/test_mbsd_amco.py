@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 import yaml
-from torch import nn
 from torch.nn import functional as F
 
 from benchmark.balancers.amco import AMCo, StarHead, amco_mask_ratio, dependence_shares
@@ -21,21 +20,11 @@ from benchmark.models.fusions import FUSIONS, ConcatFusion
 from benchmark.models.model import MultimodalModel
 from benchmark.run import train_run
 from tests.conftest import small_batch, small_model
+from tests.test_pmr_mmcosine import Flat
 from tests.test_resume import quiet, resume_reproduces
 
 MODALITIES = ["audio", "visual"]
 LN3 = math.log(3.0)
-
-
-class Flat(nn.Module):
-    """An encoder that passes its input through (features = inputs)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.out_dim = dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 def identity_model(num_classes: int = 2, modalities=MODALITIES) -> MultimodalModel:
