@@ -22,7 +22,7 @@ import torch
 
 from benchmark.balancers.base import Balancer, RunContext
 from benchmark.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from benchmark.data.cache import BatchPreparer, CachedSplit, make_loader
+from benchmark.data.cache import BatchPreparer, CachedSplit, EpochRows, make_loader
 from benchmark.diagnostics import ogr
 from benchmark.metrics import accuracy, classification_metrics, cross_entropy, hits
 from benchmark.models.model import MultimodalModel
@@ -144,6 +144,23 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def _epoch_loader(balancer: Balancer, epoch: int, train: CachedSplit, loader, settings: dict, ctx: RunContext):
+    """The epoch's batches: ``loader`` (every row once, shuffled by its checkpointed generator), or the rows the
+    method asks for (``Balancer.epoch_rows``), shuffled by a generator seeded from the run's seed and the epoch, so a
+    resumed run draws the same order."""
+    rows = balancer.epoch_rows(epoch)
+    if rows is None:
+        return loader
+    return make_loader(
+        EpochRows(train, rows),
+        settings["batch_size"],
+        shuffle=True,
+        seed=ctx.seed * 100_003 + epoch + 1,
+        pin_memory=ctx.device.type == "cuda",
+        workers=ctx.loader_workers,
+    )
+
+
 def fit(
     model: MultimodalModel,
     balancer: Balancer,
@@ -178,6 +195,7 @@ def fit(
         model.absent.fit(prep(batch)[0] for batch in make_loader(train, settings["eval_batch_size"], shuffle=False))
     balancer.setup(model, ctx)
     optimizer = make_optimizer(model, settings["optimizer"])
+    ctx.optimizer = optimizer
     scheduler = torch.optim.lr_scheduler.StepLR(
         optimizer, settings["lr_step"]["step_size"], settings["lr_step"]["gamma"]
     )
@@ -216,21 +234,25 @@ def fit(
         start = time.perf_counter()
         ctx.epoch = epoch
         balancer.on_epoch_start(epoch)
+        phases = tuple(balancer.phases(epoch))
         model.train()
         loss_sum = torch.zeros((), device=ctx.device)
         correct = torch.zeros((), device=ctx.device)
         seen = 0
-        for batch in loader:
+        for batch in _epoch_loader(balancer, epoch, train, loader, settings, ctx):
+            ctx.positions = batch.pop("position", None)
             inputs, y = prep(batch, train=True)
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = balancer.forward(model, inputs)
-                loss = balancer.loss(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            balancer.after_backward(out, y)
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += hits(out.logits.detach(), y).sum()
+            for phase in phases:  # one optimizer step per phase (a single one unless the method alternates)
+                ctx.phase = phase
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = balancer.forward(model, inputs)
+                    loss = balancer.loss(out, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                balancer.after_backward(out, y)
+                optimizer.step()
+                loss_sum += loss.detach() * len(y) / len(phases)  # the epoch's loss: the mean over phases
+                correct += hits(out.logits.detach(), y).sum() / len(phases)
             seen += len(y)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()

@@ -9,6 +9,25 @@ A method overrides only the hooks it needs and declares, as class attributes, wh
 and from the DAG. Coefficients go through ``track`` and stay on the device until the epoch summary, so a step
 never waits on the host.
 
+Methods that change the schedule rather than the loss use the same loop:
+
+- **alternating updates** (MLA, ReconBoost): ``phases(epoch)`` lists the phases of every batch of the epoch; the
+  loop runs forward, loss, backward, ``after_backward`` and an optimizer step once per phase, with ``ctx.phase`` set
+  to it (default: one phase, ``None``). Parameters without a gradient in a phase are not stepped (no momentum or
+  weight decay either), as with one optimizer per modality.
+- **re-sampling** (sample-level valuation): ``epoch_rows(epoch)`` returns the positions in the training split the
+  epoch draws (repeats allowed), shuffled by a generator seeded from the run's seed and the epoch; each batch then
+  sets ``ctx.positions`` to its samples' positions (``None`` when the method returns ``None``: every row once).
+- **re-initialisation** (ReLearning): ``on_epoch_start``/``on_epoch_end`` may write into the parameters in place;
+  ``forget_optimizer_state`` drops the optimizer's running state (momentum) for parameters whose values were reset.
+- **test-time fusion** (MLA, UME, DI-MML): ``configure_model`` replaces ``model.fusion`` with a module that forms
+  the logits the way the method evaluates; evaluation, diagnostics and the saved checkpoint all use it.
+- **teachers or pretrained encoders** (UMT, pre-training): ``needs = ("unimodal_checkpoints",)`` makes the DAG
+  train the unimodal runs first and hands their checkpoints in ``ctx.artifacts``.
+
+The model, the optimizer and the data are rebuilt on resume and the method's plain attributes restored
+(``state_dict``), so a method that keeps its state there resumes to the same numbers.
+
 A user method is a subclass named in config (``balancers: {mine: {class: 'pkg.mod:Mine', alpha: 1}}``);
 its hyperparameters are the keyword-only arguments of ``__init__``, which must call ``super().__init__()``.
 """
@@ -46,6 +65,9 @@ class RunContext:
     settings: dict = field(default_factory=dict)  # the run's training settings
     log: Callable[[str], None] = print
     loader_workers: int = 0  # processes gathering training batches ahead of the loop (resources.train; same numbers)
+    optimizer: "torch.optim.Optimizer | None" = None  # set by the loop before the first step
+    phase: object = None  # the current phase of the step (``Balancer.phases``)
+    positions: "torch.Tensor | None" = None  # the batch's positions in the training split (``Balancer.epoch_rows``)
 
     def batches(
         self, data: "CachedSplit | None" = None, batch_size: int | None = None
@@ -135,6 +157,14 @@ class Balancer:
 
     def on_epoch_start(self, epoch: int) -> None:
         pass
+
+    def phases(self, epoch: int) -> tuple:
+        """The phases of every batch of ``epoch``: one optimizer step each, with ``ctx.phase`` set (default: one)."""
+        return (None,)
+
+    def epoch_rows(self, epoch: int) -> "torch.Tensor | None":
+        """Positions in the training split that ``epoch`` trains on, repeats allowed (None: every row once)."""
+        return None
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
@@ -257,6 +287,15 @@ def modality_parameter_groups(
             group += [(p, None) for p in model.unimodal_heads[m].parameters()]
         groups[m] = group + model.fusion.modality_head_params(m)
     return groups
+
+
+def forget_optimizer_state(optimizer: "torch.optim.Optimizer | None", params: list[torch.nn.Parameter]) -> None:
+    """Drop the optimizer's running state (momentum, Adam moments) of ``params``, whose values a method has just reset:
+    the next step then starts them afresh, as a newly initialised parameter would."""
+    if optimizer is None:
+        return
+    for p in params:
+        optimizer.state.pop(p, None)
 
 
 def estimator_note(fusion_cls: type | None) -> list[str]:

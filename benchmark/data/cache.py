@@ -96,6 +96,32 @@ class CachedSplit(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
 
 
+class EpochRows(torch.utils.data.Dataset):
+    """Some rows of a split, repeats allowed (a method's re-sampled epoch, ``Balancer.epoch_rows``); each batch also
+    carries ``position``: the rows' positions in ``split``, so the method can tell which samples it is given."""
+
+    def __init__(self, split: CachedSplit, rows: torch.Tensor) -> None:
+        self.split = split
+        self.rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        if len(self.rows) and not (0 <= int(self.rows.min()) and int(self.rows.max()) < len(split)):
+            raise IndexError(
+                f"epoch rows must lie in [0, {len(split)}), got [{int(self.rows.min())}, {int(self.rows.max())}]"
+            )
+
+    @property
+    def multi_label(self) -> bool:
+        return self.split.multi_label
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        rows = self.rows[torch.as_tensor(positions, dtype=torch.long)]
+        batch = self.split.__getitems__(rows.tolist())
+        batch["position"] = rows
+        return batch
+
+
 #: every (fold, part) this process has loaded, in order: tuning trials record it to show they never read 'test'
 LOADED_PARTS: list[tuple[str, str]] = []
 
@@ -267,7 +293,7 @@ class BatchPreparer:
         nb = self.device.type == "cuda"
         inputs = {}
         for m, x in batch.items():
-            if m == "label":
+            if m in ("label", "position"):
                 continue
             x = self.kinds[m].prepare(x.to(self.device, non_blocking=nb), train, self)
             if self.channels_last and x.dim() == 5:
