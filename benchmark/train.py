@@ -240,7 +240,7 @@ def fit(
         correct = torch.zeros((), device=ctx.device)
         seen = 0
         for batch in _epoch_loader(balancer, epoch, train, loader, settings, ctx):
-            ctx.positions = batch.pop("position", None)
+            ctx.positions, ctx.draws = batch.pop("position", None), batch.pop("draw", None)
             inputs, y = prep(batch, train=True)
             for phase in phases:  # one optimizer step per phase (a single one unless the method alternates)
                 ctx.phase = phase

@@ -58,6 +58,7 @@ class Resampling(Balancer):
 
     def loss(self, out, y):
         SEEN.setdefault("positions", []).append(self.ctx.positions.clone())
+        assert torch.equal(SEEN["rows"][-1][self.ctx.draws], self.ctx.positions)  # draws index the epoch's rows
         # the positions name the batch's samples: their labels are the split's labels at those positions
         torch.testing.assert_close(self.ctx.train.targets()[self.ctx.positions].to(y.device), y)
         return fused_ce(out, y)

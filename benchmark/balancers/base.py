@@ -17,7 +17,8 @@ Methods that change the schedule rather than the loss use the same loop:
   weight decay either), as with one optimizer per modality.
 - **re-sampling** (sample-level valuation): ``epoch_rows(epoch)`` returns the positions in the training split the
   epoch draws (repeats allowed), shuffled by a generator seeded from the run's seed and the epoch; each batch then
-  sets ``ctx.positions`` to its samples' positions (``None`` when the method returns ``None``: every row once).
+  sets ``ctx.positions`` to its samples' positions and ``ctx.draws`` to their indices in the returned rows, so a
+  method can tag each draw (both ``None`` when the method returns ``None``: every row once).
 - **re-initialisation** (ReLearning): ``on_epoch_start``/``on_epoch_end`` may write into the parameters in place;
   ``forget_optimizer_state`` drops the optimizer's running state (momentum) for parameters whose values were reset.
 - **test-time fusion** (MLA, UME, DI-MML): ``configure_model`` replaces ``model.fusion`` with a module that forms
@@ -68,6 +69,7 @@ class RunContext:
     optimizer: "torch.optim.Optimizer | None" = None  # set by the loop before the first step
     phase: object = None  # the current phase of the step (``Balancer.phases``)
     positions: "torch.Tensor | None" = None  # the batch's positions in the training split (``Balancer.epoch_rows``)
+    draws: "torch.Tensor | None" = None  # the batch's indices into the epoch's rows (``Balancer.epoch_rows``)
 
     def batches(
         self, data: "CachedSplit | None" = None, batch_size: int | None = None

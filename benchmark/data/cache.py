@@ -98,7 +98,8 @@ class CachedSplit(torch.utils.data.Dataset):
 
 class EpochRows(torch.utils.data.Dataset):
     """Some rows of a split, repeats allowed (a method's re-sampled epoch, ``Balancer.epoch_rows``); each batch also
-    carries ``position``: the rows' positions in ``split``, so the method can tell which samples it is given."""
+    carries ``position`` (the rows' positions in ``split``: which samples they are) and ``draw`` (their indices in
+    ``rows``: which of the epoch's draws, when a sample is drawn more than once for different purposes)."""
 
     def __init__(self, split: CachedSplit, rows: torch.Tensor) -> None:
         self.split = split
@@ -116,9 +117,10 @@ class EpochRows(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
-        rows = self.rows[torch.as_tensor(positions, dtype=torch.long)]
+        draws = torch.as_tensor(positions, dtype=torch.long)
+        rows = self.rows[draws]
         batch = self.split.__getitems__(rows.tolist())
-        batch["position"] = rows
+        batch["position"], batch["draw"] = rows, draws
         return batch
 
 
@@ -293,7 +295,7 @@ class BatchPreparer:
         nb = self.device.type == "cuda"
         inputs = {}
         for m, x in batch.items():
-            if m in ("label", "position"):
+            if m in ("label", "position", "draw"):
                 continue
             x = self.kinds[m].prepare(x.to(self.device, non_blocking=nb), train, self)
             if self.channels_last and x.dim() == 5:
