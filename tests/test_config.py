@@ -208,6 +208,17 @@ def test_cli_list_and_check():
             "cggm",
             "mbsd",
             "amco",
+            "reconboost",
+            "umt",
+            "ume",
+            "mla",
+            "relearning",
+            "greedy",
+            "inforeg",
+            "amss",
+            "dimml",
+            "lfm",
+            "valuation",
         ]
     )
     expected = {

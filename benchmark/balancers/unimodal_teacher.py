@@ -36,7 +36,6 @@ implements UMT (``balancemm/trainer/UMT_trainer.py``) and has no UME; its ``conf
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -44,35 +43,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmark.balancers.base import BALANCERS, Balancer, RunContext, fused_ce, in_window
+from benchmark.balancers.pretrain import unimodal_encoder_state
 from benchmark.metrics import task_loss
-from benchmark.models.fusions import Fusion, ParamSlice
+from benchmark.models.fusions import SumFusion
 from benchmark.models.model import ModelOutput, MultimodalModel, fingerprint
 from benchmark.params import EpochBound, NonNegative
 
 TEACHER_MODES = ("eval", "train")
-
-
-def unimodal_encoder_state(ctx: RunContext, modality: str) -> dict[str, torch.Tensor]:
-    """The encoder weights of ``modality``'s unimodal run (``ctx.artifacts['unimodal_checkpoint/<m>']``), with the
-    same checks and messages as ``pretrain``: the file must exist, the run must have succeeded, and it must hold the
-    encoder's weights (keys ``encoders.<m>.*``)."""
-    path = Path(ctx.artifacts[f"unimodal_checkpoint/{modality}"])
-    if not path.exists():  # the run's metrics exist (the DAG tracks those) but its weights were not kept
-        raise FileNotFoundError(
-            f"{path} is missing: the unimodal {modality} run's weights were not kept with its results; "
-            f"delete {path.parent} so that the DAG trains it again"
-        )
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("status", "ok") != "ok" or saved.get("state_dict") is None:
-        raise ValueError(
-            f"{path}: the unimodal {modality} run failed ({saved.get('reason', 'no weights')}), so there is no "
-            "teacher to distil from"
-        )
-    prefix = f"encoders.{modality}."
-    state = {k[len(prefix) :]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise ValueError(f"{path} holds no weights for the {modality} encoder")
-    return state
 
 
 @BALANCERS.register("umt")
@@ -148,7 +125,7 @@ class UMT(Balancer):
         teachers = {}
         for m in model.modalities:
             teacher = templates[m]
-            teacher.load_state_dict(unimodal_encoder_state(ctx, m))
+            teacher.load_state_dict(unimodal_encoder_state(ctx, m, "no teacher to distil from"))
             teacher.requires_grad_(False)
             teacher.to(ctx.device)
             if ctx.settings.get("channels_last"):
@@ -196,18 +173,13 @@ class UMT(Balancer):
 # --- UME ---------------------------------------------------------------------------------------------------------
 
 
-class UnimodalEnsemble(Fusion):
+class UnimodalEnsemble(SumFusion):
     """One linear classifier per modality (the unimodal run's: its one-modality concat head is a Linear(d_m, C));
     the logits are the mean of theirs, f = (1/M)·Σ_m (W_m φ_m + b_m). Per-modality logits are the modality's own
     classifier's, exactly (its unimodal model's logits), so ``acc_<m>`` is each unimodal model's accuracy."""
 
     name = "ume"
     modality_logits_rule = "W_m·φ_m + b_m: the modality's own unimodal classifier (UME's logits are their mean)"
-    modality_logits_exact = True
-
-    def __init__(self, feature_dims: dict[str, int], num_classes: int) -> None:
-        super().__init__(feature_dims, num_classes)
-        self.heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in feature_dims.items()})
 
     def combine(self, logits: dict[str, torch.Tensor]) -> torch.Tensor:
         """The ensemble's logits from the per-modality ones: their mean."""
@@ -215,15 +187,6 @@ class UnimodalEnsemble(Fusion):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.combine(self.modality_logits(features))
-
-    def modality_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: self.heads[m](features[m]) for m in self.modalities}
-
-    def modality_head_params(self, modality: str) -> list[ParamSlice]:
-        return [(p, None) for p in self.heads[modality].parameters()]
-
-    def modality_linear(self, modality: str) -> torch.Tensor:
-        return self.heads[modality].weight
 
 
 @BALANCERS.register("ume")
