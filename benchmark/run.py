@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +156,36 @@ class PreparedRun:
     resolved: Resolved
 
 
+def restore_missing_weights(
+    cfg: dict, resolved: Resolved, artifacts: dict[str, Path], resolver: Resolver, log: Callable[[str], None]
+) -> None:
+    """Weights are not committed with results (README, "Weights are not committed"), so a method that reads another
+    run's ``model.pt`` (``pretrain``, ``umt``) would find it missing after a fresh clone although that run's
+    ``metrics.json`` is current. Such a run is trained again into a scratch folder (same settings and seed: the same
+    numbers on CPU) and its weights are put in place only if its recorded metrics are reproduced; otherwise the run
+    stops with what differs and how to retrain the prerequisite."""
+    used = {Path(f) for f in artifacts.values()}
+    for need in resolved.prerequisites:
+        if need.file not in used or need.file.exists() or need.file.name != "model.pt" or not need.tracked.exists():
+            continue
+        log(f"{need.file} is missing (weights are not committed with results): training {need.step.spec} again")
+        scratch = need.file.parent / f".restore-{os.getpid()}"
+        try:
+            train_run(cfg, need.step.spec, scratch, log=lambda _: None, resolver=resolver)
+            again, recorded = (json.loads(f.read_text()) for f in (scratch / "metrics.json", need.tracked))
+            same = lambda key: json.dumps(again[key], sort_keys=True) == json.dumps(recorded[key], sort_keys=True)  # noqa: E731
+            if not (same("identity") and same("metrics")):
+                raise RuntimeError(
+                    f"{need.tracked.parent}: training it again did not reproduce its recorded metrics (another "
+                    f"machine or library version?), so its weights cannot be restored; delete {need.tracked.parent} "
+                    "so that the DAG trains it again"
+                )
+            (scratch / "model.pt").replace(need.file)  # atomic: a concurrent job restoring it writes the same file
+            log(f"restored {need.file}: the recorded metrics were reproduced")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def prepare_run(
     cfg: dict,
     spec: RunSpec,
@@ -161,9 +193,11 @@ def prepare_run(
     settings: dict | None = None,
     resolver: Resolver | None = None,
     resolved: Resolved | None = None,
+    log: Callable[[str], None] = print,
 ) -> PreparedRun:
     """Resolve the run (its settings: the tuned ones when tuning is on; a tuning trial passes its own ``settings``
-    and ``resolved`` step) and device, load its data, build its method and (configured) model."""
+    and ``resolved`` step) and device, load its data, build its method and (configured) model; restore the weights
+    of prerequisite runs whose results came without them (``restore_missing_weights``)."""
     resolver = resolver or Resolver(cfg)
     resolved = resolved or resolver.run(spec)
     if settings is None:
@@ -176,6 +210,7 @@ def prepare_run(
     model = balancer.configure_model(build_run_model(cfg, settings, data.info, balancer_cls))
     if artifacts is None:
         artifacts = resolved.artifacts()
+    restore_missing_weights(cfg, resolved, artifacts, resolver, log)
     ctx = RunContext(
         modalities=list(settings["modalities"]),
         num_epochs=settings["train"]["epochs"],
@@ -212,7 +247,7 @@ def execute_run(
     loss diverges returns a record with status 'failed' and the reason (and no evaluation).
     """
     started = time.perf_counter()
-    prepared = prepare_run(cfg, spec, artifacts, resolver=resolver)
+    prepared = prepare_run(cfg, spec, artifacts, resolver=resolver, log=log)
     settings, device, balancer_cls, balancer, model, data, ctx, train = (
         prepared.settings,
         prepared.device,

@@ -76,7 +76,7 @@ def run_trial(
         if ARTEFACTS[need].made_by_trials:
             artifacts[need] = out_path.with_name(f"trial{trial}.{need}.json")
             MADE_IN_TRIAL[need](cfg, resolved, settings, artifacts[need], resolver, log)
-    prepared = prepare_run(cfg, spec, artifacts, settings=settings, resolver=resolver, resolved=resolved)
+    prepared = prepare_run(cfg, spec, artifacts, settings=settings, resolver=resolver, resolved=resolved, log=log)
     metric = selection_metric(prepared.train.multi_label)
     checkpoint, config_hash = out_path.with_name(f"trial{trial}.checkpoint.pt"), settings_hash(prepared.settings)
     result = fit(

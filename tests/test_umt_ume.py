@@ -295,6 +295,28 @@ def test_umt_resumes_and_its_checkpoint_has_the_models_keys_only(workspace, tmp_
     assert keys == set(joint.state_dict())  # a joint model's keys: encoders, fusion head, absent inputs; no teacher
 
 
+def test_weights_missing_after_a_fresh_clone_are_restored_by_training_the_unimodal_run_again(workspace):
+    """Committed results carry no weights: UMT's teacher checkpoint is re-made when its run's metrics are reproduced,
+    and refused (with what to do) when they are not."""
+    resolver = Resolver(workspace)
+    audio = resolver.run(RunSpec("synthetic-av", "small_cnn", NO_FUSION, "unimodal", 0, "audio"))
+    original = torch.load(audio.path / "model.pt", weights_only=True)["state_dict"]
+    (audio.path / "model.pt").unlink()
+    lines: list[str] = []
+    prepare_run(workspace, RunSpec("synthetic-av", "small_cnn", "concat", "umt", 0), log=lines.append)
+    restored = torch.load(audio.path / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(restored[k], v) for k, v in original.items()) and set(restored) == set(original)
+    assert any("restored" in line for line in lines) and not list(audio.path.glob(".restore-*"))
+
+    (audio.path / "model.pt").unlink()
+    record = json.loads((audio.path / "metrics.json").read_text())
+    record["metrics"]["best"]["test"]["accuracy"] += 0.01  # a recorded number this machine does not reproduce
+    (audio.path / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(RuntimeError, match="did not reproduce its recorded metrics"):
+        prepare_run(workspace, RunSpec("synthetic-av", "small_cnn", "concat", "umt", 0), log=quiet)
+    assert not (audio.path / "model.pt").exists()
+
+
 def test_ume_resumes_and_is_the_same_run_under_concat_and_sum(in_tiny_workspace, tmp_path, monkeypatch):
     cfg = yaml.safe_load((in_tiny_workspace / "config.yaml").read_text())
     cfg["train"].update(epochs=4, batch_size=8)
