@@ -117,8 +117,13 @@ def prepare_workspace(cfg: dict, workdir: Path, log) -> dict:
 
 
 def _artifacts(cfg: dict, spec: RunSpec, model, workdir: Path) -> dict[str, Path]:
-    """Stand-ins for DAG inputs a method reads (G-Blend's weights: equal, for the same initial model)."""
+    """Stand-ins for DAG inputs a method reads (G-Blend's weights: equal, for the same initial model; unimodal
+    checkpoints: the initial encoders, since a teacher's cost does not depend on its weights)."""
     balancer_cls = component_class(cfg, "balancers", spec.balancer)
+    if "unimodal_checkpoints" in balancer_cls.needs:
+        path = workdir / f"unimodal-{spec.backbone}.pt"
+        torch.save({"status": "ok", "state_dict": model.state_dict()}, path)
+        return {f"unimodal_checkpoint/{m}": path for m in model.modalities}
     if "gblend_weights" not in balancer_cls.needs:
         return {}
     heads = list(model.modalities) + ["fused"]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from benchmark.config import component_class, registry, validate_config
+from benchmark.config import component_class, component_params, registry, validate_config
 from benchmark.estimate import estimate_gblend
 from benchmark.grid import grid_runs
 from benchmark.run import execute_run, train_run
@@ -77,6 +77,15 @@ def test_every_scheduled_combination_trains_and_every_other_has_a_reason(micro_w
         for f in fusions
         if component_class(cfg, "balancers", b).unsupported(component_class(cfg, "fusions", f), 2)
     }
-    if not component_class(cfg, "backbones", backbone).has_blocks():  # fusions between blocks need blocks
+    backbone_cls = component_class(cfg, "backbones", backbone)
+    expected |= {  # what a method declares it cannot run on this backbone (e.g. greedy needs encoder blocks)
+        (b, f)
+        for b in balancers
+        for f in fusions
+        if component_class(cfg, "balancers", b).backbone_unsupported(
+            backbone_cls, component_params(cfg, "balancers", b, dataset="synthetic-av", backbone=backbone)
+        )
+    }
+    if not backbone_cls.has_blocks():  # fusions between blocks need blocks
         expected |= {(b, f) for b in balancers for f in fusions if component_class(cfg, "fusions", f).needs_blocks}
     assert set(not_scheduled) == expected

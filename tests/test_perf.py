@@ -78,11 +78,12 @@ def test_perf_data_tiny_measures_shards_decoding_dry_run_and_a_sharded_cache(tmp
 def test_perf_methods_measures_the_named_balancers_against_joint(tmp_path):
     out = tmp_path / "perf.json"
     out.write_text(json.dumps({"training": {"agm": 1.0}}))  # an earlier full report: merged into, not replaced
-    cmd = [sys.executable, "-m", "benchmark", "perf", "--methods", "mbsd", "--tiny", "--out", str(out)]
+    # umt reads unimodal teachers, which perf stands in for with the initial encoders
+    cmd = [sys.executable, "-m", "benchmark", "perf", "--methods", "mbsd,umt", "--tiny", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["training"]) == {"agm", "joint", "mbsd"} and report["training"]["mbsd"] > 0
+    assert set(report["training"]) == {"agm", "joint", "mbsd", "umt"} and report["training"]["mbsd"] > 0
     assert "| mbsd |" in res.stdout and "time × joint" in res.stdout
     bad = subprocess.run(cmd[:5] + ["nope", "--tiny", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "unknown balancer 'nope'" in bad.stderr
