@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,6 +40,10 @@ _BOOTSTRAP_CHUNK = 50  # resamples drawn at a time (fixed, so the draws never de
 SCORE_DECIMALS = 6
 #: the figure of the Friedman/Nemenyi comparison in the report's plots folder
 CD_FIGURE = "critical_difference.png"
+
+
+#: joins a row's method notes in one cell (notes themselves contain '; ')
+NOTE_SEP = "\n"
 
 
 class StaleResult(ValueError):
@@ -212,7 +218,7 @@ def load_runs(cfg: dict, root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str
             reason=m.get("reason", ""),
             num_classes=m["run"].get("num_classes"),
             multi_label=bool(m["run"].get("multi_label", False)),
-            notes="; ".join(m.get("notes", [])),
+            notes=NOTE_SEP.join(m.get("notes", [])),
             config_hash=m["config_hash"],
             git_commit=m["provenance"]["git_commit"],
         )
@@ -359,9 +365,9 @@ def summarize(runs: pd.DataFrame, reference: str = "joint", alpha: float = 0.05)
         reasons = sorted({r for r in group.get("reason", pd.Series(dtype=str)).dropna() if r})
         row["reason"] = "; ".join(reasons)
         notes = sorted(
-            {n for joined in group.get("notes", pd.Series(dtype=str)).dropna() for n in joined.split("; ") if n}
+            {n for joined in group.get("notes", pd.Series(dtype=str)).dropna() for n in joined.split(NOTE_SEP) if n}
         )
-        row["notes"] = "; ".join(notes)
+        row["notes"] = NOTE_SEP.join(notes)
         absent = ok["absent_input"].dropna() if "absent_input" in ok else pd.Series(dtype=object)
         row["absent_input"] = ", ".join(sorted(set(absent))) or None
         for col in ("tuning", "hyperparameters", "trials", "search"):  # one tuning per group: the same for all its runs
@@ -528,6 +534,50 @@ def _group_name(pattern: tuple[bool, ...], modalities: list[str]) -> str:
 
 
 # --- formatting ------------------------------------------------------------------------------------------------
+#: marks after the value in a main table's main-metric cell: not significantly worse than the table's best row;
+#: differs from the reference method (with the same fusion)
+NOT_WORSE_MARK = "†"
+SIGNIFICANT_MARK = " *"
+_PLACEHOLDERS = {"", "–", NA}
+_NUMBER = re.compile(r"[\[(]?[+\-−]?\d")
+_BEST = "\0best"  # the best row's runs under this method name, so that paired_test pairs any row with them
+
+
+@dataclass
+class Table:
+    """A displayed table: every cell as text, the cells shown in bold as (row position, column), numbered footnotes
+    (cells refer to them as [i]) and a legend of its marks; Markdown, HTML and LaTeX each render it their own way."""
+
+    frame: pd.DataFrame
+    bold: set[tuple[int, str]] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    legend: str = ""
+
+
+def as_table(table: Table | pd.DataFrame) -> Table:
+    return table if isinstance(table, Table) else Table(table)
+
+
+def numeric_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns whose every filled cell starts with a number (an empty column too: its numbers are missing):
+    right-aligned and never wrapped, in every format."""
+    out = []
+    for col in frame.columns:
+        filled = [str(v) for v in frame[col] if str(v) not in _PLACEHOLDERS]
+        if all(_NUMBER.match(v) for v in filled):
+            out.append(col)
+    return out
+
+
+def split_marks(text: str) -> tuple[str, str]:
+    """'95.1 ± 1.3† *' -> ('95.1 ± 1.3', '† *'): the value (what bold covers) and the marks after it."""
+    value, marks = str(text), ""
+    for mark in (SIGNIFICANT_MARK, NOT_WORSE_MARK):  # the reverse of the order main_table appends them in
+        if value.endswith(mark):
+            value, marks = value[: -len(mark)], mark + marks
+    return value, marks
+
+
 def pm(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
     if mean != mean:  # NaN
         return "–"
@@ -553,10 +603,125 @@ def _is_true(value) -> bool:
     return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
-def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str) -> tuple[pd.DataFrame, list[str]]:
-    """The displayed main table of one dataset × backbone, and its footnotes (method notes and reasons)."""
-    rows, footnotes = [], []
+def _text(value) -> str:
+    """A free-text cell's value ('' for a missing one: NaN is truthy)."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def _fusion(fusion: str) -> str:
+    return "—" if fusion == NO_FUSION else fusion
+
+
+def _row_name(r: pd.Series) -> str:
+    return r["method"] if r["fusion"] == NO_FUSION else f"{r['method']} · {r['fusion']}"
+
+
+def by_rank(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows best first; rows without a rank (n/a, failed, not run) last; ties and the unranked in grid order."""
+    return table.sort_values("rank", na_position="last", kind="stable") if "rank" in table else table
+
+
+@dataclass
+class BestComparison:
+    """The rows of one table (summary index labels) compared with its best row on the main metric."""
+
+    best: list = field(default_factory=list)  # the best rows (ties share the top rank)
+    not_worse: set = field(default_factory=set)  # not significantly worse than the best
+    untested: list = field(default_factory=list)  # fewer than 2 runs paired with the best's
+    tests: int = 0  # comparisons Holm adjusted over
+    tested: bool = False  # False: no per-run scores were given
+
+
+def compare_with_best(table: pd.DataFrame, runs: pd.DataFrame | None, alpha: float = 0.05) -> BestComparison:
+    """Which rows of one dataset × backbone table are not significantly worse than its best (top-ranked) row: each
+    row's main metric against the best row's by ``paired_test`` over the (seed, fold) runs both have, Holm-adjusted
+    over the table's comparisons (``holm``); a row with fewer than 2 such pairs cannot be tested. Without ``runs``
+    (per-run scores) only the best rows are known."""
+    ranked = table[(table["runs"] > 0) & table["rank"].notna()] if "rank" in table else table.iloc[:0]
+    if ranked.empty:
+        return BestComparison()
+    best = list(ranked.index[ranked["rank"] == ranked["rank"].min()])
+    if runs is None or runs.empty:
+        return BestComparison(best)
+    top = ranked.loc[best[0]]
+    ok = runs[(runs["status"] == "ok") & (runs["dataset"] == top["dataset"]) & (runs["backbone"] == top["backbone"])]
+    best_runs = ok[(ok["fusion"] == top["fusion"]) & (ok["method"] == top["method"])]
+    tests, untested = {}, []
+    for i, r in by_rank(ranked.drop(index=best)).iterrows():
+        mine = ok[(ok["fusion"] == r["fusion"]) & (ok["method"] == r["method"])]
+        pair = pd.concat([mine, best_runs.assign(fusion=r["fusion"], method=_BEST)])  # any fusion pairs with the best
+        result = paired_test(pair, (r["dataset"], r["backbone"], r["fusion"], r["method"]), _BEST)
+        if result["n_pairs"] < 2:
+            untested.append(i)
+            continue
+        p = result["p_vs_ref"]  # NaN: every pair differs by the same nonzero amount, a difference without noise
+        tests[i] = (0.0 if p != p else p, result["delta_vs_ref"])
+    adjusted = holm(p for p, _ in tests.values())
+    not_worse = {i for (i, (_, delta)), p in zip(tests.items(), adjusted) if p >= alpha or delta >= 0}
+    return BestComparison(best, not_worse, untested, len(tests), True)
+
+
+def main_legend(
+    table: pd.DataFrame, metric: str, reference: str, alpha: float, comparison: BestComparison, order: bool = True
+) -> str:
+    """What the main table's marks (and with ``order`` its row order) mean."""
+    parts = ["Rows best first by rank (rows without one last)."] if order else []
+    parts.append(f"Bold: the best {metric}.")
+    if comparison.tested:
+        tests = f"{comparison.tests} comparison" + ("" if comparison.tests == 1 else "s")
+        parts.append(
+            f"{NOT_WORSE_MARK}: not significantly worse than the best (two-sided paired t-test over the same seeds × "
+            f"folds, Holm-adjusted over the table's {tests} with the best, p ≥ {alpha:g})."
+        )
+        if comparison.untested:
+            names = ", ".join(_row_name(table.loc[i]) for i in comparison.untested)
+            parts.append(f"Not tested against the best (fewer than 2 runs paired with its runs): {names}.")
+    parts.append(f"*: differs from {reference} with the same fusion at Holm-adjusted p < {alpha:g}.")
+    return " ".join(parts)
+
+
+def _footnote(notes: list[str], text: str) -> int:
+    """The number of a footnote, adding it when new."""
+    if text not in notes:
+        notes.append(text)
+    return notes.index(text) + 1
+
+
+def _refs(numbers: list[int]) -> str:
+    """'[1–3, 5]' from [1, 2, 3, 5]: footnote references, runs of consecutive numbers as ranges (a narrow cell)."""
+    spans: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return "[" + ", ".join(f"{a}–{b}" if b > a + 1 else f"{a}, {b}" if b > a else f"{a}" for a, b in spans) + "]"
+
+
+def _status(r: pd.Series, notes: list[str]) -> str:
+    """A short status word with a reference to the footnotes holding the reason and the method's notes."""
+    status, reason = _text(r["status"]), _text(r.get("reason"))
+    numbers = [_footnote(notes, f"{status}: {reason}")] if status != "ok" and reason else []
+    numbers += [_footnote(notes, note) for note in filter(None, _text(r.get("notes")).split(NOTE_SEP))]
+    return f"{status} {_refs(numbers)}" if numbers else status
+
+
+def main_table(
+    table: pd.DataFrame,
+    modalities: list[str],
+    reference: str,
+    runs: pd.DataFrame | None = None,
+    alpha: float = 0.05,
+    comparison: BestComparison | None = None,
+) -> Table:
+    """The displayed main table of one dataset × backbone, best first: the best main metric (test accuracy; mAP for
+    multi-label data) in bold, the rows not significantly worse than it marked (needs ``runs``, the per-run rows of
+    ``load_runs``), reasons and method notes as numbered footnotes."""
+    notes: list[str] = []
+    rows, bold = [], set()
     multi_label = bool(table["multi_label"].any()) if "multi_label" in table else False
+    metric = "test mAP" if multi_label else "test acc"
+    comparison = comparison or compare_with_best(table, runs, alpha)
     # optional columns: shown when some row of this table has them (top-5 needs more than 5 classes; video-level
     # metrics need videos of several clips)
     present = {
@@ -566,23 +731,22 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
     }
     has_top5 = "test_top5" in present
     tuned = "hyperparameters" in table and table["hyperparameters"].notna().any()
-    for _, r in table.iterrows():
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
-        for note in filter(None, str(r.get("notes", "") or "").split("; ")):
-            if note not in footnotes:
-                footnotes.append(note)
-            status += f" [{footnotes.index(note) + 1}]"
-        star = " *" if _is_true(r.get("significant")) else ""
+    for position, (index, r) in enumerate(by_rank(table).iterrows()):
+        value = _cell(r, "test_map" if multi_label else "test_acc")
+        value += NOT_WORSE_MARK if index in comparison.not_worse else ""
+        value += SIGNIFICANT_MARK if _is_true(r.get("significant")) else ""
+        if index in comparison.best:
+            bold.add((position, metric))
         row = {
             "rank": _num(r.get("rank"), "g"),  # a tie's average rank keeps its .5
             "method": r["method"],
-            "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
+            "fusion": _fusion(r["fusion"]),
             "runs": str(r["runs"]),
         }
         if multi_label:  # the G-Blend paper's mini-AudioSet metrics first
             row.update(
                 {
-                    "test mAP": _cell(r, "test_map") + star,
+                    metric: value,
                     f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
                     "p": _num(r.get("p_vs_ref"), ".3f"),
                     "p Holm": _num(r.get("p_holm"), ".3f"),
@@ -594,7 +758,7 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
         else:
             row.update(
                 {
-                    "test acc": _cell(r, "test_acc") + star,
+                    metric: value,
                     "95% CI": _ci(r),
                     f"Δ vs {reference}": _num(100 * r.get("delta_vs_ref", math.nan), "+.1f"),
                     "p": _num(r.get("p_vs_ref"), ".3f"),
@@ -619,15 +783,29 @@ def leaderboard_table(table: pd.DataFrame, modalities: list[str], reference: str
             row.update(
                 {"tuned hyperparameters": r.get("hyperparameters") or "–", "trials": _num(r.get("trials"), ".0f")}
             )
-        row["status"] = status
+        row["status"] = _status(r, notes)
         rows.append(row)
-    return pd.DataFrame(rows).fillna("–"), footnotes
+    legend = main_legend(table, metric, reference, alpha, comparison)
+    return Table(pd.DataFrame(rows).fillna("–"), bold, notes, legend)
+
+
+def leaderboard_table(
+    table: pd.DataFrame,
+    modalities: list[str],
+    reference: str,
+    runs: pd.DataFrame | None = None,
+    alpha: float = 0.05,
+) -> tuple[pd.DataFrame, list[str]]:
+    """``main_table``'s cells and footnotes (its bold cells in the frame's ``attrs['bold']``)."""
+    main = main_table(table, modalities, reference, runs, alpha)
+    main.frame.attrs["bold"] = main.bold
+    return main.frame, main.notes
 
 
 def diagnostics_table(table: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
     rows = []
-    for _, r in table[table["runs"] > 0].iterrows():
-        row = {"method": r["method"], "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"]}
+    for _, r in by_rank(table[table["runs"] > 0]).iterrows():
+        row = {"method": r["method"], "fusion": _fusion(r["fusion"])}
         row.update({f"probe {m}": _cell(r, f"probe_{m}") for m in modalities})
         row.update({f"Shapley {m}": _cell(r, f"shapley_{m}") for m in modalities})
         row.update(
@@ -652,7 +830,7 @@ def robustness_table(table: pd.DataFrame, modalities: list[str]) -> pd.DataFrame
     if not any(c in fused and fused[c].notna().any() for c in cols):
         return pd.DataFrame()
     rows = []
-    for _, r in fused.iterrows():
+    for _, r in by_rank(fused).iterrows():
         row = {"method": r["method"], "fusion": r["fusion"], "all present": _cell(r, "masked_all")}
         row.update({f"without {m}": _cell(r, f"masked_without_{m}") for m in modalities})
         rows.append(row)
@@ -669,7 +847,7 @@ def audit_table(table: pd.DataFrame) -> pd.DataFrame:
     """Per row with finished runs: the validation-selected test accuracy beside what selecting the epoch on the test
     set would have claimed and the gap (optimistic; never used for ranks or tests); n/a for runs without an audit."""
     rows = []
-    for _, r in table[table["runs"] > 0].iterrows():
+    for _, r in by_rank(table[table["runs"] > 0]).iterrows():
         audited = r.get("audit_runs", 0) or 0
         had = audited > 0
 
@@ -679,7 +857,7 @@ def audit_table(table: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "method": r["method"],
-                "fusion": "—" if r["fusion"] == NO_FUSION else r["fusion"],
+                "fusion": _fusion(r["fusion"]),
                 "test acc (val-selected)": _cell(r, "test_acc"),
                 "epoch (val-selected)": _cell(r, "best_epoch", 1.0, 1),
                 "test acc (test-selected, optimistic)": cell("audit_test_selected_acc"),
@@ -714,10 +892,15 @@ AUDIT_CAPTION = (
 )
 
 
-def agreement_table(agree: pd.DataFrame, modalities: list[str]) -> pd.DataFrame:
-    """One row per method × fusion: for each group, its share of the test set and the multimodal accuracy in it."""
+def agreement_table(agree: pd.DataFrame, modalities: list[str], table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per method × fusion: for each group, its share of the test set and the multimodal accuracy in it; in
+    the order of ``table`` (the summary rows of the same dataset × backbone, best first) when given."""
     rows = []
-    for (fusion, method), part in agree.groupby(["fusion", "method"], sort=False):
+    groups = agree.groupby(["fusion", "method"], sort=False)
+    if table is not None:
+        order = {key: i for i, key in enumerate(zip(by_rank(table)["fusion"], by_rank(table)["method"]))}
+        groups = sorted(groups, key=lambda item: order.get(item[0], len(order)))
+    for (fusion, method), part in groups:
         part = part.set_index("group")
         row = {"method": method, "fusion": fusion}
         for group in group_names(modalities):
@@ -733,12 +916,15 @@ COLUMN_GUIDE = [
     (
         "rank",
         "position by mean test accuracy within the dataset × backbone, from exact correct counts (test mAP rounded "
-        f"to {SCORE_DECIMALS} decimals for multi-label data); tied rows share the average rank",
+        f"to {SCORE_DECIMALS} decimals for multi-label data); tied rows share the average rank; rows are listed best "
+        "first, rows without a rank last",
     ),
     (
         "test acc",
-        "test accuracy of the best-validation checkpoint, mean ± std over seeds × folds; * = differs from the "
-        "reference method at the configured level (paired t-test, Holm-adjusted p)",
+        "test accuracy of the best-validation checkpoint, mean ± std over seeds × folds; bold = the best; "
+        f"{NOT_WORSE_MARK} = not significantly worse than the best (paired t-test against the best row over the same "
+        "seeds × folds, Holm-adjusted over the table's comparisons with it; rows with fewer than 2 such pairs are not "
+        "tested); * = differs from the reference method at the configured level (paired t-test, Holm-adjusted p)",
     ),
     (
         "95% CI",
@@ -808,6 +994,11 @@ COLUMN_GUIDE = [
         "(MLB's analysis)",
     ),
     (
+        "status",
+        "ok, or what kept runs from finishing (n/a: the method cannot run this combination; failed; not run) with "
+        "references [i] to the numbered footnotes under the table, which hold the reasons and the methods' notes",
+    ),
+    (
         "tuned hyperparameters, trials",
         "with tuning on: the best trial's values (validation score) and the number of trials, "
         "the same for every method",
@@ -820,11 +1011,61 @@ COLUMN_GUIDE = [
 ]
 
 
-def _markdown(df: pd.DataFrame) -> list[str]:
+def rank_table(summary: pd.DataFrame) -> Table:
+    """``mean_ranks`` for display: each dataset's rank, the mean rank (the lowest of each backbone in bold) and the
+    number of datasets, as plain columns (the pivot's column name would be a stray header)."""
+    ranks = mean_ranks(summary)
+    if ranks.empty:
+        return Table(pd.DataFrame())
+    keys = ["backbone", "fusion", "method", "mean rank", "datasets"]
+    datasets = [c for c in ranks.columns if c not in keys]
+    frame = pd.DataFrame(
+        {
+            "backbone": ranks["backbone"],
+            "fusion": ranks["fusion"].map(_fusion),
+            "method": ranks["method"],
+            **{str(d): ranks[d].map(lambda v: _num(v, "g")) for d in datasets},
+            "mean rank": ranks["mean rank"].map(lambda v: _num(v, ".2f")),
+            "datasets": ranks["datasets"].map(lambda v: _num(v, ".0f")),
+        }
+    ).reset_index(drop=True)
+    lowest = ranks.groupby("backbone")["mean rank"].transform("min").to_numpy()
+    bold = {(i, "mean rank") for i, (v, low) in enumerate(zip(ranks["mean rank"], lowest)) if v == low}
+    return Table(frame, bold, legend="Bold: the lowest mean rank of each backbone (1 = best).")
+
+
+def _markdown_cell(text: str, bold: bool) -> str:
+    text = str(text).replace("|", "\\|")
+    if not bold:
+        return text
+    value, marks = split_marks(text)
+    return f"**{value}**{marks}"
+
+
+def _markdown(table: Table | pd.DataFrame) -> list[str]:
+    """A pipe table: numbers right-aligned (`---:`), text left-aligned, bold cells as **…**."""
+    t = as_table(table)
+    df = t.frame
     if df.empty:
         return []
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    numeric = set(numeric_columns(df))
+    lines = [
+        "| " + " | ".join(str(c) for c in df.columns) + " |",
+        "|" + "".join("---:|" if c in numeric else ":---|" for c in df.columns),
+    ]
+    lines += [
+        "| " + " | ".join(_markdown_cell(v, (i, c) in t.bold) for c, v in zip(df.columns, row)) + " |"
+        for i, row in enumerate(df.itertuples(index=False))
+    ]
+    return lines
+
+
+def _markdown_notes(table: Table) -> list[str]:
+    """The legend and the numbered footnotes under a table (two trailing spaces: a line break)."""
+    lines = ["", table.legend] if table.legend else []
+    if table.notes:
+        lines.append("")
+        lines += [f"[{i}] {note}" + ("" if i == len(table.notes) else "  ") for i, note in enumerate(table.notes, 1)]
     return lines
 
 
@@ -850,7 +1091,11 @@ def tuning_statement(summary: pd.DataFrame) -> str:
     )
 
 
-def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = None) -> str:
+def to_markdown(
+    summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = None, runs: pd.DataFrame | None = None
+) -> str:
+    """Every table of the experiment as Markdown; ``runs`` (``load_runs``' rows) lets each main table mark the rows
+    not significantly worse than its best."""
     board = cfg.get("leaderboard", {})
     reference, alpha = board.get("reference", "joint"), board.get("alpha", 0.05)
     experiment = cfg.get("experiment", "default")
@@ -875,12 +1120,8 @@ def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = N
         folds = sorted({fold for joined in table["fold_list"] for fold in joined.split(",") if fold})
         if len(folds) > 1:
             lines += [f"{len(folds)} folds ({', '.join(folds)}); runs = seeds × folds.", ""]
-        main, footnotes = leaderboard_table(table, modalities, reference)
-        lines += _markdown(main)
-        if footnotes:
-            lines += [""] + [
-                f"[{i}] {note}" + ("" if i == len(footnotes) else "  ") for i, note in enumerate(footnotes, 1)
-            ]
+        main = main_table(table, modalities, reference, runs, alpha)
+        lines += _markdown(main) + _markdown_notes(main)
         diag = diagnostics_table(table, modalities)
         if not diag.empty:
             lines += ["", "Diagnostics (test split, best-validation checkpoint):", ""] + _markdown(diag)
@@ -894,11 +1135,11 @@ def to_markdown(summary: pd.DataFrame, cfg: dict, agree: pd.DataFrame | None = N
             part = agree[(agree["dataset"] == dataset) & (agree["backbone"] == backbone)]
             if len(part):
                 lines += ["", "Agreement with the unimodal models (share of test samples · multimodal accuracy %):", ""]
-                lines += _markdown(agreement_table(part, modalities))
+                lines += _markdown(agreement_table(part, modalities, table))
         lines.append("")
-    ranks = mean_ranks(summary)
-    if len(ranks):
-        lines += ["## Mean rank across datasets", ""] + _markdown(ranks.round(2).astype(str).replace("nan", "–")) + [""]
+    ranks = rank_table(summary)
+    if not ranks.frame.empty:
+        lines += ["## Mean rank across datasets", ""] + _markdown(ranks) + _markdown_notes(ranks) + [""]
     result = friedman(summary, alpha)
     lines += ["## Friedman test and critical-difference diagram", "", friedman_text(result), ""]
     if result["applicable"]:
@@ -912,9 +1153,25 @@ LATEX = {
     "%": r"\%",
     "&": r"\&",
     "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    # math mode, not the text symbols: those would need the TS1 fonts (bitmaps generated on the fly without
+    # cm-super), and OT1's own < and > print ¡ and ¿
+    "~": r"$\sim$",
+    "^": r"\^{}",
+    "<": "$<$",
+    ">": "$>$",
+    "*": "$^*$",
+    "†": r"$^\dagger$",
     "±": r"$\pm$",
     "–": "--",
     "—": "---",
+    "−": "$-$",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "≈": r"$\approx$",
     "Δ": r"$\Delta$",
     "·": r"$\cdot$",
 }
@@ -924,20 +1181,119 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX.get(ch, ch) for ch in str(text))
 
 
-def to_latex(summary: pd.DataFrame, cfg: dict) -> str:
-    """One booktabs table per dataset × backbone (the main table without its status column), for papers."""
-    reference = cfg.get("leaderboard", {}).get("reference", "joint")
-    parts = ["% Generated by `python -m benchmark aggregate` from the metrics files; needs \\usepackage{booktabs}."]
+def _registered_display_name(balancer: str) -> str | None:
+    try:
+        from benchmark.components import registry
+
+        name = getattr(registry("balancers").get(balancer), "display_name", None)
+    except Exception:  # an unknown or user class (its module may not import here): the caller falls back to the id
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def display_name(balancer: str, method: str | None = None) -> str:
+    """A row's method as a paper names it: the registered class's ``display_name`` ('OGM-GE'), '<Modality> only' for
+    the unimodal baselines, else a readable form of the id; a modality subset ('joint [audio+text]') stays appended."""
+    method = method or balancer
+    if method.endswith("-only"):
+        return f"{method[: -len('-only')].capitalize()} only"
+    name = _registered_display_name(balancer) or balancer.replace("_", "-")
+    _, bracket, subset = method.partition(" [")
+    return f"{name} [{subset}" if bracket else name
+
+
+def _latex_value(value: str, bold: bool) -> str:
+    value = latex_escape(value)
+    if re.match(r"-\d", value):  # a minus sign, not a hyphen
+        value = "$-$" + value[1:]
+    return rf"\textbf{{\boldmath {value}}}" if bold else value  # \boldmath: the ± (math) in bold too
+
+
+def _latex_marks(marks: str) -> str:
+    return latex_escape(marks.replace(SIGNIFICANT_MARK, "*"))
+
+
+def latex_table(main: Table, caption: str, label: str) -> str:
+    """One booktabs table (table environment, centred, caption above): numbers in r columns, text in l columns; a
+    column with marks is an r@{}l pair, so that marked and unmarked numbers line up."""
+    df = main.frame
+    numeric = set(numeric_columns(df))
+    marked = {c for c in numeric if any(split_marks(v)[1] for v in df[c])}
+    spec = "".join("r@{}l" if c in marked else "r" if c in numeric else "l" for c in df.columns)
+    head = [rf"\multicolumn{{2}}{{c}}{{{latex_escape(c)}}}" if c in marked else latex_escape(c) for c in df.columns]
+    lines = [
+        r"\begin{table}[htbp]",
+        r"\centering",
+        r"\small",
+        r"\setlength{\tabcolsep}{4pt}",
+        rf"\caption{{{latex_escape(caption)}}}",
+        rf"\label{{{label}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
+    for i, row in enumerate(df.itertuples(index=False)):
+        cells = []
+        for c, v in zip(df.columns, row):
+            value, marks = split_marks(v)
+            cells.append(_latex_value(value, (i, c) in main.bold))
+            if c in marked:
+                cells.append(_latex_marks(marks))
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _constant_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Drop the fusion column when one fusion (besides the unimodal rows' —) and the runs column when one count
+    holds for every row, so the table fits a page; the caption says them instead (' (concat, 5 runs each)')."""
+    said = []
+    fusions = set(frame["fusion"]) - {"—"} if "fusion" in frame else set()
+    if "fusion" in frame and len(fusions) <= 1:
+        frame = frame.drop(columns="fusion")
+        said += [f"fusion {f}" for f in fusions]
+    if "runs" in frame and frame["runs"].nunique() == 1:
+        said.append(f"{frame['runs'].iloc[0]} runs each")
+        frame = frame.drop(columns="runs")
+    return frame, f" ({', '.join(said)})" if said else ""
+
+
+def to_latex(summary: pd.DataFrame, cfg: dict, runs: pd.DataFrame | None = None) -> str:
+    """One paper-ready booktabs table per dataset × backbone: the main metrics of the rows with finished runs, best
+    first, methods by their display names, the best value in bold and (with ``runs``) the rows not significantly
+    worse than it marked; every other column is in leaderboard.csv and leaderboard.md."""
+    board = cfg.get("leaderboard", {})
+    reference, alpha = board.get("reference", "joint"), board.get("alpha", 0.05)
+    ref_name = display_name(reference)
+    parts = [
+        "% Generated by `python -m benchmark aggregate` from the metrics files; needs \\usepackage{booktabs}.",
+        "% Main metrics only: every other column is in leaderboard.csv and leaderboard.md.",
+        "",
+    ]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
-        main, _ = leaderboard_table(table, dataset_modalities(cfg, dataset), reference)
-        main = main.drop(columns=["status"]).map(latex_escape)
-        main.columns = [latex_escape(c) for c in main.columns]
-        caption = latex_escape(
-            f"{dataset} · {backbone}: test metrics (%) of the best-validation checkpoint, mean ± std over runs"
+        finished = table[table["runs"] > 0]
+        if finished.empty:
+            continue
+        comparison = compare_with_best(finished, runs, alpha)
+        main = main_table(finished, dataset_modalities(cfg, dataset), reference, runs, alpha, comparison)
+        multi_label = "test mAP" in main.frame
+        metric = "test mAP" if multi_label else "test acc"
+        keep = ["rank", "method", "fusion", "runs", metric, "95% CI", f"Δ vs {reference}", "p Holm"]
+        keep += ["mAUC", "top-1"] if multi_label else []
+        named = finished.assign(method=[display_name(b, m) for b, m in zip(finished["balancer"], finished["method"])])
+        frame = main.frame[[c for c in keep if c in main.frame]].assign(method=list(by_rank(named)["method"]))
+        frame = frame.rename(columns={f"Δ vs {reference}": f"Δ vs {ref_name}"})
+        frame, constant = _constant_columns(frame)
+        legend = main_legend(named, metric, ref_name, alpha, comparison, order=False)
+        omitted = [_row_name(r) for _, r in table[table["runs"] == 0].iterrows()]
+        caption = (
+            f"{dataset} · {backbone}{constant}: {'test mAP' if multi_label else 'test accuracy'} (%) of the "
+            "best-validation checkpoint, mean ± std over seeds × folds (runs)"
+            + ("" if multi_label else "; 95% CI: bootstrap over test clips")
+            + f"; Δ vs {ref_name}, p Holm: paired t-test against {ref_name} with the same fusion. {legend}"
+            + (f" Not shown (no finished runs): {', '.join(omitted)}." if omitted else "")
         )
-        parts.append(
-            main.to_latex(
-                index=False, escape=False, caption=caption, label=f"tab:{dataset}-{backbone}".replace("_", "-")
-            )
-        )
+        label = f"tab:{dataset}-{backbone}".replace("_", "-")
+        parts.append(latex_table(Table(frame, main.bold), caption, label))
     return "\n".join(parts)

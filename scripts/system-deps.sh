@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # System packages some tests need that pip cannot provide: a headless Chromium (the HTML report is opened in a
-# real browser) and Slurm with munge (the cluster profile runs against a real single-node Slurm,
-# scripts/local-slurm.sh). Installs with apt-get when run as root on Debian/Ubuntu (CI does); otherwise says
-# what is missing.
+# real browser), pdflatex with booktabs (leaderboard.tex is compiled: texlive-latex-base has pdflatex and the
+# article class, texlive-latex-recommended has booktabs) and Slurm with munge (the cluster profile runs against a
+# real single-node Slurm, scripts/local-slurm.sh). Installs with apt-get when run as root on Debian/Ubuntu (CI
+# does), without recommended packages (the smallest TeX install); otherwise says what is missing.
 # The default run (`bash run.sh`) needs none of this.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || missing+=(chromium)
+command -v pdflatex >/dev/null || missing+=(texlive-latex-base)
+{ command -v kpsewhich >/dev/null && kpsewhich booktabs.sty >/dev/null; } || missing+=(texlive-latex-recommended)
 for pair in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
     command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
 done

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -325,7 +326,7 @@ def test_aggregate_writes_every_table_with_diagnostics(aggregated):
         assert ogm[col] == ogm[col], col  # not NaN
     assert (board[board["method"] == "mmcosine"]["status"] == "n/a").any()
     tex = (out / "leaderboard.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 1 and r"ogm\_ge" in tex and r"$\pm$" in tex
+    assert tex.count(r"\begin{tabular}") == 1 and "OGM-GE" in tex and r"$\pm$" in tex
 
 
 def test_metrics_files_record_diagnostics_and_cost(aggregated, tiny_workspace):
@@ -352,7 +353,17 @@ def test_metrics_files_record_diagnostics_and_cost(aggregated, tiny_workspace):
     assert {"loss_audio", "mAP", "ece", "acc_head_visual"} <= set(m["metrics"]["best"]["test"])
 
 
-def test_report_renders_tables_and_images_in_a_headless_browser(aggregated):
+#: the cells (td.num: numbers) whose text runs onto a second line: a box of their text starts below another's end
+WRAPPED_NUMBERS = """() => [...document.querySelectorAll('td.num')].filter(td => {
+    const range = document.createRange();
+    range.selectNodeContents(td);
+    const boxes = [...range.getClientRects()].filter(r => r.width > 0 && r.height > 0);
+    const firstLineBottom = Math.min(...boxes.map(r => r.bottom));
+    return boxes.some(r => r.top >= firstLineBottom - 1);
+}).map(td => td.innerText)"""
+
+
+def test_report_renders_tables_and_images_in_a_headless_browser(aggregated, tmp_path):
     _, _, out, _ = aggregated
     exe = browser()
     if exe is None:
@@ -361,9 +372,11 @@ def test_report_renders_tables_and_images_in_a_headless_browser(aggregated):
         pytest.skip("no chromium on this machine (set BENCH_BROWSER=/path/to/chromium)")
     from playwright.sync_api import sync_playwright
 
+    shots = Path(os.environ.get("BENCH_SCREENSHOTS") or tmp_path)  # keep them to look at: BENCH_SCREENSHOTS=dir
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         page_browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        page = page_browser.new_page()
+        page = page_browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto((out / "report.html").resolve().as_uri())
         page.wait_for_load_state("load")
         tables = page.eval_on_selector_all("table", "ts => ts.map(t => [t.className, t.rows.length])")
@@ -371,7 +384,17 @@ def test_report_renders_tables_and_images_in_a_headless_browser(aggregated):
             "img", "is => is.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
         )
         text = page.inner_text("body")
+        numbers = page.eval_on_selector_all("td.num", "tds => tds.length")
+        bold = page.eval_on_selector_all("table.leaderboard strong", "bs => bs.map(b => b.innerText)")
+        wrapped = {"1400": page.evaluate(WRAPPED_NUMBERS)}
+        page.screenshot(path=shots / "report.png", full_page=True)
+        page.set_viewport_size({"width": 800, "height": 900})  # a narrow window: tables scroll, numbers stay whole
+        wrapped["800"] = page.evaluate(WRAPPED_NUMBERS)
+        page.screenshot(path=shots / "report-800px.png", full_page=True)
         page_browser.close()
+    assert numbers > 50 and wrapped == {"1400": [], "800": []}, wrapped
+    assert bold and all("." in b for b in bold)  # the best test accuracy (ties: each)
+    assert (shots / "report.png").stat().st_size > 10_000
     classes = {c.split()[-1] for c, _ in tables}
     assert {"leaderboard", "diagnostics", "robustness", "audit", "agreement", "ranks"} <= classes
     assert all(rows > 1 for _, rows in tables)

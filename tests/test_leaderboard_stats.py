@@ -259,7 +259,7 @@ def test_friedman_matches_scipy_on_exact_counts_with_nemenyi_critical_difference
     assert nemenyi.loc["mlb", "gblend"] < 0.05 < nemenyi.loc["mlb", "ogm"]  # 2.625 apart > CD; 0.875 apart < CD
     text = leaderboard.friedman_text(result)
     assert f"p = {expected.pvalue:.4g}" in text and "CD = 2.345" in text and "extra" in text
-    from benchmark.report import critical_difference_diagram
+    from benchmark.plots import critical_difference_diagram
 
     path = critical_difference_diagram(result, tmp_path / "cd.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
