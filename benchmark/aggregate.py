@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark import paths
+from benchmark.events import history_table
 from benchmark.leaderboard import agreement, load_runs, summarize, to_latex, to_markdown
 from benchmark.report import write_report
 from benchmark.run import write_json
@@ -22,8 +23,9 @@ def aggregate(cfg: dict, out_dir: Path, root: Path = Path(".")) -> "pd.DataFrame
     out_dir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out_dir / "leaderboard.csv", index=False, float_format="%.6g")
     agree.to_csv(out_dir / "agreement.csv", index=False, float_format="%.6g")
-    (out_dir / "leaderboard.md").write_text(to_markdown(summary, cfg, agree))
-    (out_dir / "leaderboard.tex").write_text(to_latex(summary, cfg))
+    history_table(records).to_csv(out_dir / "history.csv", index=False, float_format="%.6g")  # for pandas
+    (out_dir / "leaderboard.md").write_text(to_markdown(summary, cfg, agree, runs=runs))
+    (out_dir / "leaderboard.tex").write_text(to_latex(summary, cfg, runs=runs))
     write_report(cfg, summary, runs, records, agree, out_dir)
     record = experiment_record(cfg)
     for stale in out_dir.glob("runs-*.json"):  # the view has one list of runs: this one

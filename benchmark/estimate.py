@@ -23,6 +23,7 @@ Bootstrap intervals (``bootstrap`` resamples of every draw's V and T' videos, se
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +42,7 @@ from benchmark.settings import Resolved, Resolver, Step
 from benchmark.train import configure_determinism, resolve_device
 
 TRAIN_SUBSET = "T'"
+LOG = logging.getLogger(__name__)
 
 
 def estimate_gblend(
@@ -50,7 +52,7 @@ def estimate_gblend(
     fusion: str,
     seed: int,
     out_path: Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     fold: str = DEFAULT_FOLD,
     modality: str | None = None,
     settings: dict | None = None,
@@ -159,4 +161,5 @@ def estimate_gblend(
         ],
     }
     write_json(out_path, result)
+    log(f"[estimate] wrote {out_path}")
     return result

@@ -29,7 +29,14 @@ ESTIMATE_FILE = "results/gblend/{dataset}/{fold}/{backbone}/{fusion}/{method}/se
 TUNING_DIR = "results/tuning/{dataset}/{fold}/{backbone}/{fusion}/{method}/{id}"
 #: an experiment's view of its runs: leaderboard tables, report and plots
 EXPERIMENT_DIR = "results/{experiment}"
-EXPERIMENT_OUTPUTS = ("leaderboard.csv", "leaderboard.md", "leaderboard.tex", "agreement.csv", "report.html")
+EXPERIMENT_OUTPUTS = (
+    "leaderboard.csv",
+    "leaderboard.md",
+    "leaderboard.tex",
+    "agreement.csv",
+    "history.csv",
+    "report.html",
+)
 #: the runs an experiment's view was built from (one file; its name changes with them)
 EXPERIMENT_RECORD = EXPERIMENT_DIR + "/runs-{id}.json"
 LOGS = "results/logs"

@@ -7,6 +7,7 @@ the selected (best-validation) model and the last-epoch model; nothing ever sele
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
@@ -30,6 +31,7 @@ from benchmark.diagnostics import (
     ogr,
     train_eval_subset,
 )
+from benchmark.events import write_events
 from benchmark.grid import NO_FUSION, RunSpec
 from benchmark.models.model import MultimodalModel, build_model
 from benchmark.provenance import execution_host, provenance
@@ -37,6 +39,7 @@ from benchmark.settings import DatasetDirs, Resolved, Resolver
 from benchmark.train import configure_determinism, fit, predict, resolve_device, selection_metric
 
 METRICS_VERSION = 2
+LOG = logging.getLogger(__name__)
 
 
 def _json_safe(obj):
@@ -193,7 +196,7 @@ def prepare_run(
     settings: dict | None = None,
     resolver: Resolver | None = None,
     resolved: Resolved | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
 ) -> PreparedRun:
     """Resolve the run (its settings: the tuned ones when tuning is on; a tuning trial passes its own ``settings``
     and ``resolved`` step) and device, load its data, build its method and (configured) model; restore the weights
@@ -235,7 +238,7 @@ def prepare_run(
 def execute_run(
     cfg: dict,
     spec: RunSpec,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     artifacts: dict[str, Path] | None = None,
     checkpoint: Path | None = None,
     resolver: Resolver | None = None,
@@ -392,8 +395,9 @@ def execute_run(
     }
     b = reported["best"]
     log(
-        f"done: best epoch {result.best_epoch}, val acc {b['val']['accuracy']:.4f}, test acc "
-        f"{b['test']['accuracy']:.4f}"
+        f"done: epoch {result.best_epoch + 1}/{settings['train']['epochs']} selected on validation: val acc "
+        f"{100 * b['val']['accuracy']:.1f}%, test acc {100 * b['test']['accuracy']:.1f}% "
+        f"({time.perf_counter() - started:.0f} s)"
     )
     return metrics, result.best_state
 
@@ -402,7 +406,7 @@ def train_run(
     cfg: dict,
     spec: RunSpec,
     out_dir: Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     resolver: Resolver | None = None,
 ) -> dict:
     """One run of the grid: train (resuming from ``out_dir/checkpoint.pt`` if a previous attempt left one), evaluate,
@@ -427,4 +431,7 @@ def train_run(
     (out_dir / "model.pt.tmp").replace(out_dir / "model.pt")
     write_json(out_dir / "metrics.json", metrics)
     checkpoint.unlink(missing_ok=True)
+    # TensorBoard's view of the whole history, written once from the record (a resumed run gets every epoch)
+    write_events(out_dir, metrics["history"], metrics["timing"]["seconds_per_epoch"])
+    log(f"wrote {out_dir / 'metrics.json'} (status {metrics['status']})")
     return metrics

@@ -10,6 +10,7 @@ line sees it.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -24,8 +25,11 @@ from benchmark.balancers.base import Balancer, RunContext
 from benchmark.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from benchmark.data.cache import BatchPreparer, CachedSplit, EpochRows, make_loader
 from benchmark.diagnostics import ogr
+from benchmark.logs import bar, progress
 from benchmark.metrics import accuracy, classification_metrics, cross_entropy, hits
 from benchmark.models.model import MultimodalModel
+
+LOG = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -140,6 +144,33 @@ class FitResult:
     audit: list[float] = field(default_factory=list)
 
 
+#: the keys of a history row that every run has; the others are the method's own (``Balancer.epoch_summary``)
+STANDARD_KEYS = frozenset(("epoch", "lr", "train_loss", "train_acc", "train_eval_loss", "ogr"))
+
+
+def _number(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def epoch_line(row: dict, epochs: int, seconds: float, criterion: str, best: tuple[float, int] | None) -> str:
+    """One readable line per epoch, 1-based: ``epoch 3/16  train loss 0.412 acc 81.2%  val acc 84.7% (best 85.1% @ 2)
+    lr 0.3  2.1 s``, then the method's own values (``| k_audio 0.31 k_visual 1``). ``best`` is the best validation
+    score so far and its 0-based epoch; ``criterion`` the history key of the validation score."""
+    parts = [
+        f"epoch {row['epoch'] + 1}/{epochs}",
+        f"train loss {row['train_loss']:.3f} acc {100 * row['train_acc']:.1f}%",
+    ]
+    if criterion in row:
+        name = "acc" if criterion == "val_accuracy" else criterion.removeprefix("val_")
+        part = f"val {name} {100 * row[criterion]:.1f}%"
+        if best is not None:
+            part += f" (best {100 * best[0]:.1f}% @ {best[1] + 1})"
+        parts.append(part)
+    parts += [f"lr {row['lr']:.3g}", f"{seconds:.1f} s"]
+    own = [f"{k} {_number(v)}" for k, v in row.items() if k not in STANDARD_KEYS and not k.startswith("val_")]
+    return "  ".join(parts) + ("  | " + " ".join(own) if own else "")
+
+
 def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -169,7 +200,7 @@ def fit(
     prep: BatchPreparer,
     settings: dict,
     val: CachedSplit | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     train_eval: CachedSplit | None = None,
     ece_bins: int = 15,
     checkpoint: Path | None = None,
@@ -182,7 +213,8 @@ def fit(
 
     With ``checkpoint``, the state after every epoch is saved there and a run with the same ``settings_hash``
     resumes from it: the result is the same as without the interruption. A non-finite training loss ends training
-    after that epoch with ``failure`` set."""
+    after that epoch with ``failure`` set. ``log`` gets one line per epoch (``epoch_line``; every value of the
+    history row goes to a DEBUG line), and a terminal shows bars over the epochs and each epoch's batches."""
     model.to(ctx.device)
     if settings.get("channels_last"):
         model.to(memory_format=torch.channels_last)
@@ -230,6 +262,7 @@ def fit(
             "val_loss": predict(model, val, prep, bs).metrics(ece_bins)["loss"],
         }
     previous = result.history[-1] if result.history else result.initial
+    epoch_bar = bar(total=settings["epochs"], initial=first_epoch, desc="epochs", unit="epoch")
     for epoch in range(first_epoch, settings["epochs"]):
         start = time.perf_counter()
         ctx.epoch = epoch
@@ -239,7 +272,8 @@ def fit(
         loss_sum = torch.zeros((), device=ctx.device)
         correct = torch.zeros((), device=ctx.device)
         seen = 0
-        for batch in _epoch_loader(balancer, epoch, train, loader, settings, ctx):
+        batches = _epoch_loader(balancer, epoch, train, loader, settings, ctx)
+        for batch in progress(batches, desc=f"epoch {epoch + 1}/{settings['epochs']}", unit="batch"):
             ctx.positions, ctx.draws = batch.pop("position", None), batch.pop("draw", None)
             inputs, y = prep(batch, train=True)
             for phase in phases:  # one optimizer step per phase (a single one unless the method alternates)
@@ -263,7 +297,7 @@ def fit(
             )
             result.history.append(row)
             result.seconds_per_epoch.append(time.perf_counter() - start)
-            log(f"[{epoch + 1}/{settings['epochs']}] {result.failure}")
+            log(f"epoch {epoch + 1}/{settings['epochs']}  {result.failure}")
             break
         if val is not None:
             row.update({f"val_{k}": v for k, v in predict(model, val, prep, bs).metrics(ece_bins).items()})
@@ -282,11 +316,12 @@ def fit(
         row.update(balancer.epoch_summary())
         result.seconds_per_epoch.append(time.perf_counter() - start)
         result.history.append(row)
-        log(
-            f"[{epoch + 1}/{settings['epochs']}] "
-            + " ".join(f"{k}={v:.4g}" for k, v in row.items())
-            + f" ({result.seconds_per_epoch[-1]:.1f}s)"
-        )
+        best = (best_acc, result.best_epoch) if result.best_epoch is not None else None
+        log(epoch_line(row, settings["epochs"], result.seconds_per_epoch[-1], criterion, best))
+        if LOG.isEnabledFor(logging.DEBUG):  # every value of the row, as metrics.json's history keeps it
+            values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            LOG.debug("epoch %d/%d: %s", epoch + 1, settings["epochs"], values.removeprefix(f"epoch={epoch} "))
+        epoch_bar.update()
         if checkpoint is not None:
             save_checkpoint(
                 checkpoint,
@@ -303,6 +338,7 @@ def fit(
                 },
             )
         if balancer.finished(epoch):
-            log(f"[{epoch + 1}/{settings['epochs']}] the method ends training here")
+            log(f"epoch {epoch + 1}/{settings['epochs']}  the method ends training here")
             break
+    epoch_bar.close()
     return result

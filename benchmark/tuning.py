@@ -16,6 +16,7 @@ papers' defaults) and the leaderboard says so.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,8 @@ from benchmark.run import prepare_run, write_json
 from benchmark.search import trial_params
 from benchmark.settings import Resolved, Resolver, Step
 from benchmark.train import fit, selection_metric
+
+LOG = logging.getLogger(__name__)
 
 
 def _estimate_in_trial(cfg: dict, trial: Resolved, settings: dict, out_path: Path, resolver: Resolver, log) -> None:
@@ -58,7 +61,7 @@ def run_trial(
     spec: RunSpec,
     trial: int,
     out_path: Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     resolver: Resolver | None = None,
 ) -> dict:
     """Train one trial and score it on validation; writes ``out_path`` (default: the trial's file in its tuning
@@ -109,6 +112,9 @@ def run_trial(
     }
     write_json(out_path, record)
     checkpoint.unlink(missing_ok=True)
+    outcome = f"validation {metric} {100 * score:.1f}% at epoch {result.best_epoch + 1}" if ok else "no score"
+    outcome = f"failed: {result.failure}" if result.failure else outcome
+    log(f"trial {trial}: {outcome}; wrote {out_path}")
     return record
 
 
@@ -116,7 +122,7 @@ def select_best(
     cfg: dict,
     spec: RunSpec,
     out_path: Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     resolver: Resolver | None = None,
 ) -> dict:
     """Read the group's trials and write the best one (highest validation score, earliest on ties) to ``out_path``

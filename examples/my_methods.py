@@ -1,4 +1,4 @@
-"""A balancer and a fusion defined outside the package (the README's walkthrough; tests run them through the DAG).
+"""A balancer and a fusion defined outside the package (docs/extending.md; tests run them through the DAG).
 
 Use them with config entries, e.g.
     balancers: {weakest_boost: {class: "examples.my_methods:WeakestBoost", lam: 0.5}}

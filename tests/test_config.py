@@ -181,7 +181,7 @@ def test_snakemake_stops_on_a_bad_config_before_building_jobs(tmp_path, cfg):
 
 def test_cli_list_and_check():
     out = subprocess.run(
-        [sys.executable, "-m", "benchmark", "list", "balancers"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "benchmark", "list", "balancers", "--names"], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == sorted(
         [
@@ -229,7 +229,7 @@ def test_cli_list_and_check():
     }
     for axis, names in expected.items():
         listed = subprocess.run(
-            [sys.executable, "-m", "benchmark", "list", axis], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "benchmark", "list", axis, "--names"], capture_output=True, text=True, check=True
         ).stdout.split()
         assert set(names) <= set(listed), axis
     full = REPO / "configs" / "full-grid.yaml"  # the widest named experiment: it has n/a combinations

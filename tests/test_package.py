@@ -44,7 +44,7 @@ def test_an_installed_wheel_runs_check_and_the_dag_outside_the_checkout(tmp_path
     check = run(str(target / "bin/mmbench"), "check", "--set", "train.epochs=2")
     assert check.returncode == 0, check.stderr
     assert "packaged config.yaml: valid; experiment 'default'; 30 training runs" in check.stdout
-    dry = run(sys.executable, "-m", "benchmark", "run", "-n", "--set", "train.epochs=2")
+    dry = run(sys.executable, "-m", "benchmark", "run", "-n", "--full", "--set", "train.epochs=2")
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "train" in dry.stdout and "results/runs/synthetic-av/main/small_cnn/concat/ogm_ge/seed0-" in dry.stdout
     assert not (work / "results").exists()  # a dry run writes nothing

@@ -148,7 +148,7 @@ def test_sigkill_mid_training_then_rerun_resumes_to_identical_metrics(in_tiny_wo
 
     again = subprocess.run(_train_command(config, out), capture_output=True, text=True, cwd=in_tiny_workspace)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"after epoch {killed_at + 1}/12" in again.stdout
+    assert f"after epoch {killed_at + 1}/12" in again.stderr  # the log goes to stderr
     assert without_timing(out / "metrics.json") == without_timing(tmp_path / "reference/metrics.json")
 
 

@@ -118,5 +118,6 @@ def test_a_killed_preprocess_step_resumes_with_the_unfinished_shards(tmp_path, t
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert "cached 48 clips in 8 shards" in rerun.stdout
     assert {k: shard_tensors(out, k).stat().st_mtime_ns for k in done} == before
-    redone = [line.split(":")[0] for line in rerun.stdout.splitlines() if "rows " in line]
+    # the log goes to stderr, each line after its time: "12:00:01 [preprocess] shard 3/8: rows 12-17, ..."
+    redone = [line.split(" ", 1)[1].split(":")[0] for line in rerun.stderr.splitlines() if "rows " in line]
     assert redone == [f"[preprocess] shard {k + 1}/8" for k in range(8) if k not in done]

@@ -121,7 +121,7 @@ def test_tiny_real_run_produces_a_leaderboard_and_is_idempotent(tmp_path):
     assert [d.name for d in downloads] == [f"synthetic-av-{raw.name}.log"]
     for log in (downloads[0], ogm / "train.log"):
         assert log.stat().st_size > 0
-    assert "[1/1] epoch=0" in (ogm / "train.log").read_text()
+    assert "epoch 1/1  train loss" in (ogm / "train.log").read_text()
     again = snakemake(tmp_path, "-n", configfile=tmp_path / "tiny.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # a changed method hyperparameter retrains that method only

@@ -40,7 +40,7 @@ features per coalition, so no gradient reaches an encoder through a pass where i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -151,6 +151,7 @@ class AGM(Balancer):
     train-mode encoder pass and runs only the fusion per coalition (no gradient reaches the other encoder through a
     masked pass)."""
 
+    display_name: ClassVar[str] = "AGM"
     paper = "Li et al. 2023 (AGM), Shapley shares and gradient coefficients"
     single_label_only = "its scores are −log softmax of the one true class"
     #: the released code's per-dataset differences (the defaults are its CREMA-D setting)

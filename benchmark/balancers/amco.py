@@ -44,7 +44,7 @@ fused output (noted in the run).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -128,6 +128,7 @@ class AMCo(Balancer):
     ``star: false`` drops L*. Extension: M > 2 applies the released rule as written (one softmax over all M·C
     scores; each modality above σ is masked)."""
 
+    display_name: ClassVar[str] = "AMCo"
     paper = "Zhou et al. 2023 (AMCo, ICASSP), adaptive mask co-optimization as BalanceBenchmark's AMCo trainer"
     single_label_only = "its losses are softmax cross-entropies and its dependence test a softmax share of class scores"
 

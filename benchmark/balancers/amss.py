@@ -76,7 +76,7 @@ released code's. BalanceBenchmark (GeWu-Lab/BalanceBenchmark, balancemm/trainer)
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -224,6 +224,7 @@ class AMSS(Balancer):
     residual blocks' convolutions, as released), declared or all (extensions); ``mask_head`` also masks the fused
     head's per-modality weight block row by row (the image-text code; the audio-visual code does not)."""
 
+    display_name: ClassVar[str] = "AMSS"
     paper = "Yang et al. 2025 (TPAMI), AMSS / AMSS+: adaptively masking sub-networks by modal significance"
     single_label_only = (
         "its significance compares each modality's cross-entropy of the one true class with the entropy of the "

@@ -34,7 +34,7 @@ relying on the default over the released ``direction: weights``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -125,6 +125,7 @@ class CGGM(Balancer):
     M ≥ 2 modalities as the paper (its datasets have two, three and four).
     """
 
+    display_name: ClassVar[str] = "CGGM"
     paper = "Guo et al. 2024 (CGGM), balancing term B, magnitude ρ·B and direction loss L_gm"
     unimodal_heads = True
     #: the released scripts' per-dataset values (run/*_run.py); the defaults are MOSI's and IEMOCAP's

@@ -67,7 +67,7 @@ Where the harness differs from the released code (every run says which options i
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -269,6 +269,7 @@ class DIMML(Balancer):
     ``temperature``), those dimensions computed over the training split when the DUC loss starts (and every
     ``refresh_every`` epochs after, when > 0)."""
 
+    display_name: ClassVar[str] = "DI-MML"
     paper = "Fan et al. 2024 (DI-MML, ACM MM), detached training with a shared classifier and the DUC loss"
     single_label_only = (
         "its losses are softmax cross-entropies and its effective dimensions come from the nearest centroid of the "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -542,6 +542,7 @@ class GBlend(WeightedHeads):
     validation split (``holdout: val``, an extension), never on the test split; with bootstrap intervals
     (``bootstrap`` resamples) and the O guard (``o_floor``)."""
 
+    display_name: ClassVar[str] = "G-Blend"
     paper = "Wang et al. 2020 (G-Blend), eq. 7 and Alg. 1-2 (offline)"
     needs = ("gblend_weights",)
 
@@ -598,6 +599,7 @@ class GBlendOnline(WeightedHeads):
     (``gb_G_<head>``, ``gb_O_<head>``, ``w_<head>``, ``gb_w_lo_<head>``, ``gb_w_hi_<head>``: the estimate in force
     in that epoch)."""
 
+    display_name: ClassVar[str] = "G-Blend (online)"
     paper = "Wang et al. 2020 (G-Blend), eq. 7 and Alg. 1, 3 (online)"
 
     def __init__(

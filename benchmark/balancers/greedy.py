@@ -269,6 +269,7 @@ class Greedy(Balancer):
     modules are inserted between encoder blocks (BalanceBenchmark's adaptation). Module docstring: the rule, the
     released code's and BalanceBenchmark's differences, the n/a fusions."""
 
+    display_name: ClassVar[str] = "Greedy"
     paper = "Wu et al. 2022 (ICML), balanced multi-modal learning (conditional learning speed, re-balancing steps)"
     presets: ClassVar[dict] = PRESETS
 

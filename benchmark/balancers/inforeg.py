@@ -45,7 +45,7 @@ above is the released code's; check the paper's equations before relying on the 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from annotated_types import Ge
@@ -137,6 +137,7 @@ class InfoReg(Balancer):
     that mean (the paper and the released code have two).
     """
 
+    display_name: ClassVar[str] = "InfoReg"
     paper = "Huang et al. 2025 (InfoReg), prime learning window from the Fisher trace and proximal regulation"
     single_label_only = "its regulation strength compares softmax scores of the one true class"
     presets = {

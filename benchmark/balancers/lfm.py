@@ -29,7 +29,7 @@ prediction, which is the released term for two.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch.nn import functional as F
@@ -67,6 +67,7 @@ class LFM(Balancer):
     released fitted schedule (0.20 → 0.92 over the run, ``schedule: progress``; ``released``: the raw epoch of its
     200). ``divergence: js`` uses the Jensen–Shannon divergence instead of the released reversed KLs."""
 
+    display_name: ClassVar[str] = "LFM"
     paper = "Yang et al., NeurIPS 2024 (LFM, heuristic strategy: released fitted α schedule)"
     single_label_only = "its classification and alignment terms are softmax cross-entropy and divergences"
 

@@ -42,7 +42,7 @@ estimate (noted in the run).
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch.nn import functional as F
@@ -102,6 +102,7 @@ class MBSD(Balancer):
     For three modalities the pair terms are averaged over the pairs and rs compares probabilities (``discrepancy:
     auto``, as the released code; ``logits`` / ``probabilities`` fix one). M > 3: every pair (an extension)."""
 
+    display_name: ClassVar[str] = "MBSD"
     paper = "Liu et al. 2023 (MBSD, WSDM), self-distillation as BalanceBenchmark's MBSD trainer"
     single_label_only = "its weights and distillation terms read each modality's probability of the one true class"
 

@@ -57,7 +57,7 @@ the run.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -170,6 +170,7 @@ class MLA(Balancer):
     the alternating epochs, outside which one joint step on CE of the fused output is taken (BalanceBenchmark:
     0–80). Defaults: the OWM rule the paper names, every epoch (the released code)."""
 
+    display_name: ClassVar[str] = "MLA"
     paper = "Zhang et al. 2024 (MLA, CVPR), alternating unimodal adaptation, OWM head gradient, entropy fusion"
     single_label_only = "its test-time fusion weighs each modality by the entropy of its softmax over the classes"
     presets = {

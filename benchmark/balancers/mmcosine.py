@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch.nn import functional as F
@@ -80,6 +80,7 @@ class MMCosine(Joint):
     ``fc_out`` concat head, and uses the cosine logits only for its per-modality accuracies; its VoxCeleb
     verification, main_vox2.py, compares cosine sums). Per-modality logits are the cosine ones in both cases."""
 
+    display_name: ClassVar[str] = "MMCosine"
     paper = "Xu et al. 2023 (MMCosine), multi-modal cosine loss"
     single_label_only = "its loss is a softmax cross-entropy over cosine logits"
 

@@ -24,7 +24,7 @@ per-loss gradients without zeroing between the backward calls, and drops the min
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -125,6 +125,7 @@ class MMPareto(Balancer):
     sets the encoder gradients. Extension (notes): M > 2 applies the rule per encoder; fusions acting between the
     encoder blocks (se_gate, nl_gate) add the other unimodal losses' gradients that reach an encoder unchanged."""
 
+    display_name: ClassVar[str] = "MMPareto"
     paper = "Wei & Hu 2024 (MMPareto), Alg. 1"
     unimodal_heads = True
     presets = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from benchmark.balancers.base import (
@@ -32,6 +34,7 @@ class MSLR(Balancer):
     window the gradients of modality m's encoder and its slice of the fused head are multiplied by k_m, which is
     a modality-specific learning rate for SGD."""
 
+    display_name: ClassVar[str] = "MSLR"
     reads_validation = True
 
     paper = "Yao & Mihalcea 2022 (MSLR)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from benchmark.balancers.base import (
@@ -22,6 +24,7 @@ class MultiLoss(Balancer):
     """Multi-Loss (Kontras et al. 2024, eq. 3): L = CE(fused) + Σ_m CE(unimodal_m), one linear unimodal head
     per encoder, one backward, no balancing."""
 
+    display_name: ClassVar[str] = "Multi-Loss"
     paper = "Kontras et al. 2024 (MLB), eq. 3"
     unimodal_heads = True
 
@@ -56,6 +59,7 @@ class MLB(MultiLoss):
     tanh(α·(r − 1)) in both directions, i.e. β = 2 and acceleration capped at 2×); presets ``cremad``, ``ave``
     (α 0.8, β_max 2) and ``ucf101`` (α 1.0, β_max 2) name that source, ``paper-example`` is β_max 10."""
 
+    display_name: ClassVar[str] = "MLB"
     paper = "Kontras et al. 2024 (MLB), eqs. 2-7"
     single_label_only = "its coefficients compare softmax scores of the one true class (eq. 5)"
     presets = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -80,6 +80,7 @@ class OGM(Balancer):
     Extension: with M > 2 modalities ρ_m = s_m / mean_{j≠m} s_j (the paper has two).
     """
 
+    display_name: ClassVar[str] = "OGM"
     paper = "Peng et al. 2022 (OGM-GE), eqs. 8-11"
     single_label_only = "its discrepancy ratio compares softmax scores of the one true class (eq. 10)"
     generalization_enhancement = False
@@ -164,6 +165,7 @@ class OGMGE(OGM):
     unscaled gradient tensor (+1e-8, one scalar per tensor, as the official code), added to every modulated
     encoder parameter of every modality — also the one with k = 1 — inside the epoch window."""
 
+    display_name: ClassVar[str] = "OGM-GE"
     paper = "Peng et al. 2022 (OGM-GE), eqs. 8-10 and 16"
     generalization_enhancement = True
 

@@ -115,6 +115,7 @@ class OPM(Balancer):
     ``forward`` only encodes: q needs the labels, so ``loss`` drops, runs the fusion once on the dropped features
     and puts those logits into the step's output (what the loop's training accuracy reads)."""
 
+    display_name: ClassVar[str] = "OPM"
     paper = "Wei et al. 2024 (TPAMI), On-the-fly Prediction Modulation"
     single_label_only = "its discrepancy ratio compares softmax scores of the one true class"
 
@@ -211,6 +212,7 @@ class OPG(OGM):
     code); ``noise: false`` is the released ``--modulation OGM``. Module docstring: every difference from ``ogm_ge``.
     """
 
+    display_name: ClassVar[str] = "OPG"
     paper = "Wei et al. 2024 (TPAMI), On-the-fly Gradient Modulation with GE"
     presets: ClassVar[dict] = {}  # OGM-GE's per-dataset α come from the CVPR code; the TPAMI code ships one setting
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from annotated_types import Gt, Le
@@ -97,6 +97,7 @@ class PMR(Balancer):
     two).
     """
 
+    display_name: ClassVar[str] = "PMR"
     paper = "Fan et al. 2023 (PMR)"
     single_label_only = "its prototypes and scores assume one class per sample"
 

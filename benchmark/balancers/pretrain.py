@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -38,6 +39,7 @@ class Pretrain(Joint):
     same dataset/backbone/seed's unimodal run — produced once by the DAG and shared, not retrained — and the fused
     model is then fine-tuned end to end with joint cross-entropy (the fusion head starts fresh)."""
 
+    display_name: ClassVar[str] = "Pre-training"
     paper = "Wang et al. 2020 (G-Blend), Fig. 1 (pre-training baseline)"
     needs = ("unimodal_checkpoints",)
 

@@ -168,6 +168,7 @@ class ReconBoost(Balancer):
     ``consolidation_<m>`` (the MSE, also when alpha is 0) in boosting epochs; ``rectify_ce`` in rectification
     epochs; ``boost_rate`` (β) in both."""
 
+    display_name: ClassVar[str] = "ReconBoost"
     paper = "Hua et al. 2024 (ReconBoost), alternating boosting with KL reconcilement and global rectification"
     single_label_only = "its reconcilement weighs each sample by the ensemble's softmax probability of its one class"
     presets: ClassVar[dict] = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch.nn import functional as F
@@ -20,6 +20,7 @@ class AuxLoss(WeightedHeads):
     """Auxiliary unimodal losses with fixed equal weights, the G-Blend paper's multi-task baseline:
     L = (CE(fused) + Σ_m CE(unimodal_m)) / (M + 1) — G-Blend's eq. 7 with uniform instead of estimated weights."""
 
+    display_name: ClassVar[str] = "Auxiliary losses"
     paper = "Wang et al. 2020 (G-Blend), eq. 7 with equal weights (auxiliary-loss baseline)"
 
     def setup(self, model, ctx) -> None:
@@ -34,6 +35,7 @@ class FeatureDropout(Joint):
     after the feature concatenation): in training every modality's feature vector goes through dropout(p) before
     the fusion, which for concatenation is exactly dropout on the concatenated vector; joint cross-entropy."""
 
+    display_name: ClassVar[str] = "Feature dropout"
     paper = "Wang et al. 2020 (G-Blend), Fig. 1 and supplement §6.1 (dropout baseline)"
 
     def __init__(self, *, p: DropProbability = 0.5) -> None:
@@ -62,6 +64,7 @@ class ModalityDropout(Joint):
     ``level: input``) or its feature vector zeroed (``level: feature``) — and a sample never loses all modalities
     (one is kept at random); joint cross-entropy. p has no default in the seed papers; 0.25 here."""
 
+    display_name: ClassVar[str] = "Modality dropout"
     paper = "Neverova et al. 2016 (ModDrop); compared in the G-Blend and MLB settings"
     needs_modality_features = True  # feature-level dropping indexes the modalities' features
 
@@ -103,6 +106,7 @@ class EarlyStop(Joint):
     boundaries, so the fraction of iterations is rounded up to whole epochs; the run's notes give the epochs trained.
     The checkpoint is still the best-validation epoch among those trained."""
 
+    display_name: ClassVar[str] = "Early stopping"
     paper = "Wang et al. 2020 (G-Blend), Fig. 1 and supplement §7.3 (early-stopping baseline)"
 
     def __init__(self, *, fraction: ScheduleFraction = 0.75) -> None:

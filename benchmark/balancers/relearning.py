@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import numpy as np
 import torch
@@ -160,6 +160,7 @@ class ReLearning(Balancer):
     kept (as the released code). Loss: the fused cross-entropy. History (diagnosis epochs only): ``purity_train_<m>``,
     ``purity_held_<m>``, ``gap_<m>``, ``alpha_<m>``. Differences from the released code: the module docstring."""
 
+    display_name: ClassVar[str] = "Diagnosing & Re-learning"
     paper = "Wei et al. 2024 (Diagnosing & Re-learning, ECCV), purity gap g = |P_D − P_V|, α = tanh(λg), soft re-init"
     single_label_only = "its diagnosis counts, per k-means cluster, the clips of the cluster's most frequent label"
     presets = {

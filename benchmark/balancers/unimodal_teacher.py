@@ -36,7 +36,7 @@ implements UMT (``balancemm/trainer/UMT_trainer.py``) and has no UME; its ``conf
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -79,6 +79,7 @@ class UMT(Balancer):
     fusion's gates, the teacher's an ungated encoder's: an extension, noted. M > 2: one distillation term per
     modality, summed (the paper's datasets have two modalities; an extension, noted)."""
 
+    display_name: ClassVar[str] = "UMT"
     paper = "Du et al. 2023 (ICML), Uni-Modal Teacher: task loss + feature distillation from unimodal teachers"
     needs = ("unimodal_checkpoints",)
 
@@ -217,6 +218,7 @@ class UME(Balancer):
     that same run again under another name). Multi-label targets: the per-class binary cross-entropy of each
     classifier. M > 2: the mean of M classifiers (an extension, noted)."""
 
+    display_name: ClassVar[str] = "UME"
     paper = "Du et al. 2023 (ICML), Uni-Modal Ensemble: independently trained unimodal models, logits averaged"
 
     @classmethod

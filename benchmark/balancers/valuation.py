@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import ClassVar
 
 import torch
 
@@ -78,6 +79,7 @@ class SampleValuation(Balancer):
     epoch adds 1, 2 or 3 copies of the sample with only that modality's features (contribution in (0.4, 1),
     (−0.1, 0.4), below −0.1). Released default: ``warmup`` 5 epochs of plain joint training."""
 
+    display_name: ClassVar[str] = "Sample-level valuation"
     paper = "Wei et al., CVPR 2024 (sample-level modality valuation and re-sampling)"
     single_label_only = "a sample's value is whether the predicted class is its one true class"
 

@@ -18,10 +18,12 @@ validation carved from training; ``all`` gives the four.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,6 +32,8 @@ from benchmark.data.datasets import DATASETS, write_manifest
 from benchmark.data.real import FILES, RawDataset
 from benchmark.data.sources import SourceError, extract, fetch
 from benchmark.data.synthetic import encode_clip
+
+LOG = logging.getLogger(__name__)
 
 #: the FSDD commit the recordings are pinned to (after tag v1.0.9) and the digest of its ``recordings/`` folder
 FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
@@ -104,6 +108,8 @@ class AVDigits(RawDataset):
     commit is downloaded. The recordings are always checked against ``source.sha256`` (the digest of the whole
     folder). ``source.takes``: use only takes 0 .. takes-1 of every speaker and digit (a subset; null: all 50)."""
 
+    display_name: ClassVar[str] = "AV digits"
+    paper: ClassVar[str] = ""
     source_defaults = {
         "path": None,
         "url": FSDD_ARCHIVE,
@@ -181,7 +187,7 @@ class AVDigits(RawDataset):
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             rows = list(pool.map(make, recordings))
         write_manifest(raw_dir / "manifest.csv", rows)
-        print(f"[avdigits] {len(rows)} clips from {folder} (digest {digest[:12]}…) in {clips}")
+        LOG.info(f"[avdigits] {len(rows)} clips from {folder} (digest {digest[:12]}…) in {clips}")
 
     def folds(self) -> list[str]:
         scheme = self.settings["split"]["scheme"]

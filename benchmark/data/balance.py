@@ -13,6 +13,7 @@ rarer in D, then to the first name in sorted order, so the result depends on the
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,8 @@ from typing import Protocol
 import numpy as np
 
 from benchmark.data.datasets import LABEL_SEPARATOR, read_manifest, split_labels, write_manifest
+
+LOG = logging.getLogger(__name__)
 
 
 class Draws(Protocol):
@@ -69,7 +72,7 @@ def balance_manifest(
     min_class_volume: int,
     target_class_volume: int,
     seed: int,
-    log=print,
+    log=LOG.info,
     manifest: str = "manifest.balanced.csv",
     report_name: str = "balance.json",
 ) -> dict:

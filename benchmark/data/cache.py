@@ -159,6 +159,10 @@ def cache_settings_hash(dataset_settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class StaleCache(ValueError):
+    """A cache made with other dataset settings than the config gives (a user error: preprocess again)."""
+
+
 def load_info(processed_dir: str | Path, dataset_settings: dict | None = None) -> dict:
     """The cache's info.json; with ``dataset_settings``, checked to have been made with them (a cache copied from
     elsewhere, or made before a settings change, is refused instead of trained on)."""
@@ -169,7 +173,7 @@ def load_info(processed_dir: str | Path, dataset_settings: dict | None = None) -
         and "settings_hash" in info
         and info["settings_hash"] != cache_settings_hash(dataset_settings)
     ):
-        raise ValueError(
+        raise StaleCache(
             f"{path.parent} was made with other settings of dataset '{dataset_settings['name']}' than the config "
             "gives: run its preprocess step again (the DAG does when the settings change; delete the folder to force "
             "it)"

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -65,6 +66,8 @@ import numpy as np
 from benchmark.data.datasets import DATASETS, REJECTED_ROWS, Dataset, RejectedRow, write_manifest, write_rejected_rows
 from benchmark.data.media import MediaError
 from benchmark.data.sources import SourceError, check_complete
+
+LOG = logging.getLogger(__name__)
 
 #: the standard folds as data (video ids per fold, with the SDK commit they were taken from)
 FOLDS_FILE = Path(__file__).with_name("cmu_folds.json")
@@ -131,6 +134,8 @@ class CMUMOSI(Dataset):
     sentiment in [-3, 3], from the CMU Multimodal SDK's released features (GloVe words, COVAREP audio, FACET 4.1
     visual); the SDK's standard folds. See the module docstring for the files, alignment and label conventions."""
 
+    display_name: ClassVar[str] = "CMU-MOSI"
+    paper: ClassVar[str] = "Zadeh et al. 2016 (CMU-MOSI)"
     modalities = {"text": "sequence", "audio": "sequence", "visual": "sequence"}
     config_sections = ("source", "task", "split")
     source_defaults: ClassVar[dict] = {
@@ -350,7 +355,7 @@ class CMUMOSI(Dataset):
         official = [v for fold in ("train", "valid", "test") for v in official_folds(self.fold_key)[fold]]
         check_complete(usable, official, src["max_missing_fraction"], raw_dir / "missing.txt", str(root))
         write_manifest(raw_dir / "manifest.csv", rows)
-        print(
+        LOG.info(
             f"[{self.name}] {len(rows)} segments of {len({r['video'] for r in rows})} videos from {root}; "
             f"{len(refused)} refused (listed in {raw_dir / REJECTED_ROWS})"
         )
@@ -475,6 +480,8 @@ class CMUMOSEI(CMUMOSI):
     emotions (CMU_MOSEI_Labels.csd: [k, 7], sentiment first), from the SDK's released features (GloVe words,
     COVAREP audio, FACET 4.2 visual); the SDK's standard folds."""
 
+    display_name: ClassVar[str] = "CMU-MOSEI"
+    paper: ClassVar[str] = "Zadeh et al. 2018 (CMU-MOSEI)"
     source_defaults = {
         "path": None,
         "text": "CMU_MOSEI_TimestampedWordVectors.csd",

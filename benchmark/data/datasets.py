@@ -159,6 +159,8 @@ def read_rejected_rows(raw_dir: Path) -> list[dict]:
 class SyntheticAV(Dataset):
     """Generated audio-visual clips with a built-in modality imbalance (see benchmark.data.synthetic)."""
 
+    display_name: ClassVar[str] = "Synthetic AV"
+    paper: ClassVar[str] = ""
     config_sections = ("generate", "split")
     generate_defaults = {
         "num_clips": 720,
@@ -187,6 +189,8 @@ class SyntheticAVM(SyntheticAV):
     """synthetic-av with a third modality, motion: the differences of consecutive frames at the sampled positions.
     The drifting grating moves across its stripes, so motion carries the video's bits through another channel."""
 
+    display_name: ClassVar[str] = "Synthetic AV + motion"
+    paper: ClassVar[str] = ""
     modalities = {"audio": "audio", "visual": "video", "motion": "video_diff"}
 
 
@@ -200,6 +204,8 @@ class SyntheticMultiLabel(SyntheticAV):
     clips), which the supplement's Algorithm 1 (``balance``) evens out. Modalities: audio, RGB frames and dense
     optical flow between consecutive frames."""
 
+    display_name: ClassVar[str] = "Synthetic multi-label"
+    paper: ClassVar[str] = ""
     modalities = {"audio": "audio", "visual": "video", "flow": "video_flow"}
     multi_label = True
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -31,6 +32,8 @@ FORMATS = ("auto", "npy", "hdf5")
 class Features(RawDataset):
     """Pre-extracted feature arrays per modality plus a labels CSV (see the module docstring)."""
 
+    display_name: ClassVar[str] = "Features"
+    paper: ClassVar[str] = ""
     modalities: dict[str, str] = {}
     source_defaults = {
         "path": None,

@@ -56,6 +56,7 @@ import csv
 import difflib
 import html
 import json
+import logging
 import os
 import re
 import threading
@@ -70,6 +71,8 @@ from benchmark.data.datasets import DATASETS, RejectedRow, read_manifest
 from benchmark.data.media import MediaError
 from benchmark.data.real import RawDataset
 from benchmark.data.sources import SourceError
+
+LOG = logging.getLogger(__name__)
 
 SPLIT_PARTS = ("train", "test")
 VOCAB_FILE = "vocab.json"
@@ -133,6 +136,8 @@ class Food101(RawDataset):
     """UPMC Food-101: an image and its web page title, 101 dish classes; the official train/test split with
     validation carved from training (see the module docstring for the files, tokeniser and image recipe)."""
 
+    display_name: ClassVar[str] = "UPMC Food-101"
+    paper: ClassVar[str] = "Wang et al. 2015 (UPMC Food-101)"
     modalities = {"image": "image", "text": "tokens"}
     config_sections = ("source", "text", "split")
     source_defaults = {"path": None, "max_missing_fraction": 0.05}
@@ -271,7 +276,7 @@ class Food101(RawDataset):
         tmp = Path(raw_dir) / f"{VOCAB_FILE}.tmp"
         tmp.write_text(json.dumps(out, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
         os.replace(tmp, Path(raw_dir) / VOCAB_FILE)
-        print(
+        LOG.info(
             f"[food101] vocabulary of {len(vocab) + 2} ids from {len(train)} training titles ({raw_dir / VOCAB_FILE})"
         )
         return vocab

@@ -80,6 +80,8 @@ INPUT_KINDS: Registry[InputKind] = Registry("input kind", base=InputKind)
 class Spectrogram(InputKind):
     """A log spectrogram [1, F, T] (float16 in the cache), from a clip's audio track."""
 
+    display_name: ClassVar[str] = "Spectrogram"
+    paper: ClassVar[str] = ""
     layout, ndim, store_dtype, default_encoder = "spectrogram", 3, "float16", "small_cnn"
 
 
@@ -88,6 +90,8 @@ class Frames(InputKind):
     """Frames [T, C, H, W] (uint8), normalised on the device with the dataset's visual mean and std; training batches
     are augmented as ``preprocess.visual.augment`` says."""
 
+    display_name: ClassVar[str] = "Frames"
+    paper: ClassVar[str] = ""
     layout, ndim, accepts, store_dtype, default_encoder = "frames", 4, ("uint8",), "uint8", "small_cnn"
 
     def prepare(self, x: torch.Tensor, train: bool, prep: Any) -> torch.Tensor:
@@ -99,6 +103,8 @@ class Flow(InputKind):
     """Optical flow [T, 2, H, W] stored as uint8 with 0 at 127.5, handed over in [-1, 1] (±bound pixels); never
     augmented (a flip would have to negate its x component)."""
 
+    display_name: ClassVar[str] = "Optical flow"
+    paper: ClassVar[str] = ""
     layout, ndim, accepts, store_dtype, default_encoder = "frames", 4, ("uint8",), "uint8", "small_cnn"
 
     def prepare(self, x: torch.Tensor, train: bool, prep: Any) -> torch.Tensor:
@@ -109,6 +115,8 @@ class Flow(InputKind):
 class Image(InputKind):
     """An image [C, H, W] (uint8), normalised and augmented as frames are (one frame)."""
 
+    display_name: ClassVar[str] = "Image"
+    paper: ClassVar[str] = ""
     layout, ndim, accepts, store_dtype, default_encoder = "image", 3, ("uint8",), "uint8", "resnet18"
 
     def prepare(self, x: torch.Tensor, train: bool, prep: Any) -> torch.Tensor:
@@ -119,6 +127,8 @@ class Image(InputKind):
 class Vector(InputKind):
     """A feature vector [D] (float32), e.g. a pre-extracted embedding."""
 
+    display_name: ClassVar[str] = "Vector"
+    paper: ClassVar[str] = ""
     layout, ndim, default_encoder = "vector", 1, "mlp"
 
 
@@ -127,6 +137,8 @@ class Sequence(InputKind):
     """A sequence of feature vectors [T, D] (float32), padded by the dataset with all-zero rows (which encoders of
     sequences may mask)."""
 
+    display_name: ClassVar[str] = "Sequence"
+    paper: ClassVar[str] = ""
     layout, ndim, default_encoder = "sequence", 2, "sequence"
 
 
@@ -135,6 +147,8 @@ class Tokens(InputKind):
     """Token ids [L] (int64) below the spec's ``vocab_size``, 0 the padding id. Absent means all padding, never a
     mean of ids."""
 
+    display_name: ClassVar[str] = "Tokens"
+    paper: ClassVar[str] = ""
     layout, ndim, accepts, store_dtype, default_encoder, fit_absent = "tokens", 1, INT_DTYPES, "int64", "text", False
 
     def check(self, x: Any, spec: dict, nonfinite: str = "reject") -> tuple[torch.Tensor, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from benchmark.data.shards import (
     shard_tensors,
     write_index,
 )
+from benchmark.logs import milestones, progress, progress_enabled
 from benchmark.metrics import CLIP_SEPARATOR
 
 
@@ -41,6 +43,7 @@ class PreprocessError(RuntimeError):
     pass
 
 
+LOG = logging.getLogger(__name__)
 #: manifest rows per shard when the config does not say (resources.preprocess.shard_clips)
 DEFAULT_SHARD_CLIPS = 1000
 
@@ -332,7 +335,7 @@ def preprocess_shard(
     shard: int,
     shard_clips: int,
     workers: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     manifest: str = "manifest.csv",
     rows: list[dict] | None = None,
 ) -> dict:
@@ -353,12 +356,14 @@ def preprocess_shard(
 
     part = rows[lo:hi]
     results: list[list[tuple[str, dict]] | MediaError] = []
-    step = max(1, len(part) // 10)
     n_shards = shard_count(len(rows), shard_clips)
+    # a bar on a terminal, else a line every 10% (a job's log)
+    shown, marks = progress_enabled(), milestones(len(part))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, res in enumerate(pool.map(safe, part), 1):
+        decoded = pool.map(safe, part)
+        for i, res in enumerate(progress(decoded, len(part), f"shard {shard + 1}/{n_shards}", "clip"), 1):
             results.append(res)
-            if i % step == 0 or i == len(part):
+            if not shown and i in marks:
                 log(f"[preprocess] shard {shard + 1}/{n_shards}: {i}/{len(part)} clips ({100 * i // len(part)}%)")
     rejected = [
         {"clip_id": row["clip_id"], "path": row["path"], "reason": err.reason, "detail": err.detail}
@@ -419,7 +424,7 @@ def gather_shards(
     out_dir: Path,
     pre: dict,
     shard_clips: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     manifest: str = "manifest.csv",
 ) -> dict:
     """Check the shards and write ``index.csv`` (clip id -> shard, position), ``info.json`` and the one rejected-clips
@@ -510,7 +515,7 @@ def preprocess(
     out_dir: Path,
     pre: dict,
     workers: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     manifest: str = "manifest.csv",
     shard_clips: int = DEFAULT_SHARD_CLIPS,
 ) -> dict:
@@ -519,6 +524,6 @@ def preprocess(
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     rows = manifest_rows(raw_dir, manifest)
     todo = missing_shards(out_dir, len(rows), shard_clips, cache_settings_hash(dataset.settings))
-    for k in todo:
+    for k in progress(todo, desc="shards", unit="shard") if len(todo) > 1 else todo:
         preprocess_shard(dataset, raw_dir, out_dir, pre, k, shard_clips, workers, log, manifest, rows=rows)
     return gather_shards(dataset, raw_dir, out_dir, pre, shard_clips, log, manifest)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,8 @@ from benchmark.data.datasets import (
 )
 from benchmark.data.media import MediaError, decode_audio
 from benchmark.data.sources import NotAvailable, SourceError, check_complete, extract, fetch
+
+LOG = logging.getLogger(__name__)
 
 FILES = "files"  # data/raw/<dataset>/files: the native tree (a link to source.path, or the download)
 
@@ -56,7 +59,7 @@ class RawDataset(Dataset):
         if refused:
             first = refused[0]
             summary = f"{len(refused)} of {listed} listed rows rejected (listed in {raw_dir / REJECTED_ROWS})"
-            print(f"[source] {root}: {summary}")
+            LOG.info(f"[source] {root}: {summary}")
             limit = self.settings["source"]["max_missing_fraction"]
             if len(refused) > limit * listed:
                 raise SourceError(
@@ -160,6 +163,8 @@ class CremaD(RawDataset):
     their train/test lists when given as split.lists, else a seeded stratified split of the same sizes, 6,698 / 744,
     with validation carved from training) or 'actor-folds' (three actor-disjoint train/val/test folds, as MLB)."""
 
+    display_name: ClassVar[str] = "CREMA-D"
+    paper: ClassVar[str] = "Cao et al. 2014 (CREMA-D)"
     emotions = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
     source_defaults = {
         "path": None,
@@ -216,7 +221,7 @@ class CremaD(RawDataset):
                     log=lambda s: None,
                 )
             except NotAvailable as err:  # listed but not served: reported in missing.txt by the completeness check
-                print(f"[download] {err}")
+                LOG.info(f"[download] {err}")
 
         files = [f"AudioWAV/{s}.wav" for s in stems] + [f"VideoFlash/{s}.flv" for s in stems]
         with ThreadPoolExecutor(max_workers=src["workers"]) as pool:
@@ -289,6 +294,8 @@ class AVE(RawDataset):
     trainSet/valSet/testSet lists (lines Category&VideoID&Quality&StartTime&EndTime) give the splits. Native tree:
     AVE/<VideoID>.mp4 beside Annotations.txt and the three lists."""
 
+    display_name: ClassVar[str] = "AVE"
+    paper: ClassVar[str] = "Tian et al. 2018 (AVE)"
     source_defaults = {"path": None, "max_missing_fraction": 0.05, "segment": True}
     presets = {
         "mlb": stft_preset(
@@ -363,6 +370,8 @@ class KineticsSounds(YouTubeClips):
     annotation files (label,youtube_id,time_start,time_end,split). Training comes from Kinetics' train list, test
     from its validate list, validation is carved from training."""
 
+    display_name: ClassVar[str] = "Kinetics-Sounds"
+    paper: ClassVar[str] = "Arandjelović & Zisserman 2017 (Kinetics-Sounds)"
     source_defaults = {
         "path": None,
         "max_missing_fraction": 0.05,
@@ -448,6 +457,8 @@ class VGGSound(YouTubeClips):
     (youtube_id,start_seconds,label,split, no header) with the official train/test split; validation is carved
     from training."""
 
+    display_name: ClassVar[str] = "VGGSound"
+    paper: ClassVar[str] = "Chen et al. 2020 (VGGSound)"
     source_defaults = {
         "path": None,
         "max_missing_fraction": 0.05,
@@ -514,6 +525,8 @@ class UCF101AV(RawDataset):
     with ucfTrainTestlist/ (classInd.txt, trainlist0k.txt, testlist0k.txt). Three official folds; validation is
     carved from each fold's training part by whole recording groups (gGG), so no group is in both."""
 
+    display_name: ClassVar[str] = "UCF101 (with audio)"
+    paper: ClassVar[str] = "Soomro et al. 2012 (UCF101)"
     source_defaults = {
         "path": None,
         "max_missing_fraction": 0.05,
@@ -611,6 +624,8 @@ class VideoFolder(RawDataset):
     labels found), an unknown split, a row without a split where others have one, and a repeated path or clip id
     (the first one is kept)."""
 
+    display_name: ClassVar[str] = "Video folder"
+    paper: ClassVar[str] = ""
     source_defaults = {"path": None, "csv": "labels.csv", "classes": None, "max_missing_fraction": 0.05}
     split_defaults = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
     obtain = "video_folder reads a folder you provide."

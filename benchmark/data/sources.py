@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import tarfile
@@ -19,6 +20,10 @@ import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
+
+from benchmark.logs import bar, progress_enabled
+
+LOG = logging.getLogger(__name__)
 
 
 class SourceError(RuntimeError):
@@ -30,6 +35,7 @@ class NotAvailable(SourceError):
 
 
 CHUNK = 1 << 20
+BAR_BYTES = 64 << 20  # a download shows a bar from this size on
 
 
 def sha256_of(path: Path) -> str:
@@ -45,7 +51,7 @@ def _record(dest: Path) -> Path:
 
 
 def fetch(
-    url: str, dest: Path, sha256: str | None = None, log: Callable[[str], None] = print, timeout: float = 60.0
+    url: str, dest: Path, sha256: str | None = None, log: Callable[[str], None] = LOG.info, timeout: float = 60.0
 ) -> Path:
     """Download ``url`` to ``dest``, resuming a partial ``dest.part`` with an HTTP Range request, and verify the
     SHA-256 (the expected one, else the one recorded by an earlier fetch). A complete, verified ``dest`` is kept."""
@@ -65,11 +71,17 @@ def fetch(
                 log(f"[fetch] {url}: the server ignored the resume request; starting over")
             total = int(response.headers.get("Content-Length") or 0) + (have if resumed else 0)
             done, last = (have if resumed else 0), time.monotonic()
-            with part.open("ab" if resumed else "wb") as f:
+            # a bar on a terminal for a large file (not for each of many small ones), else a line every 10 s
+            shown = progress_enabled() and total > BAR_BYTES
+            with (
+                part.open("ab" if resumed else "wb") as f,
+                bar(total, dest.name, "B", initial=done, unit_scale=True, show=shown) as downloaded,
+            ):
                 while block := response.read(CHUNK):
                     f.write(block)
                     done += len(block)
-                    if time.monotonic() - last > 10:
+                    downloaded.update(len(block))
+                    if not shown and time.monotonic() - last > 10:
                         log(f"[fetch] {dest.name}: {done >> 20} MiB" + (f" of {total >> 20} MiB" if total else ""))
                         last = time.monotonic()
     except urllib.error.HTTPError as err:
@@ -108,7 +120,7 @@ def fetch(
     return dest
 
 
-def extract(archive: Path, into: Path, log: Callable[[str], None] = print) -> None:
+def extract(archive: Path, into: Path, log: Callable[[str], None] = LOG.info) -> None:
     """Unpack a .zip or .tar(.gz) archive with Python; .rar and .7z need an external tool (unrar, 7z or bsdtar)."""
     archive, into = Path(archive), Path(into)
     into.mkdir(parents=True, exist_ok=True)
@@ -142,7 +154,7 @@ def check_complete(
     max_missing_fraction: float,
     missing_file: Path,
     where: str,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
 ) -> list[str]:
     """Compare the clips found locally with the official list; write the missing ones to ``missing_file`` and stop
     when more than ``max_missing_fraction`` of the list is missing. Returns the official ids that are present."""

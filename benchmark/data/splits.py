@@ -8,6 +8,7 @@ are never moved.
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,8 @@ from typing import Callable
 from benchmark.data.datasets import SPLITS, Dataset, read_manifest
 from benchmark.data.shards import INDEX
 from benchmark.metrics import video_of
+
+LOG = logging.getLogger(__name__)
 
 
 class SplitError(RuntimeError):
@@ -32,7 +35,7 @@ def write_splits(
     raw_dir: Path,
     processed_dir: Path,
     folds: list[str] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = LOG.info,
     manifest: str = "manifest.csv",
     splits_dir: Path | None = None,
 ) -> dict[str, dict]:

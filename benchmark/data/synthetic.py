@@ -18,6 +18,7 @@ Everything is drawn from one seeded generator per clip (the audio draws are the 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import wave
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,9 @@ import ffmpeg
 import numpy as np
 
 from benchmark.data.media import ffmpeg_exe
+from benchmark.logs import milestones, progress, progress_enabled
+
+LOG = logging.getLogger(__name__)
 
 NUM_CLASSES = 8
 #: one tone per class, 1.4x apart (about 1.5 mel bands of 32 at the low end); its group ``class >> 1`` is a pitch pair
@@ -227,5 +231,14 @@ def generate(
             "audio_tone": int(not missing[i]),
         }
 
+    LOG.info(
+        f"[generate] {num_clips} clips of {duration:g} s ({size}x{size} at {fps} fps, audio at {sample_rate} Hz) "
+        f"in {clips}"
+    )
+    rows, shown, marks = [], progress_enabled(), milestones(num_clips)  # a bar on a terminal, else a line every 10%
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(make, range(num_clips)))
+        for i, row in enumerate(progress(pool.map(make, range(num_clips)), num_clips, "generate", "clip"), 1):
+            rows.append(row)
+            if not shown and i in marks:
+                LOG.info(f"[generate] {i}/{num_clips} clips ({100 * i // num_clips}%)")
+    return rows

@@ -148,6 +148,8 @@ class ResNet18(Backbone):
     """torchvision's ResNet-18 without its classifier; 1-channel stem for spectrograms (as OGM-GE). Five blocks for
     mid-level fusion: the stem (conv, BN, ReLU, max-pool), then layer1..layer4 (the G-Blend supplement's five)."""
 
+    display_name: ClassVar[str] = "ResNet-18"
+    paper: ClassVar[str] = "He et al. 2016 (ResNet)"
     has_convolutions = True
     kinds = (*KINDS, "image")
     block_ends = (4, 5, 6, 7, 8)
@@ -174,6 +176,8 @@ def _small_trunk(in_channels: int, width: int) -> tuple[nn.Sequential, int]:
 class SmallCNN(Backbone):
     """Four conv-BN-ReLU blocks (widths w, 2w, 4w, 4w): a ResNet-shaped encoder small enough for CPU runs."""
 
+    display_name: ClassVar[str] = "Small CNN"
+    paper: ClassVar[str] = ""
     has_convolutions = True
     kinds = (*KINDS, "image")
     block_ends = (3, 6, 9, 12)
@@ -193,6 +197,8 @@ class ConformerEncoder(Backbone):
     space, projected to ``dim``); the output is averaged over time. MLB's Conformer backbone, minus its pretrained
     front-ends (nothing is downloaded; ``weights`` loads a local file)."""
 
+    display_name: ClassVar[str] = "Conformer"
+    paper: ClassVar[str] = "Gulati et al. 2020 (Conformer)"
     has_convolutions = True
 
     def __init__(
@@ -247,6 +253,8 @@ class R2Plus1D18(Backbone):
     a [B, C, T, H, W] clip. It has no spectrogram form, so a spectrogram modality gets ResNet-18 (the audio
     encoder of the papers), which this backbone's name then covers for that modality."""
 
+    display_name: ClassVar[str] = "R(2+1)D-18"
+    paper: ClassVar[str] = "Tran et al. 2018 (R(2+1)D)"
     has_convolutions = True
 
     def __init__(self, kind: str, shape: tuple[int, ...], *, weights: WeightsFile = None) -> None:

@@ -12,6 +12,7 @@ maps and the token embedding matrix, the analogue of the released rule's convolu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -82,6 +83,8 @@ def _encode(transformer: nn.TransformerEncoder, h: torch.Tensor, valid: torch.Te
 class MLPEncoder(Backbone):
     """A feature vector [B, D] through ``layers`` Linear-ReLU-Dropout blocks of width ``hidden``."""
 
+    display_name: ClassVar[str] = "MLP"
+    paper: ClassVar[str] = ""
     has_convolutions = False
     kinds = ("vector",)
 
@@ -131,6 +134,8 @@ class SequenceEncoder(Backbone):
     zero), and padding rows stay zero; ``mask_padding`` hides padding from attention and pooling (False: every row
     counts, as for a dataset whose zero rows are real)."""
 
+    display_name: ClassVar[str] = "Sequence Transformer"
+    paper: ClassVar[str] = ""
     has_convolutions = False
     kinds = ("sequence",)
 
@@ -204,6 +209,8 @@ class TextEncoder(Backbone):
     pre-norm Transformer encoder that ignores padding, then the mean over the non-padding tokens. An all-padding
     sample (the absent input) gives the zero vector. ``vocab_size`` comes from the tokens modality's spec."""
 
+    display_name: ClassVar[str] = "Text Transformer"
+    paper: ClassVar[str] = ""
     has_convolutions = False
     kinds = ("tokens",)
 

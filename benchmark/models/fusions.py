@@ -70,6 +70,8 @@ FUSIONS: Registry[Fusion] = Registry("fusion", base=Fusion)
 class ConcatFusion(Fusion):
     """Late fusion: one linear head on the concatenated features, f = W[φ_1; …; φ_M] + b (OGM-GE eq. 1)."""
 
+    display_name: ClassVar[str] = "Concatenation"
+    paper: ClassVar[str] = ""
     modality_logits_rule = (
         "W_m·φ_m + b/M: the modality's block of the head plus an equal share of the bias (OGM-GE eq. 8)"
     )
@@ -102,6 +104,8 @@ class ConcatFusion(Fusion):
 class SumFusion(Fusion):
     """One linear head per modality, logits summed: f = Σ_m (W_m φ_m + b_m)."""
 
+    display_name: ClassVar[str] = "Sum"
+    paper: ClassVar[str] = ""
     modality_logits_rule = "W_m·φ_m + b_m: the modality's own head with its full bias (official OGM-GE code since 2023)"
     modality_logits_exact = True
 
@@ -126,6 +130,9 @@ class SumFusion(Fusion):
 class MidMLPFusion(Fusion):
     """Mid fusion (MLB's Mid-MLP): a two-layer MLP on the concatenated features, Linear-ReLU-Linear."""
 
+    display_name: ClassVar[str] = "Mid-MLP"
+    paper: ClassVar[str] = "Kontras et al. 2024 (MLB), Mid-MLP fusion"
+
     def __init__(self, feature_dims: dict[str, int], num_classes: int, *, hidden: PositiveInt = 256) -> None:
         super().__init__(feature_dims, num_classes)
         self.mlp = nn.Sequential(
@@ -141,6 +148,9 @@ class FiLMFusion(Fusion):
     """FiLM (Perez et al. 2018): the conditioning modality's features give a per-channel scale γ and shift β
     for the others' (concatenated, projected) features: f = head(γ(φ_c) ⊙ P[φ_others] + β(φ_c)).
     ``conditioning`` names the conditioning modality (default: the first, e.g. audio)."""
+
+    display_name: ClassVar[str] = "FiLM"
+    paper: ClassVar[str] = "Perez et al. 2018 (FiLM)"
 
     def __init__(
         self,
@@ -177,6 +187,9 @@ class GatedFusion(Fusion):
     h_m = tanh(W_m φ_m), gates z = softmax over modalities of W_z[φ_1; …; φ_M] per hidden unit
     (a sigmoid for two modalities), f = head(Σ_m z_m ⊙ h_m)."""
 
+    display_name: ClassVar[str] = "Gated"
+    paper: ClassVar[str] = "Arevalo et al. 2017 (gated multimodal unit)"
+
     def __init__(self, feature_dims: dict[str, int], num_classes: int, *, hidden: PositiveInt = 256) -> None:
         super().__init__(feature_dims, num_classes)
         self.hidden = hidden
@@ -197,6 +210,9 @@ class TransformerFusion(Fusion):
     """A small transformer over one token per modality (projected features + a learned modality embedding)
     plus a class token; the class token's output goes to a linear head (MLB's TF fusion, with standard
     transformer layers)."""
+
+    display_name: ClassVar[str] = "Transformer"
+    paper: ClassVar[str] = "Kontras et al. 2024 (MLB), TF fusion"
 
     def __init__(
         self,
@@ -228,6 +244,9 @@ class TransformerFusion(Fusion):
 class LowRankFusion(Fusion):
     """Low-rank multimodal fusion (Liu et al. 2018): with z_m = [φ_m; 1], the fused vector is
     Σ_{i=1..r} λ_i · ∏_m (z_m W_m^(i)) + b (the outer-product tensor fusion in rank-r factors), then a linear head."""
+
+    display_name: ClassVar[str] = "LMF"
+    paper: ClassVar[str] = "Liu et al. 2018 (low-rank multimodal fusion)"
 
     def __init__(
         self, feature_dims: dict[str, int], num_classes: int, *, rank: PositiveInt = 4, hidden: PositiveInt = 64

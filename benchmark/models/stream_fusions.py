@@ -16,7 +16,7 @@ it has no per-modality features (methods that need them are n/a there).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 from annotated_types import MinLen
@@ -120,6 +120,9 @@ class SEGateFusion(BlockFusion):
     and stream m becomes h_m + h_m ⊙ w_m (residual) or h_m ⊙ w_m. All directions at once (the paper's best: both
     directions, after block 3); then late concatenation."""
 
+    display_name: ClassVar[str] = "SE-gate"
+    paper: ClassVar[str] = "Wang et al. 2020 (G-Blend), supplement §6.3"
+
     def __init__(
         self,
         feature_dims: dict[str, int],
@@ -158,6 +161,9 @@ class NLGateFusion(BlockFusion):
     to ``inner`` channels by its own 1×1 map) — the project's form of the paper's audio-visual "2-D concat" key-value.
     W_z starts at zero, so the gate starts as the identity (as the non-local block's zero-initialised BN). Paper's
     best: after block 4; then late concatenation."""
+
+    display_name: ClassVar[str] = "NL-gate"
+    paper: ClassVar[str] = "Wang et al. 2020 (G-Blend), supplement §6.4"
 
     def __init__(
         self,
@@ -208,6 +214,8 @@ class MidConcatFusion(Fusion):
     The other streams' later blocks are unused (they stay in the model, so ``params`` counts them). One stream
     remains, named 'fused': there are no per-modality features or logits."""
 
+    display_name: ClassVar[str] = "Mid-level concatenation"
+    paper: ClassVar[str] = "Wang et al. 2020 (G-Blend), supplement §6.2"
     needs_blocks = True
     per_modality_features = False
     modality_logits_rule = "none: the streams merge inside the encoders"
