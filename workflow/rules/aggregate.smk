@@ -5,11 +5,26 @@
 localrules: aggregate
 
 
+# What Snakemake's own `--report` shows (docs/workflow.md): output file name -> (caption, category); the accuracy plots
+# go under "Plots", the runs-<id>.json record is not shown.
+REPORTED = {
+    "report.html": ("../report/report_html.rst", "Leaderboard"),
+    "leaderboard.md": ("../report/leaderboard.rst", "Leaderboard"),
+    "leaderboard.csv": ("../report/leaderboard.rst", "Leaderboard"),
+    "leaderboard.tex": ("../report/leaderboard.rst", "Leaderboard"),
+    "agreement.csv": ("../report/agreement.rst", "Leaderboard"),
+    ".png": ("../report/accuracy_plot.rst", "Plots"),
+}
+
+
 rule aggregate:
     input:
         [ancient(run_metrics(spec)) for spec in RUNS],
     output:
-        experiment_outputs(),
+        [
+            report(f, *next(v for k, v in REPORTED.items() if f.endswith(k))) if f.endswith(tuple(REPORTED)) else f
+            for f in experiment_outputs()
+        ],
     log:
         paths.AGGREGATE_LOG.format(experiment=EXPERIMENT),
     params:
