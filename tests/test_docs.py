@@ -147,7 +147,9 @@ def is_cheap(command: str) -> bool:
     if words[-1] == "--help":
         return True
     if words[:3] == ["python", "-m", "benchmark"] and len(words) > 3:
-        return words[3] in {"list", "check", "compare", "summary", "events"} or (words[3] == "prune" and "--delete" not in words)
+        return words[3] in {"list", "check", "compare", "summary", "events"} or (
+            words[3] == "prune" and "--delete" not in words
+        )
     if words[:2] == ["bash", "run.sh"]:
         return "-n" in words or "--dry-run" in words or "--report" in words
     return False

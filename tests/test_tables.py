@@ -62,7 +62,9 @@ C_DELTAS = [0.10, 0.11, 0.12]
 @pytest.fixture(scope="module")
 def runs() -> pd.DataFrame:
     rows = _below_best("mlb", B_DELTAS) + [{"method": "ogm_ge", "seed": s, "test_acc": a} for s, a in enumerate(BEST)]
-    rows += _below_best("gblend", D_DELTAS, notes="G-Blend weights: audio 0.1\nthe estimate's split: 64 clips; 10 classes")
+    rows += _below_best(
+        "gblend", D_DELTAS, notes="G-Blend weights: audio 0.1\nthe estimate's split: 64 clips; 10 classes"
+    )
     rows += [{"method": "umt", "seed": 0, "test_acc": 0.5}]
     rows += [{"method": "audio-only", "balancer": "unimodal", "modality": "audio", "fusion": NO_FUSION}]
     rows[-1].update(seed=0, test_acc=0.6)
