@@ -134,19 +134,14 @@ def bar(
     False for none, None to decide by ``progress_enabled``)."""
     if not (progress_enabled(file) if show is None else show):
         return _NoBar()
+    return _tqdm(None, file, total=total, desc=desc, unit=unit, initial=initial, leave=leave, unit_scale=unit_scale)
+
+
+def _tqdm(iterable: Iterable[T] | None, file: TextIO | None, **options: Any) -> Any:
+    """A tqdm bar on ``file`` (stderr by default), its width following the terminal's."""
     from tqdm import tqdm
 
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        initial=initial,
-        leave=leave,
-        unit_scale=unit_scale,
-        file=sys.stderr if file is None else file,
-        dynamic_ncols=True,
-        disable=False,
-    )
+    return tqdm(iterable, file=sys.stderr if file is None else file, dynamic_ncols=True, disable=False, **options)
 
 
 def progress(
@@ -161,23 +156,12 @@ def progress(
     work done is the same either way."""
     if not progress_enabled(file):
         return iterable
-    from tqdm import tqdm
-
     if total is None:
         try:
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    return tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        unit=unit,
-        leave=leave,
-        file=sys.stderr if file is None else file,
-        dynamic_ncols=True,
-        disable=False,
-    )
+    return _tqdm(iterable, file, total=total, desc=desc, unit=unit, leave=leave)
 
 
 def milestones(total: int, parts: int = 10) -> set[int]:
