@@ -4,6 +4,7 @@ aggregated tables and the metrics records alone."""
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +35,8 @@ from benchmark.plots import critical_difference_diagram, dataset_plots, slug
 # headers may wrap; the marks after a number sit in a box of their own width, so marked and unmarked numbers line up;
 # tables use the window's width (text stays narrower to read), and a wider one scrolls instead of squeezing its cells
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em 1em;color:#222}
-p,ul,ol,h1,h2,h3,figure{max-width:1400px}
+p,ul,ol,h1,h2,h3,figure,details{max-width:1400px}
+details.guide{margin:.5em 0 1em}details.guide summary{cursor:pointer;color:#335}
 .scroll{overflow-x:auto;margin:1em 0 .5em}
 table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 5px;vertical-align:bottom}
@@ -99,6 +101,13 @@ def _notes_html(table: Table) -> str:
     return out
 
 
+def _inline_markdown(text: str) -> str:
+    """A Markdown sentence as HTML: **bold** and `code` spans, everything else escaped."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
 def write_report(
     cfg: dict, summary: pd.DataFrame, runs: pd.DataFrame, records: dict[str, dict], agree: pd.DataFrame, out_dir: Path
 ) -> Path:
@@ -116,8 +125,11 @@ def write_report(
         "best-validation checkpoint, mean ± std over seeds × folds, with a 95% bootstrap interval over test clips; "
         f"* = differs from {html.escape(reference)} at Holm-adjusted p &lt; {alpha:g}. Rebuilt from the metrics files "
         "by <code>python -m benchmark aggregate</code>.</p>",
-        f"<p>{html.escape(tuning_statement(summary)).replace('**', '')}</p>",
-        "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(t)}</li>" for n, t in COLUMN_GUIDE) + "</ul>",
+        f"<p>{_inline_markdown(tuning_statement(summary))}</p>",
+        # folded: the tables come first, the guide is a click away
+        "<details class='guide'><summary>What each column means</summary><ul>"
+        + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(t)}</li>" for n, t in COLUMN_GUIDE)
+        + "</ul></details>",
     ]
     for (dataset, backbone), table in summary.groupby(["dataset", "backbone"], sort=False):
         modalities = dataset_modalities(cfg, dataset)

@@ -384,6 +384,9 @@ def test_report_renders_tables_and_images_in_a_headless_browser(aggregated, tmp_
             "img", "is => is.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
         )
         text = page.inner_text("body")
+        guide_folded = page.is_hidden("details.guide ul")  # the column guide waits behind a click, tables first
+        page.click("details.guide summary")
+        guide_opened = page.is_visible("details.guide ul")
         numbers = page.eval_on_selector_all("td.num", "tds => tds.length")
         bold = page.eval_on_selector_all("table.leaderboard strong", "bs => bs.map(b => b.innerText)")
         wrapped = {"1400": page.evaluate(WRAPPED_NUMBERS)}
@@ -393,6 +396,7 @@ def test_report_renders_tables_and_images_in_a_headless_browser(aggregated, tmp_
         page.screenshot(path=shots / "report-800px.png", full_page=True)
         page_browser.close()
     assert numbers > 50 and wrapped == {"1400": [], "800": []}, wrapped
+    assert guide_folded and guide_opened and "`" not in text
     assert bold and all("." in b for b in bold)  # the best test accuracy (ties: each)
     assert (shots / "report.png").stat().st_size > 10_000
     classes = {c.split()[-1] for c, _ in tables}
