@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -39,9 +40,10 @@ def slurm_is_up() -> bool:
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory) -> None:
+def slurm(tmp_path_factory) -> Iterator[None]:
     """A running Slurm: the one on this host, or a single-node cluster started for the test (root only)."""
-    if slurm_is_up():
+    if slurm_is_up():  # a Slurm this test did not start: used as it is, left running
+        yield
         return
     can_start = os.geteuid() == 0 and all(shutil.which(x) for x in ("slurmctld", "slurmd", "munged", "sbatch"))
     if not can_start:
@@ -54,6 +56,10 @@ def slurm(tmp_path_factory) -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert slurm_is_up()
+    yield
+    # stopped with the module: left running, its state folder (pytest's temporary one) is deleted by a later
+    # pytest run and the next sbatch fails with an I/O error
+    subprocess.run(["bash", str(REPO / "scripts/local-slurm.sh"), "stop", str(state)], capture_output=True)
 
 
 def cluster_run(workdir: Path, cfg: dict) -> subprocess.CompletedProcess:
