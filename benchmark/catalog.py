@@ -215,20 +215,3 @@ def format_table(
             cells = (name if i == 0 else "", *(c[i] if i < len(c) else "" for c in (desc_lines, paper_lines)))
             lines.append(f"{cells[0]:<{name_w}}  {cells[1]:<{desc_w}}  {cells[2]}".rstrip())
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmark list <axis> [--long | --names]``, without importing the components."""
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="python -m benchmark list", description="the built-in components of one axis: name, description, paper"
-    )
-    p.add_argument("axis", choices=LISTABLE)
-    shape = p.add_mutually_exclusive_group()
-    shape.add_argument("--long", action="store_true", help="the whole first sentence and paper, wrapped")
-    shape.add_argument("--names", action="store_true", help="only the names, one per line (for scripts)")
-    args = p.parse_args(argv)
-    items = entries(args.axis)
-    print("\n".join(e.name for e in items) if args.names else format_table(items, wrap=args.long))
-    return 0

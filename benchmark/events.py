@@ -12,7 +12,7 @@ bytes for the same history: its name is fixed and its wall times are the run's c
 ``history_table`` is the history of many runs as one tidy table (one row per run × epoch), which the aggregate step
 writes as ``results/<experiment>/history.csv``.
 
-``python -m benchmark.events [PATH ...]`` backfills event files from metrics files: a run folder, a
+``python -m benchmark events [PATH ...]`` backfills event files from metrics files: a run folder, a
 ``metrics.json``, or any folder searched for them (default: ``results/runs``).
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -176,14 +175,3 @@ def history_table(records: dict[str, dict]) -> "pd.DataFrame":
             rows.append({**ident, "epoch": epoch, **values})
     table = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "epoch", *columns])
     return table.astype({"epoch": "int64"}) if len(table) else table
-
-
-def main(argv: list[str] | None = None) -> int:
-    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)] or [Path("results/runs")]
-    written = backfill(paths)
-    print(f"wrote {len(written)} event file(s) ({EVENTS_DIR}/{EVENT_FILE} in each run folder)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import catalog, compare, events
+from benchmark import catalog, cli, compare, events
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_backfill_from_metrics_equals_the_events_after_training(tmp_path):
     # metrics.json stores NaN as null; its history must give the same events as the one in memory
     stored = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in HISTORY]
     (run / "metrics.json").write_text(json.dumps(_metrics({"dataset": "d"}, stored)))
-    assert events.main([str(tmp_path / "runs")]) == 0
+    assert cli.main(["events", str(tmp_path / "runs")]) == 0
     backfilled = (run / "tensorboard" / events.EVENT_FILE).read_bytes()
     direct = events.write_events(tmp_path / "direct", HISTORY, [1.5] * len(HISTORY)).read_bytes()
     assert backfilled == direct
@@ -218,8 +218,8 @@ def test_catalog_matches_the_registries():
 def test_catalog_and_events_do_not_import_torch(tmp_path):
     code = (
         "import sys\n"
-        "from benchmark import catalog, events\n"
-        "catalog.main(['balancers'])\n"
+        "from benchmark import cli, events\n"
+        "cli.main(['list', 'balancers'])\n"
         f"events.write_events({str(tmp_path)!r}, [{{'epoch': 0, 'train_loss': 1.0}}])\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
@@ -251,7 +251,7 @@ def test_format_table(capsys):
     wrapped = catalog.format_table(items, wrap=True).splitlines()
     assert len(wrapped) > 4 and all(len(line) <= 120 for line in wrapped)
     assert wrapped[2][wrapped[0].index("paper") :] == "Doe et al. 2020 (X), eq. 1"  # the whole paper
-    assert catalog.main(["fusions", "--names"]) == 0
+    assert cli.main(["list", "fusions", "--names"]) == 0
     assert capsys.readouterr().out.split() == [e.name for e in catalog.entries("fusions")]
 
 
